@@ -10,7 +10,25 @@ from __future__ import annotations
 
 from engine.classic import *  # noqa: F403 - the classic API is re-exported whole
 from engine.classic import __all__ as _classic_all
+from engine.errors import ConfigError, EngineError, MasterFatalError
+from engine.prefork import (
+    PreforkMixIn,
+    PreforkTCPServer,
+    PreforkUDPServer,
+    PreforkUnixDatagramServer,
+    PreforkUnixStreamServer,
+)
 
 __version__ = "0.1.0"
 
-__all__ = [*_classic_all]
+__all__ = [
+    *_classic_all,
+    "ConfigError",
+    "EngineError",
+    "MasterFatalError",
+    "PreforkMixIn",
+    "PreforkTCPServer",
+    "PreforkUDPServer",
+    "PreforkUnixDatagramServer",
+    "PreforkUnixStreamServer",
+]

@@ -34,30 +34,30 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 __all__ = [
-    "BaseServer",
-    "TCPServer",
-    "UDPServer",
-    "ThreadingUDPServer",
-    "ThreadingTCPServer",
     "BaseRequestHandler",
-    "StreamRequestHandler",
+    "BaseServer",
     "DatagramRequestHandler",
+    "StreamRequestHandler",
+    "TCPServer",
     "ThreadingMixIn",
+    "ThreadingTCPServer",
+    "ThreadingUDPServer",
+    "UDPServer",
 ]
 if hasattr(os, "fork"):
-    __all__ += ["ForkingUDPServer", "ForkingTCPServer", "ForkingMixIn"]
+    __all__ += ["ForkingMixIn", "ForkingTCPServer", "ForkingUDPServer"]
 if hasattr(socket, "AF_UNIX"):
     __all__ += [
-        "UnixStreamServer",
-        "UnixDatagramServer",
-        "ThreadingUnixStreamServer",
         "ThreadingUnixDatagramServer",
+        "ThreadingUnixStreamServer",
+        "UnixDatagramServer",
+        "UnixStreamServer",
     ]
     if hasattr(os, "fork"):
-        __all__ += ["ForkingUnixStreamServer", "ForkingUnixDatagramServer"]
+        __all__ += ["ForkingUnixDatagramServer", "ForkingUnixStreamServer"]
 
 # A request is a connected socket for stream servers and (data, socket) for datagram ones.
 _Request = Any
@@ -159,7 +159,7 @@ class BaseServer:
         """
         if self.fileno() < 0:
             raise _closed_error(self, "handle_request")
-        timeout = self.socket.gettimeout()
+        timeout = self.socket.gettimeout()  # type: ignore[attr-defined]
         if timeout is None:
             timeout = self.timeout
         elif self.timeout is not None:
@@ -434,7 +434,7 @@ if hasattr(os, "fork"):
             self.collect_children(blocking=self.block_on_close)
 
 
-class _Threads(list):  # type: ignore[type-arg]
+class _Threads(list["threading.Thread"]):
     """The request threads still worth joining; finished ones are dropped on append."""
 
     def append(self, thread: threading.Thread) -> None:
@@ -587,8 +587,8 @@ class StreamRequestHandler(BaseRequestHandler):
     disable_nagle_algorithm: bool = False
 
     connection: Any
-    rfile: BinaryIO
-    wfile: BinaryIO
+    rfile: Any
+    wfile: Any
 
     def setup(self) -> None:
         """Apply the timeout and Nagle settings and create the file objects."""
@@ -599,7 +599,7 @@ class StreamRequestHandler(BaseRequestHandler):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         self.rfile = self.connection.makefile("rb", self.rbufsize)
         if self.wbufsize == 0:
-            self.wfile = _SocketWriter(self.connection)  # type: ignore[assignment]
+            self.wfile = _SocketWriter(self.connection)
         else:
             self.wfile = self.connection.makefile("wb", self.wbufsize)
 

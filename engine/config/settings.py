@@ -1,0 +1,229 @@
+"""The one typed definition of every setting: the registry.
+
+Each field of :class:`Settings` carries, in its metadata, the help text, the section
+it is listed under, its validator, and whether it is a class attribute of
+``PreforkMixIn``. The CLI flag (``--max-children``), the TOML key (``max_children``)
+and the environment variable (``ENGINE_MAX_CHILDREN``) are all derived from the field
+name, so the front ends and the generated ``docs/settings.md`` cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.config import validators as v
+from engine.errors import ConfigError
+
+ENV_PREFIX = "ENGINE_"
+
+# Sections, in the order --help and the docs list them.
+SECTIONS = {
+    "server": "Server: what to serve and where",
+    "pool": "Pool: how many workers, and when to grow or shrink",
+    "timeouts": "Timeouts and recycling",
+    "supervision": "Health and status",
+    "logging": "Logging",
+}
+
+
+def setting(
+    default: Any,
+    help: str,
+    section: str,
+    validator: v.Validator,
+    *,
+    class_attr: bool = True,
+    metavar: str | None = None,
+) -> Any:
+    """Declare one setting (a dataclass field with its metadata)."""
+    assert section in SECTIONS, section
+    meta = {
+        "help": help,
+        "section": section,
+        "validator": validator,
+        "class_attr": class_attr,
+        "metavar": metavar,
+    }
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every engine setting, typed and validated (see ``docs/settings.md``)."""
+
+    # --- server ---
+    bind: tuple[str, ...] = setting(
+        ("127.0.0.1:8000",),
+        "Address to listen on: HOST:PORT, [IPV6]:PORT or unix:PATH. Repeat for several.",
+        "server", v.bind_list, class_attr=False, metavar="ADDRESS",
+    )
+    udp: bool = setting(
+        False, "Serve datagrams (UDP, or Unix datagram for unix:PATH) instead of streams.",
+        "server", v.boolean, class_attr=False,
+    )
+    proc_name: str | None = setting(
+        None, "Name shown in process titles (default: the handler class name).",
+        "server", v.optional(v.text), metavar="NAME",
+    )
+    request_queue_size: int = setting(
+        2048, "Listen backlog: connections waiting while every worker is busy.",
+        "server", v.int_range(1, 1 << 20), metavar="N",
+    )
+    # --- pool ---
+    pool_mode: str = setting(
+        "dynamic",
+        "static: exactly `workers` processes; dynamic: keep min_spare..max_spare idle "
+        "workers, between `workers` and `max_children`; ondemand: start with none and fork "
+        "when connections wait.",
+        "pool", v.choice("static", "dynamic", "ondemand"), metavar="MODE",
+    )
+    workers: int | None = setting(
+        None, "Workers forked at start, and the pool's floor (default: the number of CPUs; "
+        "0 in ondemand mode). SIGTTIN/SIGTTOU change it at run time.",
+        "pool", v.optional(v.int_range(0, 4096), none_words=("", "none", "auto")),
+        metavar="N",
+    )
+    max_children: int = setting(
+        40, "Hard cap on live worker processes, including ones draining or being replaced.",
+        "pool", v.int_range(1, 4096), metavar="N",
+    )
+    min_spare: int = setting(
+        2, "dynamic mode: fork more workers when fewer than this many are idle.",
+        "pool", v.int_range(0, 4096), metavar="N",
+    )
+    max_spare: int = setting(
+        8, "dynamic mode: retire idle workers above this many after idle_timeout.",
+        "pool", v.int_range(1, 4096), metavar="N",
+    )
+    idle_timeout: float = setting(
+        10.0, "Seconds a surplus worker may stay idle before it is retired.",
+        "pool", v.duration(0.0, exclusive=True), metavar="SECONDS",
+    )
+    max_spawn_batch: int = setting(
+        32, "Most workers forked in one maintenance tick; the batch doubles 1, 2, 4... "
+        "while more are needed, so a burst does not fork-storm the machine.",
+        "pool", v.int_range(1, 4096), metavar="N",
+    )
+    gc_freeze: bool = setting(
+        True, "Call gc.freeze() before forking, so workers share the master's memory "
+        "pages copy-on-write instead of touching them in garbage collections.",
+        "pool", v.boolean,
+    )
+    threads: int = setting(
+        1, "Threads per worker: connections one worker serves at once.",
+        "pool", v.int_range(1, 4096), metavar="N",
+    )
+    # --- timeouts ---
+    graceful_timeout: float = setting(
+        30.0, "On graceful stop or restart, seconds in-flight requests get before SIGKILL.",
+        "timeouts", v.duration(0.0), metavar="SECONDS",
+    )
+    worker_timeout: float | None = setting(
+        30.0, "Kill a worker that is not busy with a request yet sends no heartbeat for "
+        "this long (a wedged worker). Busy workers are governed by request_timeout.",
+        "timeouts", v.optional(v.duration(0.0, exclusive=True)), metavar="SECONDS",
+    )
+    request_timeout: float | None = setting(
+        None, "Kill a worker busy on one connection for longer than this (off by default: "
+        "safe for long-lived connections).",
+        "timeouts", v.optional(v.duration(0.0, exclusive=True)), metavar="SECONDS",
+    )
+    max_requests: int = setting(
+        0, "Recycle a worker after it served this many connections (0: never).",
+        "timeouts", v.int_range(0), metavar="N",
+    )
+    max_requests_jitter: int = setting(
+        0, "Add a random 0..N to each worker's max_requests so they do not recycle together.",
+        "timeouts", v.int_range(0), metavar="N",
+    )
+    max_worker_memory: int = setting(
+        0, "Recycle a worker whose RSS exceeds this many bytes (K/M/G suffixes; 0: never).",
+        "timeouts", v.byte_size, metavar="BYTES",
+    )
+    # --- supervision ---
+    health_interval: float = setting(
+        5.0, "Seconds between psutil samples of each worker's RSS, CPU and open fds.",
+        "supervision", v.duration(0.1), metavar="SECONDS",
+    )
+    status_bind: str | None = setting(
+        None, "Serve live status (JSON and Prometheus text) on this address: "
+        "unix:PATH or 127.0.0.1:PORT. Off by default.",
+        "supervision", v.optional(v.bind_address), metavar="ADDRESS",
+    )
+    # --- logging ---
+    log_level: str = setting(
+        "info", "Log level of the engine's own log.", "logging", v.log_level, metavar="LEVEL",
+    )
+    log_file: str | None = setting(
+        None, "Write the log here instead of stderr (reopened on SIGUSR1, for logrotate).",
+        "logging", v.optional(v.text), metavar="PATH",
+    )
+    access_log: str | None = setting(
+        None, "Write one line per connection (client, duration, bytes in/out) here; "
+        "'-' is stderr. Off by default.",
+        "logging", v.optional(v.text), metavar="PATH",
+    )
+
+
+def registry() -> Iterator[dataclasses.Field[Any]]:
+    """Every setting's field, in declaration order."""
+    return iter(dataclasses.fields(Settings))
+
+
+def class_attr_names() -> list[str]:
+    """Settings that are class attributes of ``PreforkMixIn``."""
+    return [f.name for f in registry() if f.metadata["class_attr"]]
+
+
+def env_var(name: str) -> str:
+    """The environment variable of a setting."""
+    return ENV_PREFIX + name.upper()
+
+
+def cli_flag(name: str) -> str:
+    """The command-line flag of a setting."""
+    return "--" + name.replace("_", "-")
+
+
+def validate(name: str, value: Any) -> Any:
+    """Validate one setting's raw value; raise ConfigError for unknown names too."""
+    fields = {f.name: f for f in registry()}
+    if name not in fields:
+        raise ConfigError(name, value, "a known setting (see docs/settings.md)")
+    return fields[name].metadata["validator"](name, value)
+
+
+def build(values: Mapping[str, Any]) -> Settings:
+    """Validate *values* (missing ones take defaults) and check consistency."""
+    typed = {name: validate(name, value) for name, value in values.items()}
+    settings = Settings(**typed)
+    check_consistency(settings)
+    return settings
+
+
+def resolved_workers(settings: Settings) -> int:
+    """The start-up worker count: ``workers``, or the CPU count capped by max_children."""
+    if settings.workers is not None:
+        return settings.workers
+    default = 0 if settings.pool_mode == "ondemand" else (os.cpu_count() or 1)
+    return min(default, settings.max_children)
+
+
+def check_consistency(s: Settings) -> None:
+    """Cross-setting rules; each failure names the setting to change."""
+    if s.workers == 0 and s.pool_mode != "ondemand":
+        raise ConfigError("workers", 0, "at least 1 (0 only with pool_mode=ondemand)")
+    if s.workers is not None and s.workers > s.max_children:
+        raise ConfigError(
+            "workers", s.workers, f"at most max_children ({s.max_children})"
+        )
+    if s.min_spare > s.max_spare:
+        raise ConfigError("min_spare", s.min_spare, f"at most max_spare ({s.max_spare})")
+    if s.threads > 1 and s.pool_mode != "static" and s.threads * s.max_children > 1 << 16:
+        raise ConfigError(
+            "threads", s.threads, "threads * max_children at most 65536"
+        )

@@ -1,0 +1,176 @@
+"""Pure parse-and-validate functions for settings.
+
+Each takes the setting's name and a raw value (a Python object from class attributes
+or TOML, or a string from the CLI or the environment) and returns the typed value, or
+raises :class:`~engine.errors.ConfigError` naming the setting, the value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine.errors import ConfigError
+
+Validator = Callable[[str, Any], Any]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def boolean(name: str, value: Any) -> bool:
+    """true/false, yes/no, on/off, 1/0."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigError(name, value, "a boolean (true/false, yes/no, on/off, 1/0)")
+
+
+def _integer(name: str, value: Any, allowed: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(name, value, allowed)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip(), 0)
+        except ValueError:
+            pass
+    raise ConfigError(name, value, allowed)
+
+
+def int_range(low: int, high: int | None = None) -> Validator:
+    """An integer in ``[low, high]`` (no upper bound when *high* is None)."""
+    allowed = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+
+    def check(name: str, value: Any) -> int:
+        number = _integer(name, value, allowed)
+        if number < low or (high is not None and number > high):
+            raise ConfigError(name, value, allowed)
+        return number
+
+    check.__doc__ = allowed
+    return check
+
+
+def optional(inner: Validator, none_words: Sequence[str] = ("", "none", "off")) -> Validator:
+    """None (or one of *none_words* as a string), else what *inner* accepts."""
+
+    def check(name: str, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in none_words):
+            return None
+        try:
+            return inner(name, value)
+        except ConfigError as error:
+            raise ConfigError(name, value, f"{error.allowed}, or none/off") from None
+
+    check.__doc__ = f"{inner.__doc__}, or none/off"
+    return check
+
+
+def duration(low: float = 0.0, *, exclusive: bool = False) -> Validator:
+    """A number of seconds (int or float) above *low*."""
+    sign = ">" if exclusive else ">="
+    allowed = f"a number of seconds {sign} {low:g}"
+
+    def check(name: str, value: Any) -> float:
+        if isinstance(value, bool):
+            raise ConfigError(name, value, allowed)
+        try:
+            seconds = float(value.strip()) if isinstance(value, str) else float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(name, value, allowed) from None
+        if not math.isfinite(seconds) or seconds < low or (exclusive and seconds == low):
+            raise ConfigError(name, value, allowed)
+        return seconds
+
+    check.__doc__ = allowed
+    return check
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def byte_size(name: str, value: Any) -> int:
+    """A size in bytes: an integer >= 0, or a string with a K/M/G suffix (0 is off)."""
+    allowed = "a size in bytes >= 0 (suffixes K, M, G allowed; 0 is off)"
+    if isinstance(value, bool):
+        raise ConfigError(name, value, allowed)
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)i?[bB]?\s*", value)
+        if match:
+            return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    raise ConfigError(name, value, allowed)
+
+
+def choice(*choices: str) -> Validator:
+    """One of a fixed set of words (case-insensitive)."""
+    allowed = "one of " + ", ".join(choices)
+
+    def check(name: str, value: Any) -> str:
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise ConfigError(name, value, allowed)
+
+    check.__doc__ = allowed
+    return check
+
+
+def text(name: str, value: Any) -> str:
+    """A non-empty string."""
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ConfigError(name, value, "a non-empty string")
+
+
+def log_level(name: str, value: Any) -> str:
+    """A logging level name: debug, info, warning, error, critical."""
+    levels = ("debug", "info", "warning", "error", "critical")
+    if isinstance(value, str) and value.strip().lower() in levels:
+        return value.strip().lower()
+    if isinstance(value, int) and not isinstance(value, bool):
+        named = logging.getLevelName(value)
+        if isinstance(named, str) and named.lower() in levels:
+            return named.lower()
+    raise ConfigError(name, value, "one of " + ", ".join(levels))
+
+
+def bind_address(name: str, value: Any) -> str:
+    """HOST:PORT, [IPv6]:PORT or unix:PATH."""
+    allowed = "HOST:PORT, [IPV6]:PORT or unix:PATH (port 0-65535)"
+    if not isinstance(value, str):
+        raise ConfigError(name, value, allowed)
+    spec = value.strip()
+    if spec.startswith("unix:") and len(spec) > len("unix:"):
+        return spec
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.%\w]+\]|[^\[\]:]*):(\d{1,5})", spec)
+    if not match or int(match.group(2)) > 65535:
+        raise ConfigError(name, value, allowed)
+    return spec
+
+
+def bind_list(name: str, value: Any) -> tuple[str, ...]:
+    """One or more bind addresses (a list, or a comma-separated string)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ConfigError(name, value, "a list of HOST:PORT, [IPV6]:PORT or unix:PATH")
+    return tuple(bind_address(name, item) for item in items)
+
+
+def parse_bind(spec: str) -> tuple[int, Any]:
+    """Turn a validated bind spec into ``(address_family, address)``."""
+    import socket
+
+    if spec.startswith("unix:"):
+        return socket.AF_UNIX, spec[len("unix:"):]
+    host, _, port = spec.rpartition(":")
+    if host.startswith("["):
+        return socket.AF_INET6, (host[1:-1], int(port))
+    return socket.AF_INET, (host or "0.0.0.0", int(port))

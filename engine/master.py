@@ -1,0 +1,528 @@
+"""The master process: one loop that forks, watches, reaps and replaces workers.
+
+The master never accepts connections. It sleeps in a single ``select()`` on its wakeup
+fd (signals and other threads write to it) until the nearest deadline, then, in order:
+turns the bytes it read into commands, reaps exited workers, enforces deadlines
+(drain → SIGKILL, hung workers), and applies the pool policy (:mod:`engine.pool`).
+
+Signals (while ``serve_forever()`` runs in the main thread):
+
+=================  ==========================================================
+SIGTERM            graceful stop: workers finish in-flight connections (up to
+                   ``graceful_timeout``, then SIGKILL); serve_forever returns
+SIGINT, SIGQUIT    quick stop: workers exit at once
+SIGHUP             graceful restart: new workers first, then the old ones drain
+SIGTTIN, SIGTTOU   one worker more / fewer, within [1, max_children]
+SIGUSR1            reopen log files
+SIGCHLD            reap
+=================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import gc
+import logging
+import os
+import random
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine import pool
+from engine.config import Settings, resolved_workers
+from engine.errors import MasterFatalError
+from engine.exits import describe_exit
+from engine.proctitle import master_title, titled, worker_title
+from engine.wakeup import WAKE, WakeupFd, captured_signals
+from workers.protocol import ExitCode, WorkerState
+from workers.scoreboard import Scoreboard
+from workers.worker import WorkerSpec, run_worker
+
+log = logging.getLogger("engine.master")
+
+# Consecutive failed boots (with no worker up) before the master gives up.
+MAX_BOOT_FAILURES = 5
+BOOT_BACKOFF_BASE = 0.1
+BOOT_BACKOFF_CAP = 5.0
+# How long a worker told to dump its traceback (SIGABRT) gets before SIGKILL.
+ABORT_GRACE = 1.0
+# Ticks: short while the pool is changing, long when all is quiet.
+BUSY_TICK = 0.1
+QUIET_TICK = 1.0
+# Without signals (serve_forever in a thread) child exits are found by polling.
+NO_SIGNAL_TICK = 0.05
+
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGCHLD,
+)
+
+
+class MasterState(enum.Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"  # graceful: draining every worker
+    STOPPING_QUICK = "stopping quickly"
+    STOPPED = "stopped"
+
+
+@dataclass
+class WorkerSlot:
+    """The master's own record of one live worker process."""
+
+    slot: int
+    pid: int
+    generation: int
+    spawned: float
+    booted: bool = False
+    draining: bool = False
+    kill_at: float | None = None  # SIGKILL deadline (drain or abort grace)
+    idle_since: float | None = None
+    last_requests: int = 0
+    why_killed: str = ""
+
+
+class Master:
+    """Runs the pool for one server: ``run()`` returns when the pool has stopped."""
+
+    def __init__(self, server: Any, settings: Settings) -> None:
+        self.server = server
+        self.settings = settings
+        self.state = MasterState.RUNNING
+        self.target = resolved_workers(settings)
+        self.generation = 0
+        self.reload_size: int | None = None
+        self.workers: dict[int, WorkerSlot] = {}  # by slot
+        self.batch = 1
+        self.boot_failures = 0
+        self.backoff_until = 0.0
+        self.fatal: str | None = None
+        self.quick_interrupt = False  # SIGINT with Python's default handler before us
+        self.interrupted = False  # so serve_forever raises KeyboardInterrupt, as stdlib's
+        self.listener_watched = False
+        self.name = settings.proc_name or _handler_name(server)
+        self.scoreboard = Scoreboard(settings.max_children)
+        self.wakeup = WakeupFd()
+        self.selector = selectors.DefaultSelector()
+        self.signals_captured = False
+        self.is_pid1 = os.getpid() == 1
+        self._commands: dict[int, Callable[[], None]] = {
+            WAKE: self._on_wake,
+            signal.SIGTERM: self.stop_gracefully,
+            signal.SIGINT: self._on_interrupt,
+            signal.SIGQUIT: self.stop_quickly,
+            signal.SIGHUP: self.reload,
+            signal.SIGTTIN: lambda: self.scale_by(+1),
+            signal.SIGTTOU: lambda: self.scale_by(-1),
+            signal.SIGUSR1: self._reopen_logs,
+            signal.SIGCHLD: lambda: None,  # reaping happens every iteration anyway
+        }
+        self.stop_requested = False
+
+    # --- the loop ---
+
+    def run(self) -> None:
+        """Fork the pool and supervise it until it has stopped.
+
+        Raises:
+            MasterFatalError: no worker could boot (crash loop).
+        """
+        self.selector.register(self.wakeup, selectors.EVENT_READ)
+        title = master_title(self.name, self.server.server_address)
+        with titled(title), captured_signals(self.wakeup, HANDLED_SIGNALS) as previous:
+            self.signals_captured = bool(previous)
+            self.quick_interrupt = previous.get(signal.SIGINT) is signal.default_int_handler
+            log.info("master %d serving %s with %d workers", os.getpid(), title, self.target)
+            try:
+                self.manage_workers(time.monotonic())  # the initial pool, at once
+                while self.state is not MasterState.STOPPED:
+                    self.step()
+            finally:
+                self.kill_all()
+                self.selector.close()
+                self.wakeup.close()
+                self.scoreboard.close()
+        if self.fatal:
+            raise MasterFatalError(self.fatal)
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    def step(self) -> None:
+        """One iteration: wait, dispatch commands, reap, enforce deadlines, plan."""
+        now = time.monotonic()
+        self._watch_listener()
+        for key, _ in self.selector.select(self._next_timeout(now)):
+            if key.fileobj is self.wakeup:
+                for byte in self.wakeup.drain():
+                    self._commands.get(byte, lambda: None)()
+        if self.stop_requested and self.state is MasterState.RUNNING:
+            self.stop_gracefully()
+        self.reap_workers()
+        now = time.monotonic()
+        self._observe(now)
+        self._enforce_deadlines(now)
+        if self.state is MasterState.RUNNING:
+            self.manage_workers(now)
+            self._call_service_actions()
+        elif not self.workers:
+            self.state = MasterState.STOPPED
+
+    def request_stop(self) -> None:
+        """Ask for a graceful stop from any thread (``shutdown()``)."""
+        self.stop_requested = True
+        self.wakeup.wake()
+
+    def _next_timeout(self, now: float) -> float:
+        tick = QUIET_TICK
+        if self._pool_is_changing():
+            tick = BUSY_TICK
+        if not self.signals_captured:
+            tick = min(tick, NO_SIGNAL_TICK)
+        deadlines = [w.kill_at for w in self.workers.values() if w.kill_at is not None]
+        if self.backoff_until > now:
+            deadlines.append(self.backoff_until)
+        if deadlines:
+            tick = min(tick, max(0.0, min(deadlines) - now))
+        return tick
+
+    def _pool_is_changing(self) -> bool:
+        if self.state is not MasterState.RUNNING or self.reload_size is not None:
+            return True
+        if len(self.workers) < self.target or self.backoff_until > time.monotonic():
+            return True
+        if self.settings.pool_mode == "static":
+            return len(self.workers) != self.target
+        return any(
+            self.scoreboard.state(w.slot) != WorkerState.IDLE for w in self.workers.values()
+        )
+
+    # --- commands ---
+
+    def _on_wake(self) -> None:
+        """A plain wake-up: state is re-checked by the loop."""
+
+    def _on_interrupt(self) -> None:
+        self.interrupted = self.quick_interrupt
+        self.stop_quickly()
+
+    def stop_gracefully(self) -> None:
+        """Drain every worker, then stop (SIGTERM, ``shutdown()``)."""
+        if self.state is not MasterState.RUNNING:
+            return
+        log.info("graceful stop: draining %d workers", len(self.workers))
+        self.state = MasterState.STOPPING
+        deadline = time.monotonic() + self.settings.graceful_timeout
+        for worker in self.workers.values():
+            self.drain_worker(worker, deadline)
+
+    def stop_quickly(self) -> None:
+        """Make every worker exit at once (SIGINT, SIGQUIT)."""
+        if self.state in (MasterState.STOPPING_QUICK, MasterState.STOPPED):
+            return
+        log.info("quick stop of %d workers", len(self.workers))
+        self.state = MasterState.STOPPING_QUICK
+        deadline = time.monotonic() + ABORT_GRACE
+        for worker in self.workers.values():
+            self._signal(worker, signal.SIGQUIT)
+            worker.draining = True
+            worker.kill_at = deadline
+
+    def reload(self) -> None:
+        """Replace every worker by a new one; old ones drain once new ones serve."""
+        if self.state is not MasterState.RUNNING:
+            return
+        serving = sum(1 for w in self.workers.values() if not w.draining)
+        self.generation += 1
+        self.reload_size = max(serving, self.target)
+        log.info("graceful restart: generation %d replaces %d workers", self.generation, serving)
+
+    def scale_by(self, delta: int) -> None:
+        """Change the pool's floor by *delta*, within [1, max_children]."""
+        before = self.target
+        self.target = min(max(self.target + delta, 1), self.settings.max_children)
+        log.info("workers %d -> %d", before, self.target)
+
+    def _reopen_logs(self) -> None:
+        reopen = getattr(self.server, "reopen_logs", None)
+        if reopen is not None:
+            reopen()
+        for worker in self.workers.values():
+            self._signal(worker, signal.SIGUSR1)
+
+    # --- workers ---
+
+    def spawn_worker(self, slot: int, now: float) -> None:
+        """Fork one worker into *slot*."""
+        settings = self.settings
+        max_requests = settings.max_requests
+        if max_requests:
+            max_requests += random.randint(0, settings.max_requests_jitter)
+        spec = WorkerSpec(
+            slot=slot,
+            generation=self.generation,
+            master_pid=os.getpid(),
+            title=worker_title(slot, self.name),
+            threads=settings.threads,
+            max_requests=max_requests,
+            close_fds=(*self.wakeup.fds, self.selector.fileno()),
+            on_request_done=getattr(self.server, "_engine_request_done", None),
+        )
+        self.scoreboard.clear(slot)
+        if settings.gc_freeze:
+            gc.freeze()  # keep the master's objects out of the workers' collections: CoW
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            log.error("fork failed for worker %d: %s", slot, exc)
+            self._boot_failed(now)
+            return
+        if pid == 0:
+            run_worker(self.server, self.scoreboard, spec)
+        self.workers[slot] = WorkerSlot(slot, pid, self.generation, now)
+        log.info("spawned worker %d pid %d (generation %d)", slot, pid, self.generation)
+        hook = getattr(self.server, "worker_spawned", None)
+        if hook is not None:
+            self._guarded(hook, slot, pid)
+
+    def drain_worker(self, worker: WorkerSlot, deadline: float) -> None:
+        """Tell a worker to finish its connections and exit by *deadline*."""
+        if worker.draining:
+            return
+        worker.draining = True
+        worker.kill_at = deadline
+        self.scoreboard.set_draining(worker.slot)
+        self._signal(worker, signal.SIGTERM)
+
+    def abort_worker(self, worker: WorkerSlot, why: str) -> None:
+        """A hung worker: ask for its traceback (SIGABRT), SIGKILL it shortly after."""
+        record = self.scoreboard.read(worker.slot)
+        log.warning(
+            "worker %d pid %d %s (client %s); dumping its traceback, then killing it",
+            worker.slot, worker.pid, why, record.client or "-",
+        )
+        worker.why_killed = why
+        worker.draining = True
+        worker.kill_at = time.monotonic() + ABORT_GRACE
+        self._signal(worker, signal.SIGABRT)
+
+    def kill_all(self) -> None:
+        """SIGKILL and reap whatever is left (used on the way out)."""
+        for worker in list(self.workers.values()):
+            self._signal(worker, signal.SIGKILL)
+        for worker in list(self.workers.values()):
+            with contextlib.suppress(ChildProcessError):
+                _, status = os.waitpid(worker.pid, 0)
+                self._worker_exited(worker, status)
+            self.workers.pop(worker.slot, None)
+
+    def reap_workers(self) -> None:
+        """Collect every exited worker of ours (and adopted orphans when PID 1)."""
+        for worker in list(self.workers.values()):
+            try:
+                pid, status = os.waitpid(worker.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = worker.pid, 0  # reaped by someone else: gone all the same
+            if pid:
+                self._worker_exited(worker, status)
+        if self.is_pid1:
+            with contextlib.suppress(ChildProcessError):
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+
+    def _worker_exited(self, worker: WorkerSlot, status: int) -> None:
+        now = time.monotonic()
+        del self.workers[worker.slot]
+        booted = worker.booted or self.scoreboard.state(worker.slot) in (
+            WorkerState.IDLE, WorkerState.BUSY
+        )
+        code = os.waitstatus_to_exitcode(status)
+        how = describe_exit(status)
+        self.scoreboard.clear(worker.slot)
+        if worker.why_killed:
+            log.warning("worker %d pid %d killed: %s", worker.slot, worker.pid, worker.why_killed)
+        elif worker.draining or self.state is not MasterState.RUNNING:
+            log.info("worker %d pid %d exited: %s", worker.slot, worker.pid, how)
+        elif code == 0 and booted:
+            log.info("worker %d pid %d recycled: %s", worker.slot, worker.pid, how)
+        else:
+            log.warning("worker %d pid %d died: %s", worker.slot, worker.pid, how)
+        if (not booted or code == ExitCode.BOOT_FAILED) and self.state is MasterState.RUNNING:
+            self._boot_failed(now)
+        hook = getattr(self.server, "worker_exited", None)
+        if hook is not None:
+            self._guarded(hook, worker.slot, worker.pid, code)
+
+    def _boot_failed(self, now: float) -> None:
+        self.boot_failures += 1
+        delay = min(BOOT_BACKOFF_BASE * 2 ** (self.boot_failures - 1), BOOT_BACKOFF_CAP)
+        self.backoff_until = now + delay
+        if self.boot_failures >= MAX_BOOT_FAILURES and not any(
+            w.booted for w in self.workers.values()
+        ):
+            self.fatal = (
+                f"no worker could boot: {self.boot_failures} workers in a row exited "
+                "during start-up (see their tracebacks above); stopping"
+            )
+            log.critical("%s", self.fatal)
+            self.stop_quickly()
+        else:
+            log.warning("worker failed to boot; next spawn in %.2fs", delay)
+
+    def _observe(self, now: float) -> None:
+        """Read the scoreboard: boots, idle times."""
+        for worker in self.workers.values():
+            state = self.scoreboard.state(worker.slot)
+            if not worker.booted and state in (WorkerState.IDLE, WorkerState.BUSY):
+                worker.booted = True
+                self.boot_failures = 0
+            if state == WorkerState.IDLE:
+                requests = self.scoreboard.read(worker.slot).requests
+                if worker.idle_since is None or requests != worker.last_requests:
+                    worker.idle_since = now
+                    worker.last_requests = requests
+            else:
+                worker.idle_since = None
+
+    def _enforce_deadlines(self, now: float) -> None:
+        settings = self.settings
+        for worker in list(self.workers.values()):
+            if worker.kill_at is not None:
+                if now >= worker.kill_at:
+                    worker.kill_at = None
+                    if not worker.why_killed and self.state is not MasterState.STOPPING_QUICK:
+                        log.warning(
+                            "worker %d pid %d did not finish within graceful_timeout; "
+                            "SIGKILL", worker.slot, worker.pid,
+                        )
+                    self._signal(worker, signal.SIGKILL)
+                continue
+            record = self.scoreboard.read(worker.slot)
+            if (
+                record.state == WorkerState.BUSY
+                and settings.request_timeout is not None
+                and record.request_start
+                and now - record.request_start > settings.request_timeout
+            ):
+                self.abort_worker(
+                    worker,
+                    f"busy on one request for {now - record.request_start:.1f}s "
+                    f"> request_timeout {settings.request_timeout:g}s",
+                )
+            elif (
+                record.state in (WorkerState.IDLE, WorkerState.STARTING)
+                and settings.worker_timeout is not None
+                and now - max(record.heartbeat, worker.spawned) > settings.worker_timeout
+            ):
+                self.abort_worker(
+                    worker,
+                    f"silent for {now - max(record.heartbeat, worker.spawned):.1f}s "
+                    f"> worker_timeout {settings.worker_timeout:g}s",
+                )
+
+    def manage_workers(self, now: float) -> None:
+        """Apply the pool policy: fork, drain, retire."""
+        views = [
+            pool.WorkerView(
+                slot=w.slot,
+                generation=w.generation,
+                state=self.scoreboard.state(w.slot),
+                draining=w.draining,
+                idle_since=w.idle_since,
+            )
+            for w in self.workers.values()
+        ]
+        settings = self.settings
+        params = pool.PoolParams(
+            mode=settings.pool_mode,
+            target=self.target,
+            max_children=settings.max_children,
+            min_spare=settings.min_spare,
+            max_spare=settings.max_spare,
+            idle_timeout=settings.idle_timeout,
+            max_spawn_batch=settings.max_spawn_batch,
+        )
+        decision = pool.plan(
+            views,
+            params,
+            generation=self.generation,
+            reload_size=self.reload_size,
+            connections_waiting=self._connections_waiting(views),
+            batch=self.batch,
+            now=now,
+            can_spawn=now >= self.backoff_until,
+        )
+        self.batch = decision.next_batch
+        deadline = now + settings.graceful_timeout
+        for slot in decision.drain:
+            self.drain_worker(self.workers[slot], deadline)
+        free_slots = (s for s in range(settings.max_children) if s not in self.workers)
+        for slot, _ in zip(free_slots, range(decision.spawn), strict=False):
+            self.spawn_worker(slot, now)
+        if self.reload_size is not None and all(
+            w.generation == self.generation for w in self.workers.values() if not w.draining
+        ):
+            self.reload_size = None
+
+    def _watch_listener(self) -> None:
+        """Wake on a new connection only while no worker is there to take it.
+
+        That is how ondemand forks its first worker at once; otherwise the listener
+        stays out of the selector (workers take connections, the master must not spin).
+        """
+        wanted = (
+            self.state is MasterState.RUNNING
+            and self.settings.pool_mode != "static"
+            and len(self.workers) < self.settings.max_children
+            and time.monotonic() >= self.backoff_until
+            and not any(
+                self.scoreboard.state(w.slot) in (WorkerState.IDLE, WorkerState.STARTING)
+                for w in self.workers.values()
+            )
+        )
+        if wanted != self.listener_watched:
+            if wanted:
+                self.selector.register(self.server.fileno(), selectors.EVENT_READ)
+            else:
+                self.selector.unregister(self.server.fileno())
+            self.listener_watched = wanted
+
+    def _connections_waiting(self, views: list[pool.WorkerView]) -> bool:
+        """Is a connection (or datagram) waiting that no idle worker will take?"""
+        if self.settings.pool_mode == "static":
+            return False
+        if any(v.state in (WorkerState.IDLE, WorkerState.STARTING) for v in views):
+            return False
+        with selectors.DefaultSelector() as probe:
+            probe.register(self.server.fileno(), selectors.EVENT_READ)
+            return bool(probe.select(0))
+
+    # --- helpers ---
+
+    def _signal(self, worker: WorkerSlot, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signum)
+
+    def _guarded(self, hook: Callable[..., Any], *args: Any) -> None:
+        """Run a user hook; its failure is logged, never fatal to the master."""
+        try:
+            hook(*args)
+        except Exception:
+            log.exception("hook %s raised", getattr(hook, "__name__", hook))
+
+    def _call_service_actions(self) -> None:
+        self._guarded(self.server.service_actions)
+
+
+def _handler_name(server: Any) -> str:
+    handler = getattr(server, "RequestHandlerClass", None)
+    return getattr(handler, "__name__", type(server).__name__)

@@ -1,0 +1,188 @@
+"""PreforkMixIn and the predefined Prefork*Server classes.
+
+``PreforkMixIn`` turns any socketserver-style server (engine's or the stdlib's) into a
+master that binds once and serves with a supervised pool of pre-forked workers::
+
+    class Server(PreforkMixIn, TCPServer): ...          # or socketserver.TCPServer
+
+Settings are class attributes, overridable per subclass or instance, exactly like
+``ForkingMixIn.max_children``; they are listed in ``docs/settings.md`` and validated
+when the server is constructed and again when ``serve_forever()`` starts.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from engine import classic
+from engine.config import Settings, build, class_attr_names, registry
+from engine.master import Master
+
+
+class PreforkMixIn:
+    """Mix-in that serves requests from a pool of pre-forked worker processes.
+
+    ``serve_forever()`` runs the master in the calling thread: it forks the workers,
+    supervises them and returns after ``shutdown()`` (or SIGTERM), once in-flight
+    requests have finished. ``poll_interval`` is accepted for compatibility and unused:
+    the master is woken by events, it does not poll.
+
+    Hooks (all may be overridden):
+
+    * :meth:`worker_init` / :meth:`worker_exit`: in each worker, after fork / before exit;
+    * :meth:`worker_spawned` / :meth:`worker_exited`: in the master.
+    """
+
+    # Settings (defaults filled in from engine.config's registry below the class).
+    proc_name: str | None
+    request_queue_size: int
+    pool_mode: str
+    workers: int | None
+    max_children: int
+    min_spare: int
+    max_spare: int
+    idle_timeout: float
+    max_spawn_batch: int
+    gc_freeze: bool
+    threads: int
+    graceful_timeout: float
+    worker_timeout: float | None
+    request_timeout: float | None
+    max_requests: int
+    max_requests_jitter: int
+    max_worker_memory: int
+    health_interval: float
+    status_bind: str | None
+    log_level: str
+    log_file: str | None
+    access_log: str | None
+
+    _master: Master | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Validate before the base class binds, so a bad setting leaks no socket.
+        self.prefork_settings()
+        self._prefork_stopped = threading.Event()
+        self._prefork_stopped.set()
+        self._prefork_shutdown = False
+        self._prefork_lock = threading.Lock()
+        self._prefork_thread: threading.Thread | None = None
+        super().__init__(*args, **kwargs)
+
+    def prefork_settings(self) -> Settings:
+        """The validated settings, read from this server's attributes.
+
+        Raises:
+            engine.errors.ConfigError: a setting is invalid (the message names it).
+        """
+        return build({name: getattr(self, name) for name in class_attr_names()})
+
+    # --- the classic serving API, mapped onto the master ---
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Run the master until :meth:`shutdown` or a stop signal.
+
+        Raises:
+            ValueError: the server is closed.
+            engine.errors.ConfigError: a setting is invalid.
+            engine.errors.MasterFatalError: no worker could boot.
+        """
+        if self.fileno() < 0:  # type: ignore[attr-defined]
+            raise ValueError(f"serve_forever() called on a closed server: {self!r}")
+        settings = self.prefork_settings()
+        sock = self.socket  # type: ignore[attr-defined]
+        with self._prefork_lock:
+            if self._prefork_shutdown:  # shutdown() came first: return at once
+                self._prefork_shutdown = False
+                return
+            self._master = Master(self, settings)
+            self._prefork_thread = threading.current_thread()
+            self._prefork_stopped.clear()
+        was_blocking = sock.getblocking()
+        # Workers poll before accepting, but a sibling may win the race: never block.
+        sock.setblocking(False)
+        try:
+            self._master.run()
+        finally:
+            sock.setblocking(was_blocking)
+            with self._prefork_lock:
+                self._master = None
+                self._prefork_thread = None
+                self._prefork_shutdown = False
+                self._prefork_stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever` gracefully and wait until it has returned.
+
+        In-flight requests finish first (up to ``graceful_timeout``). Never deadlocks:
+        it returns at once when ``serve_forever`` is not running (a later one then
+        returns immediately) or when called from the master's own thread.
+        """
+        with self._prefork_lock:
+            master = self._master
+            if master is None:
+                self._prefork_shutdown = True
+                return
+            master.request_stop()
+            same_thread = self._prefork_thread is threading.current_thread()
+        if not same_thread:
+            self._prefork_stopped.wait()
+
+    def server_close(self) -> None:
+        """Close the listening socket; no worker outlives this call."""
+        super().server_close()  # type: ignore[misc]
+        master = self._master
+        if master is not None and master.workers:
+            master.kill_all()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """In a worker: finish the request and shut it down, in this process."""
+        try:
+            self.finish_request(request, client_address)  # type: ignore[attr-defined]
+        finally:
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+
+    # --- hooks ---
+
+    def worker_init(self) -> None:
+        """Called in each worker right after fork, before it serves. May be overridden.
+
+        Open per-process resources here (database connections...). An exception makes
+        the worker exit as failed to boot; the master backs off and retries.
+        """
+
+    def worker_exit(self) -> None:
+        """Called in each worker before it exits normally. May be overridden."""
+
+    def worker_spawned(self, slot: int, pid: int) -> None:
+        """Called in the master after forking worker *slot* as *pid*. May be overridden."""
+
+    def worker_exited(self, slot: int, pid: int, exitcode: int) -> None:
+        """Called in the master after reaping a worker. May be overridden.
+
+        *exitcode* is as ``subprocess`` reports it: the exit status, or minus the
+        number of the signal that killed the worker.
+        """
+
+
+for _field in registry():
+    if _field.metadata["class_attr"]:
+        setattr(PreforkMixIn, _field.name, _field.default)
+del _field
+
+
+class PreforkTCPServer(PreforkMixIn, classic.TCPServer):
+    """TCP server with a pre-forked, supervised pool of workers."""
+
+
+class PreforkUDPServer(PreforkMixIn, classic.UDPServer):
+    """UDP server with a pre-forked, supervised pool of workers."""
+
+
+class PreforkUnixStreamServer(PreforkMixIn, classic.UnixStreamServer):
+    """Unix stream server with a pre-forked, supervised pool of workers."""
+
+
+class PreforkUnixDatagramServer(PreforkMixIn, classic.UnixDatagramServer):
+    """Unix datagram server with a pre-forked, supervised pool of workers."""

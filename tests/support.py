@@ -1,0 +1,251 @@
+"""Helpers shared by the test suite: deadlines, subprocess engines, leftover checks.
+
+Nothing here sleeps as synchronisation: every wait is on a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+class DeadlineExceeded(AssertionError):
+    """A condition did not become true before its deadline."""
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition"
+) -> T:
+    """Poll *predicate* with a short backoff until it returns a truthy value.
+
+    Returns that value; raises :class:`DeadlineExceeded` naming *what* otherwise.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise DeadlineExceeded(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)  # a poll interval, not synchronisation: the predicate decides
+        delay = min(delay * 2, 0.05)
+
+
+def recv_line(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Read bytes up to and including a newline (or EOF), with a deadline."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def tcp_exchange(address: Any, payload: bytes, timeout: float = 10.0) -> bytes:
+    """Connect, send *payload*, half-close, and return everything the server sent."""
+    family = socket.AF_UNIX if isinstance(address, str) else (
+        socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    )
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process *pid* and all its descendants (empty if it is gone)."""
+    try:
+        parent = psutil.Process(pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def alive_pids(pids: Sequence[int]) -> list[int]:
+    """The pids from *pids* that still exist (zombies included)."""
+    return [pid for pid in pids if psutil.pid_exists(pid)]
+
+
+def zombie_children(pid: int | None = None) -> list[int]:
+    """Zombie children of *pid* (default: this process)."""
+    try:
+        children = psutil.Process(pid or os.getpid()).children()
+    except psutil.NoSuchProcess:
+        return []
+    zombies = []
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if child.status() == psutil.STATUS_ZOMBIE:
+                zombies.append(child.pid)
+    return zombies
+
+
+def open_fds() -> set[int]:
+    """File descriptors open in this process now."""
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+@dataclass
+class EngineProcess:
+    """An engine (or any server) running as a subprocess in its own session.
+
+    The child prints a ready line ``READY <address>`` on stdout once it listens; the
+    address is parsed with ``eval`` of a repr (tuple or str). Everything the child
+    prints afterwards on stderr is collected in a temporary file for assertions.
+    """
+
+    proc: subprocess.Popen[bytes]
+    address: Any
+    log_path: Path
+    seen_pids: set[int] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def workers(self) -> list[psutil.Process]:
+        """Live (non-zombie) direct children of the master."""
+        try:
+            children = psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        live = []
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    live.append(child)
+        self.seen_pids.update(child.pid for child in live)
+        return live
+
+    def snapshot(self) -> None:
+        """Remember every pid in the tree now, for the leftover check."""
+        self.seen_pids.update(p.pid for p in process_tree(self.pid))
+
+    def signal(self, signum: int) -> None:
+        self.snapshot()
+        os.kill(self.pid, signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+
+def start_engine(
+    code: str,
+    *,
+    tmp_path: Path,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 20.0,
+) -> EngineProcess:
+    """Run *code* (a Python program) as a subprocess and wait for its READY line.
+
+    The program must print ``READY <repr(address)>`` and flush once it serves.
+    """
+    script = tmp_path / f"server_{time.monotonic_ns()}.py"
+    script.write_text(code)
+    log_path = tmp_path / f"{script.stem}.log"
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
+    full_env["PYTHONUNBUFFERED"] = "1"
+    if env:
+        full_env.update(env)
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), *args],
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            start_new_session=True,
+        )
+    assert proc.stdout is not None
+    line = _read_line_with_deadline(proc, ready_timeout, log_path)
+    if not line.startswith(b"READY "):
+        kill_tree(proc.pid, proc)
+        raise AssertionError(f"no READY line, got {line!r}; log:\n{log_path.read_text()}")
+    address = eval(line[len(b"READY "):].decode())  # repr of a tuple or str from our own code
+    engine = EngineProcess(proc=proc, address=address, log_path=log_path)
+    engine.snapshot()
+    return engine
+
+
+def _read_line_with_deadline(
+    proc: subprocess.Popen[bytes], timeout: float, log_path: Path
+) -> bytes:
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    data = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                kill_tree(proc.pid, proc)
+                raise DeadlineExceeded(
+                    f"server did not get ready in {timeout}s; log:\n{log_path.read_text()}"
+                )
+            if sel.select(remaining):
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                data += chunk
+    return data.split(b"\n", 1)[0]
+
+
+def kill_tree(pid: int, proc: subprocess.Popen[bytes] | None = None, grace: float = 10.0) -> set[int]:
+    """SIGTERM the process group of *pid*, then SIGKILL it; return every pid seen."""
+    seen = {p.pid for p in process_tree(pid)}
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signum)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+        seen |= {p.pid for p in process_tree(pid)}
+        if not any(_exists_not_zombie(p) for p in seen):
+            break
+    if proc is not None and proc.returncode is None:
+        proc.kill()
+        proc.wait(timeout=grace)
+    return seen
+
+
+def _exists_not_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def assert_no_leftovers(pids: set[int], timeout: float = 5.0) -> None:
+    """Every pid in *pids* is gone (not alive, not a zombie) within *timeout*."""
+    wait_until(
+        lambda: not alive_pids(sorted(pids)), timeout, f"processes {sorted(pids)} to go away"
+    )

@@ -1,0 +1,46 @@
+"""States, exit codes and the server interface shared by the master and its workers."""
+
+from __future__ import annotations
+
+import enum
+import socket
+from typing import Any, Protocol
+
+
+class WorkerState(enum.IntEnum):
+    """What a worker is doing, as written in its scoreboard slot."""
+
+    EMPTY = 0  # no process in this slot
+    STARTING = 1  # forked, running worker_init; not yet accepting
+    IDLE = 2  # waiting for a connection
+    BUSY = 3  # serving at least one connection
+    DRAINING = 4  # finishing its connections, then exiting
+
+
+class ExitCode(enum.IntEnum):
+    """Exit statuses a worker uses, so the master can tell why it left."""
+
+    OK = 0  # drained or recycled on request
+    ERROR = 1  # unexpected exception in the worker loop
+    BOOT_FAILED = 3  # worker_init (or setup before serving) raised
+    QUICK = 4  # told to stop at once (SIGINT / SIGQUIT)
+
+
+class ServerLike(Protocol):
+    """What a worker needs from the server object it serves (a socketserver server)."""
+
+    socket: socket.socket
+
+    def get_request(self) -> tuple[Any, Any]: ...
+
+    def verify_request(self, request: Any, client_address: Any) -> bool: ...
+
+    def process_request(self, request: Any, client_address: Any) -> None: ...
+
+    def finish_request(self, request: Any, client_address: Any) -> None: ...
+
+    def shutdown_request(self, request: Any) -> None: ...
+
+    def handle_error(self, request: Any, client_address: Any) -> None: ...
+
+    def fileno(self) -> int: ...

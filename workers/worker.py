@@ -1,0 +1,299 @@
+"""The worker process: post-fork set-up, the accept/receive loop, drain and exit.
+
+A worker serves connections from the listening socket it shares with its siblings,
+running the *server's own* classic pipeline (``get_request`` → ``verify_request`` →
+``process_request`` → ``shutdown_request``, ``handle_error`` on exceptions) so that
+user overrides keep working. It never returns into the caller's stack: every path
+ends in ``os._exit``.
+
+Signals in a worker:
+
+=========  =======================================================================
+SIGTERM    drain: finish the connections in hand, then exit 0
+SIGINT     exit at once (status 4)
+SIGQUIT    exit at once (status 4)
+SIGABRT    dump every thread's traceback to stderr and die (the master's
+           hung-worker signal; it follows up with SIGKILL if needed)
+SIGUSR1    reopen log files (``server.reopen_logs()`` if the server has it)
+others     HUP, TTIN, TTOU, USR2, WINCH are the master's business: ignored
+=========  =======================================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import faulthandler
+import os
+import random
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from workers.protocol import ExitCode, ServerLike
+from workers.scoreboard import Scoreboard, format_client
+
+# Out of file descriptors or memory: back off instead of spinning on accept().
+CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+CAPACITY_BACKOFF = 0.1
+# How often an idle worker wakes to write its heartbeat and check on its master.
+IDLE_WAKE = 1.0
+_PR_SET_PDEATHSIG = 1
+_MASTER_ONLY_SIGNALS = ("SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR2", "SIGWINCH")
+
+
+@dataclass
+class WorkerSpec:
+    """What the master tells a worker about itself when it forks it."""
+
+    slot: int
+    generation: int
+    master_pid: int
+    title: str
+    threads: int = 1
+    max_requests: int = 0  # already jittered; 0 means never recycle
+    close_fds: tuple[int, ...] = ()  # the master's private descriptors
+    # Called with (client_address, seconds, request) after each connection (access log).
+    on_request_done: Callable[[Any, float, Any], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_worker(server: ServerLike, scoreboard: Scoreboard, spec: WorkerSpec) -> NoReturn:
+    """Run a worker in a freshly forked child. Never returns."""
+    status: int = ExitCode.ERROR
+    try:
+        status = Worker(server, scoreboard, spec).run()
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else ExitCode.ERROR
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(int(status))
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL us when the master dies (Linux), even mid-request."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Worker:
+    """One worker process's state and loop."""
+
+    def __init__(self, server: ServerLike, scoreboard: Scoreboard, spec: WorkerSpec) -> None:
+        self.server = server
+        self.scoreboard = scoreboard
+        self.spec = spec
+        self.requests = 0
+        self.active = 0
+        self.draining = False
+        self._lock = threading.Lock()
+        self._wake_r = self._wake_w = -1
+        self._pool: ThreadPoolExecutor | None = None
+        self._backoff_until = 0.0
+
+    # --- life cycle ---
+
+    def run(self) -> int:
+        """Set up, serve until told to drain (or recycled), clean up; return the status."""
+        self._reset_process_state()
+        self.scoreboard.worker_started(self.spec.slot, os.getpid(), time.monotonic())
+        try:
+            hook = getattr(self.server, "worker_init", None)
+            if hook is not None:
+                hook()
+        except Exception:
+            traceback.print_exc()
+            return ExitCode.BOOT_FAILED
+        self._install_signals()
+        if self.spec.threads > 1:
+            self._pool = ThreadPoolExecutor(self.spec.threads, "engine-request")
+        try:
+            self.scoreboard.idle(self.spec.slot, time.monotonic(), 0)
+            self._serve()
+        finally:
+            self.scoreboard.draining(self.spec.slot)
+            with contextlib.suppress(OSError):
+                self.server.socket.close()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            hook = getattr(self.server, "worker_exit", None)
+            if hook is not None:
+                hook()
+        return ExitCode.OK
+
+    def _reset_process_state(self) -> None:
+        """Undo what the worker inherited from the master that is not its own."""
+        # The master's wakeup fd must not receive this process's signals.
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)
+        for fd in self.spec.close_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _die_with_parent()
+        if os.getppid() != self.spec.master_pid:
+            raise SystemExit(ExitCode.QUICK)  # the master died before we asked
+        with contextlib.suppress(Exception):
+            import setproctitle
+
+            setproctitle.setproctitle(self.spec.title)
+        random.seed()  # do not share the master's random sequence with siblings
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, _quick_exit)
+        signal.signal(signal.SIGQUIT, _quick_exit)
+        signal.signal(signal.SIGUSR1, self._on_usr1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for name in _MASTER_ONLY_SIGNALS:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+        # SIGABRT (the master's hung-worker signal) dumps every thread's traceback from
+        # C, so it works even when the handler hogs the GIL, then the worker dies.
+        faulthandler.enable(all_threads=True)
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.draining = True
+
+    def _on_usr1(self, signum: int, frame: object) -> None:
+        reopen = getattr(self.server, "reopen_logs", None)
+        if reopen is not None:
+            reopen()
+
+    # --- the loop ---
+
+    def _serve(self) -> None:
+        listener = self.server.fileno()
+        epoll = select.epoll()
+        # EXCLUSIVE: the kernel wakes one idle worker per connection, not all of them.
+        # It cannot be combined with EPOLL_CTL_MOD, hence register/unregister below.
+        listen_events = select.EPOLLIN | select.EPOLLEXCLUSIVE
+        listening = False
+        try:
+            epoll.register(self._wake_r, select.EPOLLIN)
+            while not self.draining:
+                if self._has_capacity() and self._accept_one():
+                    continue
+                # Level-triggered: a full (or backing-off) worker must stop watching the
+                # listener, or it would spin while connections wait for its siblings.
+                wanted = self._has_capacity()
+                if wanted != listening:
+                    if wanted:
+                        epoll.register(listener, listen_events)
+                    else:
+                        epoll.unregister(listener)
+                    listening = wanted
+                events = epoll.poll(self._poll_timeout())
+                now = time.monotonic()
+                self.scoreboard.heartbeat(self.spec.slot, now)
+                for fd, _ in events:
+                    if fd == self._wake_r:
+                        _drain_pipe(fd)
+                if os.getppid() != self.spec.master_pid:
+                    raise SystemExit(ExitCode.QUICK)
+        finally:
+            epoll.close()
+
+    def _has_capacity(self) -> bool:
+        if time.monotonic() < self._backoff_until:
+            return False
+        return self.active < self.spec.threads
+
+    def _poll_timeout(self) -> float:
+        wait = self._backoff_until - time.monotonic()
+        return min(IDLE_WAKE, wait) if wait > 0 else IDLE_WAKE
+
+    def _accept_one(self) -> bool:
+        """Take one request if one is waiting; return whether one was taken."""
+        server = self.server
+        try:
+            request, client_address = server.get_request()
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            if exc.errno in CAPACITY_ERRNOS:
+                print(
+                    f"engine: worker {self.spec.slot} pid {os.getpid()}: accept failed "
+                    f"({errno.errorcode.get(exc.errno or 0, exc.errno)}), backing off",
+                    file=sys.stderr,
+                )
+                self._backoff_until = time.monotonic() + CAPACITY_BACKOFF
+                return False
+            return exc.errno in (errno.ECONNABORTED, errno.EPROTO)
+        with self._lock:
+            self.active += 1
+            active = self.active
+        self.scoreboard.busy(
+            self.spec.slot, time.monotonic(), format_client(client_address), active
+        )
+        if self._pool is None:
+            self._process(request, client_address)
+        else:
+            self._pool.submit(self._process, request, client_address)
+        return True
+
+    def _process(self, request: Any, client_address: Any) -> None:
+        """The classic pipeline for one request, then the scoreboard and recycling."""
+        server = self.server
+        started = time.monotonic()
+        try:
+            if server.verify_request(request, client_address):
+                try:
+                    server.process_request(request, client_address)
+                except Exception:
+                    server.handle_error(request, client_address)
+                    server.shutdown_request(request)
+            else:
+                server.shutdown_request(request)
+        except BaseException:
+            # Like BaseServer: close the request, then let SystemExit & co. end us.
+            with contextlib.suppress(Exception):
+                server.shutdown_request(request)
+            raise
+        finally:
+            self._finished(client_address, started, request)
+
+    def _finished(self, client_address: Any, started: float, request: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.requests += 1
+            self.active -= 1
+            active, requests = self.active, self.requests
+        if active:
+            self.scoreboard.progress(self.spec.slot, now, requests, active)
+        else:
+            self.scoreboard.idle(self.spec.slot, now, requests)
+        if self.spec.on_request_done is not None:
+            self.spec.on_request_done(client_address, now - started, request)
+        recycle = bool(self.spec.max_requests) and requests >= self.spec.max_requests
+        if recycle:
+            self.draining = True  # the master forks a replacement when we exit
+        if (recycle or self._pool is not None) and self._wake_w >= 0:
+            # Wake the main loop: it may be waiting for a free thread, or must exit.
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"\0")
+
+
+def _quick_exit(signum: int, frame: object) -> None:
+    os._exit(ExitCode.QUICK)
+
+
+def _drain_pipe(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while os.read(fd, 4096):
+            pass
