@@ -34,7 +34,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "BaseRequestHandler",
@@ -69,6 +69,10 @@ if hasattr(selectors, "PollSelector"):
     _ServerSelector: type[selectors.BaseSelector] = selectors.PollSelector
 else:  # pragma: no cover - every Unix has poll
     _ServerSelector = selectors.SelectSelector
+
+
+# The type of a server inside its own methods, so ``with TCPServer(...) as s`` is a TCPServer.
+_ServerT = TypeVar("_ServerT", bound="BaseServer")
 
 
 def _closed_error(server: BaseServer, what: str) -> ValueError:
@@ -242,7 +246,7 @@ class BaseServer:
         """Receive one request; return ``(request, client_address)``."""
         raise NotImplementedError
 
-    def __enter__(self) -> BaseServer:
+    def __enter__(self: _ServerT) -> _ServerT:
         return self
 
     def __exit__(self, *args: object) -> None:

@@ -26,6 +26,8 @@ def read_to_eof(sock: socket.socket) -> bytes:
 class Server(engine.TCPServer):
     """Records what handlers saw and the exceptions handle_error got."""
 
+    timeout = 10  # a failed test must not leave handle_request() waiting forever
+
     def __init__(self, handler: type[engine.BaseRequestHandler]) -> None:
         self.seen: dict[str, Any] = {}
         self.errors: list[BaseException | None] = []

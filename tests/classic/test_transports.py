@@ -39,7 +39,6 @@ def _ipv6_unavailable_reason() -> str | None:
 IPV6_SKIP_REASON = _ipv6_unavailable_reason()
 needs_ipv6 = pytest.mark.skipif(IPV6_SKIP_REASON is not None, reason=str(IPV6_SKIP_REASON))
 needs_unix = pytest.mark.skipif(AF_UNIX is None, reason="no AF_UNIX sockets on this platform")
-needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
 
 
 class TCP6Server(engine.TCPServer):
