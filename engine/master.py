@@ -280,12 +280,18 @@ class Master:
         self.scoreboard.clear(slot)
         if settings.gc_freeze:
             gc.freeze()  # keep the master's objects out of the workers' collections: CoW
+        # Block our signals across fork(): the child must not run the master's handlers
+        # (a SIGTERM would be lost); it unblocks them once its own handlers are in place.
+        spec.signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pid = os.fork()
         except OSError as exc:
             log.error("fork failed for worker %d: %s", slot, exc)
             self._boot_failed(now)
             return
+        finally:
+            if os.getpid() == spec.master_pid:
+                signal.pthread_sigmask(signal.SIG_SETMASK, spec.signal_mask)
         if pid == 0:
             run_worker(self.server, self.scoreboard, spec)
         self.workers[slot] = WorkerSlot(slot, pid, self.generation, now)

@@ -11,11 +11,18 @@ import pytest
 from tests.support import (
     EngineProcess,
     assert_no_leftovers,
+    become_subreaper,
     kill_tree,
     open_fds,
     start_engine,
     zombie_children,
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _adopt_orphans() -> None:
+    """Orphans of killed masters come back to the test process, to be reaped."""
+    become_subreaper()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,8 +84,29 @@ def process_tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+def become_subreaper() -> None:
+    """Make this process adopt orphaned descendants (Linux), so tests can reap them.
+
+    When a test kills a master, its workers are re-parented; without this they would
+    go to PID 1, which in some sandboxes never reaps them.
+    """
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def reap(pids: Sequence[int]) -> None:
+    """Collect any of *pids* that are exited children (adopted orphans included)."""
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+
+
 def alive_pids(pids: Sequence[int]) -> list[int]:
-    """The pids from *pids* that still exist (zombies included)."""
+    """The pids from *pids* that still exist (zombies included, after reaping ours)."""
+    reap(pids)
     return [pid for pid in pids if psutil.pid_exists(pid)]
 
 
@@ -219,7 +240,9 @@ def _read_line_with_deadline(
     return data.split(b"\n", 1)[0]
 
 
-def kill_tree(pid: int, proc: subprocess.Popen[bytes] | None = None, grace: float = 10.0) -> set[int]:
+def kill_tree(
+    pid: int, proc: subprocess.Popen[bytes] | None = None, grace: float = 10.0
+) -> set[int]:
     """SIGTERM the process group of *pid*, then SIGKILL it; return every pid seen."""
     seen = {p.pid for p in process_tree(pid)}
     for signum in (signal.SIGTERM, signal.SIGKILL):
@@ -238,6 +261,7 @@ def kill_tree(pid: int, proc: subprocess.Popen[bytes] | None = None, grace: floa
 
 
 def _exists_not_zombie(pid: int) -> bool:
+    reap([pid])
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -249,3 +273,78 @@ def assert_no_leftovers(pids: set[int], timeout: float = 5.0) -> None:
     wait_until(
         lambda: not alive_pids(sorted(pids)), timeout, f"processes {sorted(pids)} to go away"
     )
+
+
+class LoadLoop:
+    """Bounded client load in background threads: one connection per request.
+
+    Each request sends a line and expects a reply line; refused connections and
+    any other failures are counted separately. Stops at *max_requests* or
+    *max_seconds*, whichever comes first, or when :meth:`stop` is called.
+    """
+
+    def __init__(
+        self,
+        address: Any,
+        *,
+        clients: int = 4,
+        max_requests: int = 100_000,
+        max_seconds: float = 60.0,
+        payload: bytes = b"ping\n",
+        timeout: float = 10.0,
+    ) -> None:
+        import threading
+
+        self.address = address
+        self.payload = payload
+        self.timeout = timeout
+        self.ok = 0
+        self.refused = 0
+        self.failures: list[str] = []
+        self.servers: set[bytes] = set()
+        self._left = max_requests
+        self._deadline = time.monotonic() + max_seconds
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def __enter__(self) -> LoadLoop:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout + 5)
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.refused + len(self.failures)
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._left <= 0 or self._stop.is_set() or time.monotonic() > self._deadline:
+                return False
+            self._left -= 1
+            return True
+
+    def _run(self) -> None:
+        while self._take():
+            try:
+                reply = tcp_exchange(self.address, self.payload, self.timeout)
+                if not reply.endswith(self.payload):
+                    raise AssertionError(f"bad reply {reply!r}")
+            except ConnectionRefusedError:
+                with self._lock:
+                    self.refused += 1
+            except Exception as exc:  # every failure is data for the test
+                with self._lock:
+                    self.failures.append(repr(exc))
+            else:
+                with self._lock:
+                    self.ok += 1
+                    self.servers.add(reply.split(b" ", 1)[0])

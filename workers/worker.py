@@ -61,6 +61,9 @@ class WorkerSpec:
     threads: int = 1
     max_requests: int = 0  # already jittered; 0 means never recycle
     close_fds: tuple[int, ...] = ()  # the master's private descriptors
+    # The mask to restore once the worker's handlers are installed (the master blocks
+    # its signals across fork so that none reaches the master's handlers in the child).
+    signal_mask: set[int] = field(default_factory=set)
     # Called with (client_address, seconds, request) after each connection (access log).
     on_request_done: Callable[[Any, float, Any], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -111,6 +114,8 @@ class Worker:
     def run(self) -> int:
         """Set up, serve until told to drain (or recycled), clean up; return the status."""
         self._reset_process_state()
+        self._install_signals()
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.spec.signal_mask)
         self.scoreboard.worker_started(self.spec.slot, os.getpid(), time.monotonic())
         try:
             hook = getattr(self.server, "worker_init", None)
@@ -119,7 +124,6 @@ class Worker:
         except Exception:
             traceback.print_exc()
             return ExitCode.BOOT_FAILED
-        self._install_signals()
         if self.spec.threads > 1:
             self._pool = ThreadPoolExecutor(self.spec.threads, "engine-request")
         try:

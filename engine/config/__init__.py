@@ -12,16 +12,23 @@ from engine.config.settings import (
     resolved_workers,
     validate,
 )
+from engine.config.sources import Origin, Resolved, load_settings, read_env, read_file, resolve
 
 __all__ = [
     "ENV_PREFIX",
     "SECTIONS",
+    "Origin",
+    "Resolved",
     "Settings",
     "build",
     "class_attr_names",
     "cli_flag",
     "env_var",
+    "load_settings",
+    "read_env",
+    "read_file",
     "registry",
+    "resolve",
     "resolved_workers",
     "validate",
 ]

@@ -1,0 +1,537 @@
+"""The ``engine`` command: run a handler class as a supervised prefork server.
+
+::
+
+    engine                                    # the demo service on 127.0.0.1:8000
+    engine serve pkg.module:Handler [options] # serve your handler class
+    engine status --status-bind ADDRESS       # the live worker table of a running engine
+
+Every setting of the registry (:mod:`engine.config.settings`) is a flag, grouped by
+section; values may also come from ``ENGINE_*`` variables and a TOML ``--config``
+file (see :mod:`engine.config.sources` and ``docs/cli.md``).
+
+Exit statuses (:class:`~engine.errors.ExitStatus`): 0 after a graceful stop
+(SIGTERM), 1 on other failures (cannot listen, status endpoint unreachable), 2 on a bad
+setting or handler path, 3 when no worker could boot, 130 after SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import errno
+import importlib
+import json
+import logging
+import os
+import socket
+import stat
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from engine import __version__, logs
+from engine.config import SECTIONS, Resolved, cli_flag, env_var, registry, resolve
+from engine.config.docs import flag_usage, format_value, is_boolean, is_list
+from engine.config.settings import Settings, class_attr_names, resolved_workers
+from engine.config.validators import parse_bind
+from engine.errors import ConfigError, ExitStatus, MasterFatalError
+from engine.prefork import (
+    PreforkMixIn,
+    PreforkTCPServer,
+    PreforkUDPServer,
+    PreforkUnixDatagramServer,
+    PreforkUnixStreamServer,
+)
+from engine.proctitle import format_address
+
+log = logging.getLogger("engine.cli")
+
+DEMO_HANDLER = "engine.examples.demo:DemoHandler"
+# Set to 1 to get one line "READY <repr(server_address)>" on stdout once the server
+# listens and handles signals (tests and supervisors wait for it).
+READY_VARIABLE = "ENGINE_READY_LINE"
+EXIT_INTERRUPTED = 128 + 2  # the shell's status for "killed by SIGINT"
+STATUS_TIMEOUT = 5.0
+COMMANDS = ("demo", "serve", "status")
+
+
+class HandlerError(Exception):
+    """The handler path given to ``engine serve`` does not name a class."""
+
+
+# --- the parser, built from the registry ---
+
+
+def _help_text(field: dataclasses.Field[Any]) -> str:
+    text = field.metadata["help"]
+    default = format_value(field.default)
+    env = env_var(field.name) + (", comma-separated" if is_list(field) else "")
+    # argparse %-formats help strings: a literal % must be doubled.
+    return f"{text} [default: {default}; env {env}]".replace("%", "%%")
+
+
+def add_setting_arguments(
+    parser: argparse.ArgumentParser, only: Sequence[str] | None = None
+) -> None:
+    """Add one flag per setting (or per setting in *only*), grouped by section.
+
+    Flags default to ``argparse.SUPPRESS``, so the namespace holds only the settings
+    actually given: the others fall through to the environment, file and defaults.
+    """
+    groups = {
+        section: parser.add_argument_group(title)
+        for section, title in SECTIONS.items()
+        if only is None
+        or any(f.metadata["section"] == section and f.name in only for f in registry())
+    }
+    for field in registry():
+        if only is not None and field.name not in only:
+            continue
+        group = groups[field.metadata["section"]]
+        options: dict[str, Any] = {
+            "dest": field.name, "default": argparse.SUPPRESS, "help": _help_text(field),
+        }
+        if is_boolean(field):
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["metavar"] = flag_usage(field).split(" ", 1)[1]
+            if is_list(field):
+                options["action"] = "append"
+        group.add_argument(cli_flag(field.name), **options)
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, check: bool = True) -> None:
+    group = parser.add_argument_group("Configuration")
+    group.add_argument(
+        "--config", metavar="FILE", help="read settings from this TOML file (top-level "
+        "keys are setting names; the command line and ENGINE_* variables override it)",
+    )
+    if check:
+        group.add_argument(
+            "--check-config", action="store_true",
+            help="print every resolved setting and where its value came from "
+            "(default, file, env, cli), check that the handler imports, and exit",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``engine`` argument parser, with its ``demo``, ``serve`` and ``status`` commands."""
+    parser = argparse.ArgumentParser(
+        prog="engine",
+        description="A prefork worker-pool server for socketserver request handlers. "
+        "Without a command, runs the demo service (`engine demo`).",
+        epilog="Exit statuses: 0 stopped gracefully (SIGTERM); 1 failure (cannot listen, "
+        "status unreachable); 2 bad setting or handler; 3 no worker could boot; "
+        "130 interrupted (SIGINT). See docs/cli.md and docs/settings.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"engine {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="run the demo line-protocol service (the default command)",
+        description="Serve the demo line protocol (engine.examples.demo:DemoHandler) on "
+        "127.0.0.1:8000 unless --bind says otherwise. Talk to it with `nc 127.0.0.1 "
+        "8000`, then type STATS, PING, SLEEP 2 or QUIT.",
+    )
+    _add_config_arguments(demo)
+    add_setting_arguments(demo)
+
+    serve = commands.add_parser(
+        "serve", help="serve a request handler class",
+        description="Import MODULE:CLASS (a socketserver request handler) and serve it "
+        "with a supervised pool of pre-forked workers.",
+    )
+    serve.add_argument(
+        "handler", metavar="MODULE:CLASS",
+        help="the handler class, e.g. engine.examples.echo:EchoHandler",
+    )
+    _add_config_arguments(serve)
+    add_setting_arguments(serve)
+
+    status = commands.add_parser(
+        "status", help="show the worker table of a running engine",
+        description="Read the status endpoint of a running engine (its status_bind "
+        "setting) and print one row per worker, like Apache's server-status.",
+    )
+    output = status.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the raw JSON")
+    output.add_argument(
+        "--prometheus", action="store_true", help="print the Prometheus text exposition",
+    )
+    status.add_argument(
+        "--timeout", type=float, default=STATUS_TIMEOUT, metavar="SECONDS",
+        help=f"give up after this long [default: {STATUS_TIMEOUT:g}]",
+    )
+    _add_config_arguments(status, check=False)
+    add_setting_arguments(status, only=["status_bind"])
+    return parser
+
+
+def setting_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line: name → raw value."""
+    return {f.name: getattr(args, f.name) for f in registry() if hasattr(args, f.name)}
+
+
+# --- entry point ---
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``engine`` command; return its exit status (see the module docstring)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # No command (or only options) means the demo: `engine --bind 127.0.0.1:0`.
+    if not arguments or (
+        arguments[0].startswith("-") and arguments[0] not in ("-h", "--help", "--version")
+    ):
+        arguments.insert(0, "demo")
+    try:
+        args = build_parser().parse_args(arguments)
+        if args.command == "status":
+            return run_status(args)
+        handler_path = args.handler if args.command == "serve" else DEMO_HANDLER
+        return run_serve(args, handler_path, demo=args.command == "demo")
+    except ConfigError as exc:
+        return _fail(str(exc), ExitStatus.USAGE)
+    except HandlerError as exc:
+        return _fail(str(exc), ExitStatus.USAGE)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED  # quietly: the user asked for it
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"engine: error: {message}", file=sys.stderr)
+    return status
+
+
+# --- serve ---
+
+
+def import_handler(path: str) -> type:
+    """Import ``MODULE:CLASS`` (CLASS may be dotted) and return the class.
+
+    Raises:
+        HandlerError: the path is malformed, the module or attribute does not exist,
+            or it is not a class.
+    """
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise HandlerError(
+            f"handler {path!r} must be MODULE:CLASS, e.g. engine.examples.echo:EchoHandler"
+        )
+    # Like `python -m`, find modules in the current directory even when run as the
+    # console script (whose sys.path[0] is the script's directory).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise HandlerError(f"cannot import handler {path!r}: {exc}") from None
+        raise  # the module exists but one of its own imports fails: show the traceback
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise HandlerError(
+                f"handler {path!r}: {getattr(target, '__name__', target)!s} has no "
+                f"attribute {part!r}"
+            ) from None
+    if not isinstance(target, type):
+        raise HandlerError(f"handler {path!r} is not a class: {target!r}")
+    return target
+
+
+class CommandLineServer(PreforkMixIn):
+    """What ``engine serve`` adds to the Prefork server class it builds.
+
+    It reopens logs on SIGUSR1 and runs :attr:`on_ready` once the master handles
+    signals: from its first hook call, after the signal handlers are installed, so a
+    SIGTERM sent on seeing the READY line is a graceful stop, never a default death.
+    """
+
+    on_ready: Callable[[], None] | None = None
+
+    def reopen_logs(self) -> None:
+        """Reopen the log files (the master and every worker call this on SIGUSR1)."""
+        logs.reopen_logs()
+
+    def worker_spawned(self, slot: int, pid: int) -> None:
+        """Announce readiness at the first spawn; then the usual hook."""
+        self._ready()
+        super().worker_spawned(slot, pid)
+
+    def service_actions(self) -> None:
+        """Announce readiness (ondemand pools may spawn nothing); then the usual hook."""
+        self._ready()
+        super().service_actions()  # type: ignore[misc]
+
+    def _ready(self) -> None:
+        callback, self.on_ready = self.on_ready, None
+        if callback is not None:
+            callback()
+
+
+def server_class(settings: Settings, family: int) -> type[PreforkMixIn]:
+    """The server class for *settings*: its class attributes are the settings.
+
+    TCP (IPv4 or IPv6), UDP, or Unix stream/datagram, from ``bind`` and ``udp``.
+    """
+    base: type[PreforkMixIn]
+    if family == socket.AF_UNIX:
+        base = PreforkUnixDatagramServer if settings.udp else PreforkUnixStreamServer
+    else:
+        base = PreforkUDPServer if settings.udp else PreforkTCPServer
+    attributes: dict[str, Any] = {name: getattr(settings, name) for name in class_attr_names()}
+    attributes["address_family"] = family
+    # Restart without waiting out TIME_WAIT. Not for UDP: there SO_REUSEADDR would let
+    # a second server bind the same port and silently steal datagrams.
+    attributes["allow_reuse_address"] = not settings.udp
+    attributes["__doc__"] = f"{base.__name__} built by `engine serve` from its settings."
+    return type(f"Engine{base.__name__}", (CommandLineServer, base), attributes)
+
+
+def _remove_stale_socket(path: str, sock_type: int) -> None:
+    """Remove a Unix socket file nobody listens on; leave anything else to bind()."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return  # a regular file, say: bind() fails and the message names it
+    except FileNotFoundError:
+        return
+    with socket.socket(socket.AF_UNIX, sock_type) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)  # stale: left behind by a server that is gone
+        except OSError:
+            pass
+        # Connected: a live server owns it; bind() fails with "address in use".
+
+
+def run_serve(args: argparse.Namespace, handler_path: str, demo: bool = False) -> int:
+    """``engine serve`` (and ``engine demo``): resolve, check, bind, serve."""
+    resolved = resolve(setting_values(args), config_path=args.config)
+    handler = import_handler(handler_path)
+    if args.check_config:
+        print(render_resolved(resolved, handler_path))
+        return ExitStatus.OK
+    settings = resolved.settings
+    if demo and settings.udp:
+        raise ConfigError("udp", True, "false for the demo, a stream protocol")
+    if len(settings.bind) > 1:
+        raise ConfigError(
+            "bind", ",".join(settings.bind),
+            "a single address (serving several binds at once is not supported yet)",
+        )
+    logs.setup_logging(settings)
+    family, address = parse_bind(settings.bind[0])
+    cls = server_class(settings, family)
+    if family == socket.AF_UNIX:
+        _remove_stale_socket(address, socket.SOCK_DGRAM if settings.udp else socket.SOCK_STREAM)
+    try:
+        server: Any = cls(address, handler)
+    except OSError as exc:
+        return _fail(f"cannot listen on {settings.bind[0]}: {exc.strerror or exc}",
+                     ExitStatus.FAILURE)
+    access = logs.access_logger(settings)
+    if access is not None:
+        # The master hands this to each worker (WorkerSpec.on_request_done).
+        server._engine_request_done = access
+    server.on_ready = lambda: _announce(server, settings, demo)
+    where = format_address(server.server_address)
+    bound_inode = os.stat(address).st_ino if family == socket.AF_UNIX else None
+    with server:
+        log.info("listening on %s (%s, handler %s)", where,
+                 "datagrams" if settings.udp else "streams", handler_path)
+        try:
+            server.serve_forever()
+        except MasterFatalError as exc:
+            return _fail(str(exc), ExitStatus.NO_WORKER_BOOTS)
+        finally:
+            if bound_inode is not None:
+                _unlink_if_ours(address, bound_inode)
+    log.info("stopped")
+    return ExitStatus.OK
+
+
+def _unlink_if_ours(path: str, inode: int) -> None:
+    # Another server may have replaced the file since: remove only the one we bound.
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+
+
+def _announce(server: Any, settings: Settings, demo: bool) -> None:
+    """Print the READY line (if asked) and, for the demo, how to talk to it."""
+    if os.environ.get(READY_VARIABLE) == "1":
+        print(f"READY {server.server_address!r}", flush=True)
+    if demo:
+        print(demo_banner(server.server_address, settings), flush=True)
+
+
+def demo_banner(address: Any, settings: Settings) -> str:
+    """Where the demo listens and how to talk to it."""
+    unix = isinstance(address, str)
+    netcat = f"nc -U {address}" if unix else f"nc {address[0]} {address[1]}"
+    pool = f"{resolved_workers(settings)} workers, {settings.pool_mode} pool"
+    return "\n".join([
+        f"engine demo: listening on {format_address(address)} ({pool}, master pid "
+        f"{os.getpid()})",
+        f"  talk to it:  {netcat}",
+        "               then type STATS (which worker answers you), PING, SLEEP 2, QUIT;",
+        "               any other line is echoed back",
+        f"  stop it:     Ctrl-C, or kill -TERM {os.getpid()}",
+    ])
+
+
+def render_resolved(resolved: Resolved, handler_path: str | None = None) -> str:
+    """Every setting as ``name = value  # source``, in TOML syntax where possible.
+
+    The output (minus unset settings, shown commented out) is a valid config file.
+    """
+    lines = []
+    if handler_path is not None:
+        lines.append(f"# handler: {handler_path} (imports fine)")
+    rows = []
+    for field in registry():
+        value = getattr(resolved.settings, field.name)
+        text = f"{field.name} = {_toml(value)}" if value is not None else f"# {field.name} unset"
+        rows.append((text, str(resolved.origins[field.name])))
+    width = max(len(text) for text, _ in rows)
+    lines += [f"{text.ljust(width)}  # {origin}" for text, origin in rows]
+    return "\n".join(lines)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    return repr(value)
+
+
+# --- status ---
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """``engine status``: fetch the status endpoint and print it."""
+    settings = resolve(setting_values(args), config_path=args.config).settings
+    if settings.status_bind is None:
+        raise ConfigError(
+            "status_bind", None, "the address of a running engine's status endpoint: pass "
+            f"--status-bind unix:PATH or 127.0.0.1:PORT, or set {env_var('status_bind')}",
+        )
+    kind = "prometheus" if args.prometheus else "json"
+    try:
+        body = fetch_status(settings.status_bind, kind, args.timeout)
+    except OSError as exc:
+        return _fail(
+            f"cannot read the status endpoint at {settings.status_bind}: "
+            f"{exc.strerror or exc or type(exc).__name__}", ExitStatus.FAILURE,
+        )
+    if args.json or args.prometheus:
+        sys.stdout.write(body if body.endswith("\n") else body + "\n")
+        return ExitStatus.OK
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        return _fail(f"the status endpoint sent invalid JSON: {exc}", ExitStatus.FAILURE)
+    print(format_status(data))
+    return ExitStatus.OK
+
+
+def fetch_status(spec: str, kind: str = "json", timeout: float = STATUS_TIMEOUT) -> str:
+    """Send ``<kind>\\n`` to the status endpoint at *spec*; return all it sends back.
+
+    Raises:
+        OSError: cannot connect, or no complete answer within *timeout*.
+    """
+    family, address = parse_bind(spec)
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        sock.sendall(kind.encode() + b"\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    if not chunks:
+        raise OSError(errno.ECONNRESET, "the endpoint closed without answering")
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.1f}s"
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _size(count: Any) -> str:
+    if not isinstance(count, (int, float)) or isinstance(count, bool):
+        return "-"
+    for unit in ("B", "K", "M", "G"):
+        if abs(count) < 1024 or unit == "G":
+            return f"{count:.0f}{unit}" if unit == "B" else f"{count:.1f}{unit}"
+        count /= 1024
+    return "-"  # pragma: no cover - the loop always returns
+
+
+def _plain(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+# (heading, JSON key, formatter, right-aligned)
+_COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
+    ("SLOT", "slot", _plain, True),
+    ("PID", "pid", _plain, True),
+    ("STATE", "state", _plain, False),
+    ("REQS", "requests", _plain, True),
+    ("IN", "bytes_in", _size, True),
+    ("OUT", "bytes_out", _size, True),
+    ("CLIENT", "client", _plain, False),
+    ("REQ AGE", "request_age", _duration, True),
+    ("AGE", "age", _duration, True),
+    ("RSS", "rss", _size, True),
+    ("CPU%", "cpu_percent", _plain, True),
+]
+
+
+def format_status(data: Mapping[str, Any]) -> str:
+    """The status JSON as a summary line and one row per worker; missing values are ``-``."""
+    master = data.get("master") or {}
+    workers = [w for w in data.get("workers") or [] if isinstance(w, Mapping)]
+    states: dict[str, int] = {}
+    for worker in workers:
+        state = _plain(worker.get("state"))
+        states[state] = states.get(state, 0) + 1
+    summary = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+    lines = [
+        f"engine master pid {_plain(master.get('pid'))} [{_plain(master.get('name'))}] "
+        f"on {_plain(master.get('address'))}",
+        f"uptime {_duration(master.get('uptime'))}, generation "
+        f"{_plain(master.get('generation'))}, target {_plain(master.get('target'))} workers",
+        f"{len(workers)} workers" + (f": {summary}" if summary else ""),
+        "",
+    ]
+    table = [[heading for heading, *_ in _COLUMNS]]
+    table += [[fmt(worker.get(key)) for _, key, fmt, _ in _COLUMNS] for worker in workers]
+    widths = [max(len(row[i]) for row in table) for i in range(len(_COLUMNS))]
+    for row in table:
+        cells = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, (*_, right) in zip(row, widths, _COLUMNS, strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+

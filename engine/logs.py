@@ -1,0 +1,179 @@
+"""Logging for the ``engine`` command, with the standard library only.
+
+* :func:`setup_logging` configures the ``engine`` logger (the master logs through
+  ``engine.master``) with one format for every process::
+
+      2026-11-21 12:00:00,000 [12345] [master] INFO spawned worker 0 pid 12346 (generation 0)
+      2026-11-21 12:00:01,000 [12346] [worker 0] ERROR ...
+
+* :func:`access_logger` returns the per-connection callback for the access log.
+* :func:`reopen_logs` reopens every log file opened here (SIGUSR1, for logrotate).
+
+Files are opened in append mode (``O_APPEND``) before workers fork, so the master and
+every worker share them and each line lands whole: a record is flushed with one
+``write()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from engine.config.settings import Settings
+
+ENGINE_LOGGER = "engine"
+ACCESS_LOGGER = "engine.access"
+LOG_FORMAT = "%(asctime)s [%(process)d] [%(role)s] %(levelname)s %(message)s"
+ACCESS_FORMAT = "%(asctime)s [%(process)d] [%(role)s] %(message)s"
+
+AccessLog = Callable[[Any, float, Any], None]
+
+# File handlers we opened, for reopen_logs(); weak so a replaced handler can go away.
+_file_handlers: weakref.WeakSet[logging.FileHandler] = weakref.WeakSet()
+# The handlers setup_logging()/access_logger() installed, so calling them again
+# replaces them instead of duplicating every line.
+_installed: dict[str, logging.Handler] = {}
+_master_pid: int | None = None
+_WORKER_TITLE = re.compile(r"engine: worker (\d+)")
+
+
+def process_role() -> str:
+    """``master``, ``worker <slot>`` (read from the process title), or ``worker``."""
+    if _master_pid is None or os.getpid() == _master_pid:
+        return "master"
+    try:
+        import setproctitle
+
+        match = _WORKER_TITLE.search(setproctitle.getproctitle())
+    except Exception:  # a title is a nicety: never let it break a log line
+        match = None
+    return f"worker {match.group(1)}" if match else "worker"
+
+
+class RoleFormatter(logging.Formatter):
+    """A formatter that fills ``%(role)s`` with the process role."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._role_pid = -1
+        self._role = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format *record*, adding its process role (cached per process: forks change it)."""
+        if not hasattr(record, "role"):
+            pid = os.getpid()
+            if pid != self._role_pid:
+                self._role_pid, self._role = pid, process_role()
+            record.role = self._role
+        return super().format(record)
+
+
+def _handler_for(path: str | None) -> logging.Handler:
+    """A handler writing to *path*, or to stderr for None or ``-``."""
+    if path is None or path == "-":
+        return logging.StreamHandler(sys.stderr)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    _file_handlers.add(handler)
+    return handler
+
+
+def _install(logger: logging.Logger, key: str, handler: logging.Handler) -> None:
+    previous = _installed.pop(key, None)
+    if previous is not None:
+        logger.removeHandler(previous)
+        previous.close()
+    logger.addHandler(handler)
+    _installed[key] = handler
+
+
+def setup_logging(settings: Settings) -> logging.Logger:
+    """Configure the ``engine`` logger from *settings*; return it.
+
+    Level from ``log_level``; output to ``log_file`` (appended, reopened by
+    :func:`reopen_logs`) or stderr. The logger does not propagate to the root logger,
+    so an application's own logging set-up does not print engine lines twice. Calling
+    it again replaces the previous configuration.
+
+    Raises:
+        OSError: ``log_file`` cannot be opened.
+    """
+    global _master_pid
+    _master_pid = os.getpid()  # the process that sets up logging is the master
+    logger = logging.getLogger(ENGINE_LOGGER)
+    handler = _handler_for(settings.log_file)
+    handler.setFormatter(RoleFormatter(LOG_FORMAT))
+    _install(logger, ENGINE_LOGGER, handler)
+    logger.setLevel(settings.log_level.upper())
+    logger.propagate = False
+    return logger
+
+
+def reopen_logs() -> None:
+    """Reopen every log file opened by this module (after logrotate moved them).
+
+    Never raises: it runs in the master's loop and in workers' SIGUSR1 handlers, where
+    an exception would take the process down. A file that cannot be reopened keeps its
+    old stream, and the failure is reported on stderr.
+    """
+    for handler in list(_file_handlers):
+        try:
+            # Our handlers append ("a"); the handler closes the stream, not a with block.
+            stream = open(handler.baseFilename, "a", encoding=handler.encoding)  # noqa: SIM115
+        except OSError as exc:
+            print(f"engine: cannot reopen log file {handler.baseFilename}: {exc}", file=sys.stderr)
+            continue
+        # setStream flushes and swaps under the handler's lock, so a record is never
+        # written half to the old file and half to the new one.
+        old = handler.setStream(stream)
+        if old is not None:
+            old.close()
+
+
+def format_client(client_address: Any) -> str:
+    """``127.0.0.1:5000``, ``[::1]:5000``, or the peer of a Unix socket (``unix`` if unnamed)."""
+    if isinstance(client_address, tuple) and len(client_address) >= 2:
+        host, port = client_address[0], client_address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if isinstance(client_address, bytes):
+        client_address = client_address.decode("utf-8", "replace")
+    return f"unix:{client_address}" if client_address else "unix"
+
+
+def access_logger(settings: Settings) -> AccessLog | None:
+    """The access-log callback, or None when ``access_log`` is not set.
+
+    The callback takes ``(client_address, seconds, request)`` and writes one line per
+    connection: client, duration in milliseconds, and bytes in/out when the worker
+    recorded them on the request as ``request._engine_bytes = (in, out)`` (``-`` when
+    unknown)::
+
+        2026-11-21 12:00:00,000 [12346] [worker 0] 127.0.0.1:51200 1.234ms in=12 out=12
+
+    Raises:
+        OSError: the access log file cannot be opened.
+    """
+    if settings.access_log is None:
+        return None
+    logger = logging.getLogger(ACCESS_LOGGER)
+    handler = _handler_for(settings.access_log)
+    handler.setFormatter(RoleFormatter(ACCESS_FORMAT))
+    _install(logger, ACCESS_LOGGER, handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # not into the engine log, which may be the same stream
+
+    def log_access(client_address: Any, seconds: float, request: Any) -> None:
+        bytes_in, bytes_out = getattr(request, "_engine_bytes", (None, None))
+        logger.info(
+            "%s %.3fms in=%s out=%s",
+            format_client(client_address),
+            seconds * 1000.0,
+            "-" if bytes_in is None else bytes_in,
+            "-" if bytes_out is None else bytes_out,
+        )
+
+    return log_access
