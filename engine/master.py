@@ -437,16 +437,20 @@ class Master:
 
     def manage_workers(self, now: float) -> None:
         """Apply the pool policy: fork, drain, retire."""
-        views = [
-            pool.WorkerView(
-                slot=w.slot,
-                generation=w.generation,
-                state=self.scoreboard.state(w.slot),
-                draining=w.draining,
-                idle_since=w.idle_since,
+        threads = self.settings.threads
+        views = []
+        for w in self.workers.values():
+            record = self.scoreboard.read(w.slot)
+            views.append(
+                pool.WorkerView(
+                    slot=w.slot,
+                    generation=w.generation,
+                    state=record.state,
+                    draining=w.draining,
+                    idle_since=w.idle_since,
+                    free_threads=record.state == WorkerState.BUSY and record.active < threads,
+                )
             )
-            for w in self.workers.values()
-        ]
         settings = self.settings
         params = pool.PoolParams(
             mode=settings.pool_mode,
@@ -506,7 +510,7 @@ class Master:
         """Is a connection (or datagram) waiting that no idle worker will take?"""
         if self.settings.pool_mode == "static":
             return False
-        if any(v.state in (WorkerState.IDLE, WorkerState.STARTING) for v in views):
+        if any(pool.is_spare(v) for v in views):
             return False
         with selectors.DefaultSelector() as probe:
             probe.register(self.server.fileno(), selectors.EVENT_READ)

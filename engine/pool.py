@@ -35,6 +35,7 @@ class WorkerView:
     state: WorkerState  # from the scoreboard
     draining: bool  # the master already told it to stop
     idle_since: float | None  # when it was last seen becoming idle
+    free_threads: bool = False  # busy, but with a thread free for one more connection
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,9 @@ class Plan:
     next_batch: int = 1
 
 
-def _is_spare(view: WorkerView) -> bool:
-    return view.state in (WorkerState.IDLE, WorkerState.STARTING)
+def is_spare(view: WorkerView) -> bool:
+    """Can this worker take one more connection right now (or very soon)?"""
+    return view.state in (WorkerState.IDLE, WorkerState.STARTING) or view.free_threads
 
 
 def plan(
@@ -89,7 +91,7 @@ def plan(
     serving = [w for w in workers if not w.draining]
     current = [w for w in serving if w.generation == generation]
     old = [w for w in serving if w.generation != generation]
-    spare = sum(1 for w in current if _is_spare(w))
+    spare = sum(1 for w in current if is_spare(w))
 
     floor = max(params.target, reload_size or 0) if old else params.target
     floor_deficit = max(0, floor - len(current))

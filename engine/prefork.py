@@ -13,6 +13,7 @@ when the server is constructed and again when ``serve_forever()`` starts.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from engine import classic
@@ -59,6 +60,8 @@ class PreforkMixIn:
     access_log: str | None
 
     _master: Master | None = None
+    # Set in each worker: records the request's traffic before it is closed.
+    _engine_count_traffic: Callable[[Any], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Validate before the base class binds, so a bad setting leaks no socket.
@@ -142,6 +145,13 @@ class PreforkMixIn:
             self.finish_request(request, client_address)  # type: ignore[attr-defined]
         finally:
             self.shutdown_request(request)  # type: ignore[attr-defined]
+
+    def shutdown_request(self, request: Any) -> None:
+        """Record the request's bytes in/out for the scoreboard, then shut it down."""
+        count = self._engine_count_traffic
+        if count is not None:
+            count(request)
+        super().shutdown_request(request)  # type: ignore[misc]
 
     # --- hooks ---
 

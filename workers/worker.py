@@ -29,6 +29,8 @@ import os
 import random
 import select
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -47,6 +49,10 @@ CAPACITY_BACKOFF = 0.1
 # How often an idle worker wakes to write its heartbeat and check on its master.
 IDLE_WAKE = 1.0
 _PR_SET_PDEATHSIG = 1
+# struct tcp_info (Linux): tcpi_bytes_acked and tcpi_bytes_received, both u64.
+_TCP_INFO_LEN = 136
+_TCP_BYTES = struct.Struct("<QQ")
+_TCP_BYTES_OFFSET = 120
 _MASTER_ONLY_SIGNALS = ("SIGHUP", "SIGTTIN", "SIGTTOU", "SIGUSR2", "SIGWINCH")
 
 
@@ -64,8 +70,8 @@ class WorkerSpec:
     # The mask to restore once the worker's handlers are installed (the master blocks
     # its signals across fork so that none reaches the master's handlers in the child).
     signal_mask: set[int] = field(default_factory=set)
-    # Called with (client_address, seconds, request) after each connection (access log).
-    on_request_done: Callable[[Any, float, Any], None] | None = None
+    # Called with (client_address, seconds, bytes_in, bytes_out) after each connection.
+    on_request_done: Callable[[Any, float, int, int], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -108,6 +114,7 @@ class Worker:
         self._wake_r = self._wake_w = -1
         self._pool: ThreadPoolExecutor | None = None
         self._backoff_until = 0.0
+        self._traffic = threading.local()
 
     # --- life cycle ---
 
@@ -116,6 +123,8 @@ class Worker:
         self._reset_process_state()
         self._install_signals()
         signal.pthread_sigmask(signal.SIG_SETMASK, self.spec.signal_mask)
+        # PreforkMixIn.shutdown_request calls this just before closing each request.
+        self.server._engine_count_traffic = self.count_traffic  # type: ignore[attr-defined]
         self.scoreboard.worker_started(self.spec.slot, os.getpid(), time.monotonic())
         try:
             hook = getattr(self.server, "worker_init", None)
@@ -272,6 +281,23 @@ class Worker:
         finally:
             self._finished(client_address, started, request)
 
+    def count_traffic(self, request: Any) -> None:
+        """Record one request's bytes in/out (TCP: from the kernel, no wrapping needed)."""
+        bytes_in = bytes_out = 0
+        if isinstance(request, tuple):  # a datagram: (data, socket)
+            bytes_in = len(request[0])
+        elif getattr(request, "type", None) == socket.SOCK_STREAM and request.family in (
+            socket.AF_INET, socket.AF_INET6
+        ):
+            with contextlib.suppress(OSError):
+                info = request.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+                if len(info) >= _TCP_BYTES_OFFSET + _TCP_BYTES.size:
+                    bytes_out, bytes_in = _TCP_BYTES.unpack_from(info, _TCP_BYTES_OFFSET)
+        self._traffic.last = (bytes_in, bytes_out)
+        if bytes_in or bytes_out:
+            with self._lock:
+                self.scoreboard.add_bytes(self.spec.slot, bytes_in, bytes_out)
+
     def _finished(self, client_address: Any, started: float, request: Any) -> None:
         now = time.monotonic()
         with self._lock:
@@ -283,7 +309,10 @@ class Worker:
         else:
             self.scoreboard.idle(self.spec.slot, now, requests)
         if self.spec.on_request_done is not None:
-            self.spec.on_request_done(client_address, now - started, request)
+            bytes_in, bytes_out = getattr(self._traffic, "last", (0, 0))
+            self._traffic.last = (0, 0)
+            with contextlib.suppress(Exception):  # a broken log must not break serving
+                self.spec.on_request_done(client_address, now - started, bytes_in, bytes_out)
         recycle = bool(self.spec.max_requests) and requests >= self.spec.max_requests
         if recycle:
             self.draining = True  # the master forks a replacement when we exit
