@@ -144,7 +144,7 @@ class PreforkMixIn:
         try:
             self.finish_request(request, client_address)  # type: ignore[attr-defined]
         finally:
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+            self.shutdown_request(request)
 
     def shutdown_request(self, request: Any) -> None:
         """Record the request's bytes in/out for the scoreboard, then shut it down."""
