@@ -189,11 +189,27 @@ class Master:
         if not self.signals_captured:
             tick = min(tick, NO_SIGNAL_TICK)
         deadlines = [w.kill_at for w in self.workers.values() if w.kill_at is not None]
+        deadlines.extend(self._hang_deadlines())
         if self.backoff_until > now:
             deadlines.append(self.backoff_until)
         if deadlines:
             tick = min(tick, max(0.0, min(deadlines) - now))
         return tick
+
+    def _hang_deadlines(self) -> list[float]:
+        """When each worker would overrun request_timeout or worker_timeout."""
+        request_timeout = self.settings.request_timeout
+        worker_timeout = self.settings.worker_timeout
+        deadlines = []
+        for worker in self.workers.values():
+            if worker.kill_at is not None:
+                continue
+            record = self.scoreboard.read(worker.slot)
+            if record.state == WorkerState.BUSY and request_timeout and record.request_start:
+                deadlines.append(record.request_start + request_timeout + 0.001)
+            elif record.state in (WorkerState.IDLE, WorkerState.STARTING) and worker_timeout:
+                deadlines.append(max(record.heartbeat, worker.spawned) + worker_timeout + 0.001)
+        return deadlines
 
     def _pool_is_changing(self) -> bool:
         if self.state is not MasterState.RUNNING or self.reload_size is not None:
@@ -348,8 +364,11 @@ class Master:
     def _worker_exited(self, worker: WorkerSlot, status: int) -> None:
         now = time.monotonic()
         del self.workers[worker.slot]
+        # A worker writes IDLE once set up and DRAINING on its way out; one that never
+        # got past STARTING (or said BOOT_FAILED) did not boot. Judge by the slot, not by
+        # what the master happened to see between ticks.
         booted = worker.booted or self.scoreboard.state(worker.slot) in (
-            WorkerState.IDLE, WorkerState.BUSY
+            WorkerState.IDLE, WorkerState.BUSY, WorkerState.DRAINING
         )
         code = os.waitstatus_to_exitcode(status)
         how = describe_exit(status)
@@ -362,7 +381,8 @@ class Master:
             log.info("worker %d pid %d recycled: %s", worker.slot, worker.pid, how)
         else:
             log.warning("worker %d pid %d died: %s", worker.slot, worker.pid, how)
-        if (not booted or code == ExitCode.BOOT_FAILED) and self.state is MasterState.RUNNING:
+        failed_boot = code == ExitCode.BOOT_FAILED or (not booted and not worker.draining)
+        if failed_boot and self.state is MasterState.RUNNING:
             self._boot_failed(now)
         hook = getattr(self.server, "worker_exited", None)
         if hook is not None:
