@@ -54,7 +54,9 @@ def test_worker_stuck_before_serving_is_killed_after_worker_timeout(engine_proc)
 
 def test_max_requests_recycles_under_load_without_failures(engine_proc) -> None:
     engine = engine_proc(
-        program(attrs="workers = 2\npool_mode = 'static'\nmax_requests = 50\nmax_requests_jitter = 20")
+        program(
+            attrs="workers = 2\npool_mode = 'static'\nmax_requests = 50\nmax_requests_jitter = 20"
+        )
     )
     wait_until(lambda: len(pids(engine)) == 2, 10, "pool")
     with LoadLoop(engine.address, clients=4, max_requests=1000, max_seconds=60) as load:
@@ -107,7 +109,9 @@ def test_ondemand_forks_on_first_connection_and_retires_idle(engine_proc) -> Non
 
 
 def test_spawn_rate_ramps_up(engine_proc) -> None:
-    engine = engine_proc(program(attrs="workers = 1\nmin_spare = 1\nmax_spare = 40\nmax_spawn_batch = 4"))
+    engine = engine_proc(
+        program(attrs="workers = 1\nmin_spare = 1\nmax_spare = 40\nmax_spawn_batch = 4")
+    )
     clients = [socket.create_connection(engine.address, timeout=30) for _ in range(24)]
     try:
         for client in clients:
