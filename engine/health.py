@@ -9,7 +9,9 @@ object would always report 0.0.
 
 What a sample costs (Linux, 40 idle Python workers, 2 cores): about 15-20 ms, most of
 it the USS, which psutil reads from ``/proc/PID/smaps_rollup`` (``memory_full_info``).
-That is why sampling has its own, modest, interval instead of running every tick.
+That is why sampling has its own, modest, interval instead of running every tick,
+and why one call stops after ``SAMPLE_BUDGET`` (50 ms): a pool of hundreds of workers
+is sampled over a few consecutive loop turns instead of stalling the master.
 
 Nothing here raises because a worker went away between the master's reap and the
 sample: ``NoSuchProcess``, ``ZombieProcess`` and ``AccessDenied`` are expected and
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import os
 import resource
+import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -27,6 +31,9 @@ import psutil
 
 # Fraction of a limit at which warnings() starts reporting a worker.
 WARN_FRACTION = 0.8
+# Most seconds one sample() call spends reading /proc; a bigger pool is sampled over
+# several of the master's loop turns, so the master never stalls for long.
+SAMPLE_BUDGET = 0.05
 
 
 @dataclass(frozen=True)
@@ -58,10 +65,12 @@ class HealthSampler:
         self.interval = interval
         self.max_worker_memory = max_worker_memory
         self.latest: dict[int, WorkerHealth] = {}
-        """The last sample of every worker that was alive then, by pid."""
+        """The last sample of every worker known to be alive, by pid."""
         self.master_latest: WorkerHealth | None = None
         """The master's own health, refreshed by every :meth:`sample`."""
         self.next_due = 0.0  # the first sample is due at once
+        self._pending: deque[int] = deque()  # pids still to sample in this round
+        self._round_start = 0.0
         self._procs: dict[int, psutil.Process] = {}
         self._fd_limits: dict[int, int] = {}  # soft RLIMIT_NOFILE of each worker
         self._warned: dict[int, set[str]] = {}  # warning kinds already returned per pid
@@ -76,28 +85,48 @@ class HealthSampler:
         """Is a sample due at *now* (a ``time.monotonic()`` value)?"""
         return now >= self.next_due
 
-    def sample(self, pids: Iterable[int], now: float) -> dict[int, WorkerHealth]:
-        """Sample every pid in *pids*; return (and keep in :attr:`latest`) the results.
+    def sample(
+        self, pids: Iterable[int], now: float, budget: float = SAMPLE_BUDGET
+    ) -> dict[int, WorkerHealth]:
+        """Sample the workers in *pids*; return the latest health of each one known.
 
-        Pids not in *pids*, and pids whose process is gone or a zombie, are
-        forgotten (they have no entry in the result). Also refreshes
-        :attr:`master_latest`, and schedules the next sample *interval* from *now*.
+        A round samples every pid once. If reading ``/proc`` takes longer than
+        *budget* seconds (some hundreds of workers), the call stops there and the
+        round goes on at the next call, which is due at once; otherwise the next round
+        is due *interval* after this one started. Workers forked during a round join
+        it. Pids not in *pids*, and pids whose process is gone or a zombie, are
+        forgotten. :attr:`master_latest` is refreshed at the end of each round.
         """
-        self.next_due = now + self.interval
         wanted = set(pids)
-        for pid in list(self._procs):
+        for pid in self._procs.keys() | self.latest.keys():
             if pid not in wanted:
                 self._forget(pid)
-        results: dict[int, WorkerHealth] = {}
-        for pid in wanted:
+        if not self._pending:
+            self._round_start = now
+            self._pending.extend(sorted(wanted))
+        else:
+            queued = set(self._pending)
+            self._pending.extend(
+                sorted(pid for pid in wanted if pid not in queued and pid not in self.latest)
+            )
+        started = time.perf_counter()
+        while self._pending:
+            pid = self._pending.popleft()
+            if pid not in wanted:
+                continue
             health = self._sample_pid(pid)
             if health is None:
                 self._forget(pid)
             else:
-                results[pid] = health
-        self.latest = results
-        self.master_latest = self.master_health()
-        return results
+                self.latest[pid] = health
+            if time.perf_counter() - started >= budget:
+                break
+        if self._pending:
+            self.next_due = now  # finish the round on the master's next loop turn
+        else:
+            self.next_due = self._round_start + self.interval
+            self.master_latest = self.master_health()
+        return dict(self.latest)
 
     def master_health(self) -> WorkerHealth:
         """A sample of the calling process (the master) itself.
@@ -132,6 +161,8 @@ class HealthSampler:
         is reported once, not every ``health_interval``; if it drops below the
         threshold and climbs back, it is reported again.
         """
+        if pid not in self.latest:
+            return []  # nothing known (and nothing to remember) about this pid
         current = self._warnings(pid)
         seen = self._warned.get(pid, set())
         # Remember exactly what is current: a kind that cleared is reported again later.
@@ -182,6 +213,7 @@ class HealthSampler:
             return None
 
     def _forget(self, pid: int) -> None:
+        self.latest.pop(pid, None)
         self._procs.pop(pid, None)
         self._fd_limits.pop(pid, None)
         self._warned.pop(pid, None)

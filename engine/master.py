@@ -37,7 +37,9 @@ from engine import pool
 from engine.config import Settings, resolved_workers
 from engine.errors import MasterFatalError
 from engine.exits import describe_exit
-from engine.proctitle import master_title, titled, worker_title
+from engine.health import HealthSampler
+from engine.proctitle import format_address, master_title, titled, worker_title
+from engine.status import StatusServer, build_snapshot
 from engine.wakeup import WAKE, WakeupFd, captured_signals
 from workers.protocol import ExitCode, WorkerState
 from workers.scoreboard import Scoreboard
@@ -128,6 +130,9 @@ class Master:
             signal.SIGCHLD: lambda: None,  # reaping happens every iteration anyway
         }
         self.stop_requested = False
+        self.started = time.monotonic()
+        self.health = HealthSampler(settings.health_interval, settings.max_worker_memory)
+        self.status: StatusServer | None = None
 
     # --- the loop ---
 
@@ -144,11 +149,19 @@ class Master:
             self.quick_interrupt = previous.get(signal.SIGINT) is signal.default_int_handler
             log.info("master %d serving %s with %d workers", os.getpid(), title, self.target)
             try:
+                if self.settings.status_bind is not None:
+                    # Before the first fork (workers close its fd); ConfigError/OSError
+                    # propagate, and the finally below closes what exists.
+                    self.status = StatusServer(self.settings.status_bind, self.status_snapshot)
+                    self.selector.register(self.status, selectors.EVENT_READ)
+                    log.info("status on %s", format_address(self.status.address))
                 self.manage_workers(time.monotonic())  # the initial pool, at once
                 while self.state is not MasterState.STOPPED:
                     self.step()
             finally:
                 self.kill_all()
+                if self.status is not None:
+                    self.status.close()
                 self.selector.close()
                 self.wakeup.close()
                 self.scoreboard.close()
@@ -165,11 +178,15 @@ class Master:
             if key.fileobj is self.wakeup:
                 for byte in self.wakeup.drain():
                     self._commands.get(byte, lambda: None)()
+            elif key.fileobj is self.status and self.status is not None:
+                self.status.handle_ready()
         if self.stop_requested and self.state is MasterState.RUNNING:
             self.stop_gracefully()
         self.reap_workers()
         now = time.monotonic()
         self._observe(now)
+        if self.health.due(now):
+            self._check_health(now)
         self._enforce_deadlines(now)
         if self.state is MasterState.RUNNING:
             self.manage_workers(now)
@@ -192,6 +209,7 @@ class Master:
         deadlines.extend(self._hang_deadlines())
         if self.backoff_until > now:
             deadlines.append(self.backoff_until)
+        deadlines.append(self.health.next_due)
         if deadlines:
             tick = min(tick, max(0.0, min(deadlines) - now))
         return tick
@@ -290,7 +308,11 @@ class Master:
             title=worker_title(slot, self.name),
             threads=settings.threads,
             max_requests=max_requests,
-            close_fds=(*self.wakeup.fds, self.selector.fileno()),
+            close_fds=(
+                *self.wakeup.fds,
+                self.selector.fileno(),
+                *((self.status.fileno(),) if self.status is not None else ()),
+            ),
             on_request_done=getattr(self.server, "_engine_request_done", None),
         )
         self.scoreboard.clear(slot)
@@ -418,6 +440,52 @@ class Master:
                     worker.last_requests = requests
             else:
                 worker.idle_since = None
+
+    def _check_health(self, now: float) -> None:
+        """Sample every worker; log limits being approached; recycle memory hogs."""
+        self.health.sample([w.pid for w in self.workers.values()], now)
+        deadline = now + self.settings.graceful_timeout
+        for worker in list(self.workers.values()):
+            warnings = self.health.new_warnings(worker.pid)
+            # Only booted workers are recycled: one stopped while STARTING would count
+            # as a failed boot (backoff, and in the end "no worker could boot").
+            if (
+                self.state is MasterState.RUNNING
+                and worker.booted
+                and not worker.draining
+                and self.health.over_memory(worker.pid)
+            ):
+                log.warning(
+                    "worker %d pid %d RSS %d bytes > max_worker_memory %d; recycling it",
+                    worker.slot, worker.pid, self.health.latest[worker.pid].rss,
+                    self.settings.max_worker_memory,
+                )
+                self.drain_worker(worker, deadline)
+            else:
+                for line in warnings:
+                    log.warning("%s", line)
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """The status document served by :class:`~engine.status.StatusServer`."""
+        import engine  # at call time: engine/__init__ imports this module
+
+        master = {
+            "pid": os.getpid(),
+            "name": self.name,
+            "address": format_address(self.server.server_address),
+            "state": self.state.value,
+            "pool_mode": self.settings.pool_mode,
+            "generation": self.generation,
+            "target": self.target,
+            "max_children": self.settings.max_children,
+            "version": engine.__version__,
+            "started": self.started,
+        }
+        records = [self.scoreboard.read(slot) for slot in sorted(self.workers)]
+        return build_snapshot(
+            master, records, self.health.latest, time.monotonic(),
+            master_health=self.health.master_latest,
+        )
 
     def _enforce_deadlines(self, now: float) -> None:
         settings = self.settings

@@ -331,8 +331,8 @@ class _Documents:
 
 
 _HTTP_REQUEST_LINE = re.compile(rb"([A-Z]+) (\S+) HTTP/1\.\d")
-_HTTP_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found",
-                 405: "Method Not Allowed", 500: "Internal Server Error"}
+_HTTP_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
+                 500: "Internal Server Error"}
 
 
 class StatusServer:
@@ -344,7 +344,8 @@ class StatusServer:
 
     Raises:
         ConfigError: *bind* is malformed, or a TCP address that is not loopback, or a
-            unix socket path that another live process is listening on.
+            unix socket path that another live process is listening on or that is
+            not a socket at all.
         OSError: the address cannot be bound.
     """
 
@@ -378,18 +379,17 @@ class StatusServer:
 
     def _bind_unix(self, sock: socket.socket, path: str) -> None:
         _remove_stale_socket(path)
-        # Create the file already 0600 (no window where others may connect), then
-        # chmod in case the umask was stricter than asked. umask is process-wide; this
-        # runs once, while the master sets up, before any worker exists.
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old_umask)
+        # On Linux bind() creates the file with the socket inode's mode (minus the
+        # umask), so fchmod first: the file is 0600 from its first instant, with no
+        # window where another user may connect, and without touching the
+        # process-wide umask (other threads of the program may be creating files).
+        with contextlib.suppress(OSError):
+            os.fchmod(sock.fileno(), 0o600)
+        sock.bind(path)
         self.path = path
         st = os.stat(path)
         self._socket_id = (st.st_dev, st.st_ino)
-        os.chmod(path, 0o600)
+        os.chmod(path, 0o600)  # where fchmod is not honoured, close the window now
 
     def fileno(self) -> int:
         """The listening socket's fd, to register with the master's selector."""

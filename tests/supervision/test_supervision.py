@@ -154,3 +154,31 @@ def test_threads_per_worker_hold_256_slow_connections(engine_proc) -> None:
     # 256 one-second requests on 4 processes: concurrent, not 64 seconds in a row.
     assert elapsed < 10, elapsed
     assert len(engine.workers()) == 4
+
+
+def test_leaking_worker_is_recycled_by_memory_limit(engine_proc) -> None:
+    engine = engine_proc(
+        program(
+            attrs="workers = 1\npool_mode = 'static'\nmax_worker_memory = '80M'\n"
+            "health_interval = 0.2",
+            before="""
+LEAK = []
+class Leaky(StreamRequestHandler):
+    def handle(self):
+        LEAK.append(bytearray(8 * 1024 * 1024))  # 8 MiB kept forever: a leak on purpose
+        self.wfile.write(b'%d %s' % (os.getpid(), self.rfile.readline()))
+""",
+            handler="Leaky",
+        )
+    )
+    first = wait_until(lambda: engine.workers(), 10, "pool")[0].pid
+    served_by = set()
+    for n in range(30):
+        reply = tcp_exchange(engine.address, b"leak %d\n" % n)
+        assert reply.endswith(b"leak %d\n" % n)  # never a failed request
+        served_by.add(int(reply.split()[0]))
+        if len(served_by) > 1:
+            break
+    assert len(served_by) > 1, "the leaking worker was never recycled"
+    assert first in served_by
+    assert "max_worker_memory" in engine.log()

@@ -1,0 +1,1 @@
+"""Unit tests of single engine modules, with real sockets and processes."""
