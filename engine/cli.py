@@ -324,7 +324,7 @@ def run_serve(args: argparse.Namespace, handler_path: str, demo: bool = False) -
             "bind", ",".join(settings.bind),
             "a single address (serving several binds at once is not supported yet)",
         )
-    logs.setup_logging(settings)
+    access = _open_logs(settings)
     family, address = parse_bind(settings.bind[0])
     cls = server_class(settings, family)
     if family == socket.AF_UNIX:
@@ -334,7 +334,6 @@ def run_serve(args: argparse.Namespace, handler_path: str, demo: bool = False) -
     except OSError as exc:
         return _fail(f"cannot listen on {settings.bind[0]}: {exc.strerror or exc}",
                      ExitStatus.FAILURE)
-    access = logs.access_logger(settings)
     if access is not None:
         # The master hands this to each worker (WorkerSpec.on_request_done).
         server._engine_request_done = access
@@ -348,11 +347,31 @@ def run_serve(args: argparse.Namespace, handler_path: str, demo: bool = False) -
             server.serve_forever()
         except MasterFatalError as exc:
             return _fail(str(exc), ExitStatus.NO_WORKER_BOOTS)
+        except OSError as exc:  # the status endpoint's address is taken, say
+            return _fail(str(exc), ExitStatus.FAILURE)
         finally:
             if bound_inode is not None:
                 _unlink_if_ours(address, bound_inode)
     log.info("stopped")
     return ExitStatus.OK
+
+
+def _open_logs(settings: Settings) -> logs.AccessLog | None:
+    """Set up the engine log and the access log; return the access-log callback.
+
+    Raises:
+        ConfigError: a log file cannot be opened (named by its setting).
+    """
+    name = "log_file"
+    try:
+        logs.setup_logging(settings)
+        name = "access_log"
+        return logs.access_logger(settings)
+    except OSError as exc:
+        raise ConfigError(
+            name, getattr(settings, name),
+            f"a file that can be opened for appending ({exc.strerror or exc})",
+        ) from None
 
 
 def _unlink_if_ours(path: str, inode: int) -> None:
@@ -518,9 +537,12 @@ def format_status(data: Mapping[str, Any]) -> str:
     summary = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
     lines = [
         f"engine master pid {_plain(master.get('pid'))} [{_plain(master.get('name'))}] "
-        f"on {_plain(master.get('address'))}",
+        f"on {_plain(master.get('address'))}: {_plain(master.get('state'))}, "
+        f"{_plain(master.get('pool_mode'))} pool, version {_plain(master.get('version'))}",
         f"uptime {_duration(master.get('uptime'))}, generation "
-        f"{_plain(master.get('generation'))}, target {_plain(master.get('target'))} workers",
+        f"{_plain(master.get('generation'))}, target {_plain(master.get('target'))} "
+        f"workers (max {_plain(master.get('max_children'))}), master RSS "
+        f"{_size(master.get('rss'))}",
         f"{len(workers)} workers" + (f": {summary}" if summary else ""),
         "",
     ]

@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import sys
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -31,10 +30,11 @@ ACCESS_LOGGER = "engine.access"
 LOG_FORMAT = "%(asctime)s [%(process)d] [%(role)s] %(levelname)s %(message)s"
 ACCESS_FORMAT = "%(asctime)s [%(process)d] [%(role)s] %(message)s"
 
-AccessLog = Callable[[Any, float, Any], None]
+# (client_address, seconds, bytes_in, bytes_out), or (client_address, seconds, request).
+AccessLog = Callable[..., None]
 
-# File handlers we opened, for reopen_logs(); weak so a replaced handler can go away.
-_file_handlers: weakref.WeakSet[logging.FileHandler] = weakref.WeakSet()
+# Open log files, for reopen_logs(); a handler leaves the set when it is closed.
+_file_handlers: set[ReopenableFileHandler] = set()
 # The handlers setup_logging()/access_logger() installed, so calling them again
 # replaces them instead of duplicating every line.
 _installed: dict[str, logging.Handler] = {}
@@ -73,13 +73,38 @@ class RoleFormatter(logging.Formatter):
         return super().format(record)
 
 
+class ReopenableFileHandler(logging.FileHandler):
+    """A file handler (append mode) that :func:`reopen_logs` can reopen."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, mode="a", encoding="utf-8")
+        _file_handlers.add(self)
+
+    def close(self) -> None:
+        """Close the file; a closed handler is not reopened any more."""
+        _file_handlers.discard(self)
+        super().close()
+
+    def reopen(self) -> None:
+        """Open the path again (logrotate moved the old file) and swap streams.
+
+        Raises:
+            OSError: the file cannot be opened; the old stream stays in use.
+        """
+        # The handler owns the new stream and closes it: no context manager here.
+        stream = open(self.baseFilename, "a", encoding=self.encoding)  # noqa: SIM115
+        # setStream flushes and swaps under the handler's lock, so a record is never
+        # written half to the old file and half to the new one.
+        old = self.setStream(stream)
+        if old is not None:
+            old.close()
+
+
 def _handler_for(path: str | None) -> logging.Handler:
     """A handler writing to *path*, or to stderr for None or ``-``."""
     if path is None or path == "-":
         return logging.StreamHandler(sys.stderr)
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-    _file_handlers.add(handler)
-    return handler
+    return ReopenableFileHandler(path)
 
 
 def _install(logger: logging.Logger, key: str, handler: logging.Handler) -> None:
@@ -122,16 +147,9 @@ def reopen_logs() -> None:
     """
     for handler in list(_file_handlers):
         try:
-            # Our handlers append ("a"); the handler closes the stream, not a with block.
-            stream = open(handler.baseFilename, "a", encoding=handler.encoding)  # noqa: SIM115
+            handler.reopen()
         except OSError as exc:
             print(f"engine: cannot reopen log file {handler.baseFilename}: {exc}", file=sys.stderr)
-            continue
-        # setStream flushes and swaps under the handler's lock, so a record is never
-        # written half to the old file and half to the new one.
-        old = handler.setStream(stream)
-        if old is not None:
-            old.close()
 
 
 def format_client(client_address: Any) -> str:
@@ -147,10 +165,11 @@ def format_client(client_address: Any) -> str:
 def access_logger(settings: Settings) -> AccessLog | None:
     """The access-log callback, or None when ``access_log`` is not set.
 
-    The callback takes ``(client_address, seconds, request)`` and writes one line per
-    connection: client, duration in milliseconds, and bytes in/out when the worker
-    recorded them on the request as ``request._engine_bytes = (in, out)`` (``-`` when
-    unknown)::
+    The worker calls it after each connection as ``(client_address, seconds, bytes_in,
+    bytes_out)`` (``WorkerSpec.on_request_done``); the older form ``(client_address,
+    seconds, request)`` is accepted too, with the byte counts read from
+    ``request._engine_bytes`` when present. It writes one line per connection: client,
+    duration in milliseconds, bytes in and out (``-`` when unknown)::
 
         2026-11-21 12:00:00,000 [12346] [worker 0] 127.0.0.1:51200 1.234ms in=12 out=12
 
@@ -166,8 +185,10 @@ def access_logger(settings: Settings) -> AccessLog | None:
     logger.setLevel(logging.INFO)
     logger.propagate = False  # not into the engine log, which may be the same stream
 
-    def log_access(client_address: Any, seconds: float, request: Any) -> None:
-        bytes_in, bytes_out = getattr(request, "_engine_bytes", (None, None))
+    def log_access(client_address: Any, seconds: float, *traffic: Any) -> None:
+        if len(traffic) == 1:  # (request,)
+            traffic = getattr(traffic[0], "_engine_bytes", (None, None))
+        bytes_in, bytes_out = traffic if len(traffic) == 2 else (None, None)
         logger.info(
             "%s %.3fms in=%s out=%s",
             format_client(client_address),

@@ -33,13 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine import pool
+from engine import pool, supervision, watchdog
 from engine.config import Settings, resolved_workers
 from engine.errors import MasterFatalError
 from engine.exits import describe_exit
 from engine.health import HealthSampler
 from engine.proctitle import format_address, master_title, titled, worker_title
-from engine.status import StatusServer, build_snapshot
+from engine.status import StatusServer
 from engine.wakeup import WAKE, WakeupFd, captured_signals
 from workers.protocol import ExitCode, WorkerState
 from workers.scoreboard import Scoreboard
@@ -149,26 +149,35 @@ class Master:
             self.quick_interrupt = previous.get(signal.SIGINT) is signal.default_int_handler
             log.info("master %d serving %s with %d workers", os.getpid(), title, self.target)
             try:
-                if self.settings.status_bind is not None:
-                    # Before the first fork (workers close its fd); ConfigError/OSError
-                    # propagate, and the finally below closes what exists.
-                    self.status = StatusServer(self.settings.status_bind, self.status_snapshot)
-                    self.selector.register(self.status, selectors.EVENT_READ)
-                    log.info("status on %s", format_address(self.status.address))
+                self._open_status()
                 self.manage_workers(time.monotonic())  # the initial pool, at once
                 while self.state is not MasterState.STOPPED:
                     self.step()
             finally:
-                self.kill_all()
-                if self.status is not None:
-                    self.status.close()
-                self.selector.close()
-                self.wakeup.close()
-                self.scoreboard.close()
+                self._close()
         if self.fatal:
             raise MasterFatalError(self.fatal)
         if self.interrupted:
             raise KeyboardInterrupt
+
+    def _open_status(self) -> None:
+        """Open the status endpoint, before the first fork (workers close its fd)."""
+        if self.settings.status_bind is None:
+            return
+        self.status = StatusServer(
+            self.settings.status_bind, lambda: supervision.status_snapshot(self)
+        )
+        self.selector.register(self.status, selectors.EVENT_READ)
+        log.info("status on %s", format_address(self.status.address))
+
+    def _close(self) -> None:
+        """Kill what is left and release the master's resources."""
+        self.kill_all()
+        if self.status is not None:
+            self.status.close()
+        self.selector.close()
+        self.wakeup.close()
+        self.scoreboard.close()
 
     def step(self) -> None:
         """One iteration: wait, dispatch commands, reap, enforce deadlines, plan."""
@@ -186,13 +195,17 @@ class Master:
         now = time.monotonic()
         self._observe(now)
         if self.health.due(now):
-            self._check_health(now)
+            supervision.check_health(self, now)
         self._enforce_deadlines(now)
         if self.state is MasterState.RUNNING:
             self.manage_workers(now)
             self._call_service_actions()
         elif not self.workers:
             self.state = MasterState.STOPPED
+
+    @property
+    def running(self) -> bool:
+        return self.state is MasterState.RUNNING
 
     def request_stop(self) -> None:
         """Ask for a graceful stop from any thread (``shutdown()``)."""
@@ -206,28 +219,18 @@ class Master:
         if not self.signals_captured:
             tick = min(tick, NO_SIGNAL_TICK)
         deadlines = [w.kill_at for w in self.workers.values() if w.kill_at is not None]
-        deadlines.extend(self._hang_deadlines())
+        for worker in self.workers.values():
+            if worker.kill_at is None:
+                record = self.scoreboard.read(worker.slot)
+                hang = watchdog.hang_deadline(record, worker.spawned, self.settings)
+                if hang is not None:
+                    deadlines.append(hang + 0.001)
         if self.backoff_until > now:
             deadlines.append(self.backoff_until)
         deadlines.append(self.health.next_due)
         if deadlines:
             tick = min(tick, max(0.0, min(deadlines) - now))
         return tick
-
-    def _hang_deadlines(self) -> list[float]:
-        """When each worker would overrun request_timeout or worker_timeout."""
-        request_timeout = self.settings.request_timeout
-        worker_timeout = self.settings.worker_timeout
-        deadlines = []
-        for worker in self.workers.values():
-            if worker.kill_at is not None:
-                continue
-            record = self.scoreboard.read(worker.slot)
-            if record.state == WorkerState.BUSY and request_timeout and record.request_start:
-                deadlines.append(record.request_start + request_timeout + 0.001)
-            elif record.state in (WorkerState.IDLE, WorkerState.STARTING) and worker_timeout:
-                deadlines.append(max(record.heartbeat, worker.spawned) + worker_timeout + 0.001)
-        return deadlines
 
     def _pool_is_changing(self) -> bool:
         if self.state is not MasterState.RUNNING or self.reload_size is not None:
@@ -441,54 +444,7 @@ class Master:
             else:
                 worker.idle_since = None
 
-    def _check_health(self, now: float) -> None:
-        """Sample every worker; log limits being approached; recycle memory hogs."""
-        self.health.sample([w.pid for w in self.workers.values()], now)
-        deadline = now + self.settings.graceful_timeout
-        for worker in list(self.workers.values()):
-            warnings = self.health.new_warnings(worker.pid)
-            # Only booted workers are recycled: one stopped while STARTING would count
-            # as a failed boot (backoff, and in the end "no worker could boot").
-            if (
-                self.state is MasterState.RUNNING
-                and worker.booted
-                and not worker.draining
-                and self.health.over_memory(worker.pid)
-            ):
-                log.warning(
-                    "worker %d pid %d RSS %d bytes > max_worker_memory %d; recycling it",
-                    worker.slot, worker.pid, self.health.latest[worker.pid].rss,
-                    self.settings.max_worker_memory,
-                )
-                self.drain_worker(worker, deadline)
-            else:
-                for line in warnings:
-                    log.warning("%s", line)
-
-    def status_snapshot(self) -> dict[str, Any]:
-        """The status document served by :class:`~engine.status.StatusServer`."""
-        import engine  # at call time: engine/__init__ imports this module
-
-        master = {
-            "pid": os.getpid(),
-            "name": self.name,
-            "address": format_address(self.server.server_address),
-            "state": self.state.value,
-            "pool_mode": self.settings.pool_mode,
-            "generation": self.generation,
-            "target": self.target,
-            "max_children": self.settings.max_children,
-            "version": engine.__version__,
-            "started": self.started,
-        }
-        records = [self.scoreboard.read(slot) for slot in sorted(self.workers)]
-        return build_snapshot(
-            master, records, self.health.latest, time.monotonic(),
-            master_health=self.health.master_latest,
-        )
-
     def _enforce_deadlines(self, now: float) -> None:
-        settings = self.settings
         for worker in list(self.workers.values()):
             if worker.kill_at is not None:
                 if now >= worker.kill_at:
@@ -501,27 +457,9 @@ class Master:
                     self._signal(worker, signal.SIGKILL)
                 continue
             record = self.scoreboard.read(worker.slot)
-            if (
-                record.state == WorkerState.BUSY
-                and settings.request_timeout is not None
-                and record.request_start
-                and now - record.request_start > settings.request_timeout
-            ):
-                self.abort_worker(
-                    worker,
-                    f"busy on one request for {now - record.request_start:.1f}s "
-                    f"> request_timeout {settings.request_timeout:g}s",
-                )
-            elif (
-                record.state in (WorkerState.IDLE, WorkerState.STARTING)
-                and settings.worker_timeout is not None
-                and now - max(record.heartbeat, worker.spawned) > settings.worker_timeout
-            ):
-                self.abort_worker(
-                    worker,
-                    f"silent for {now - max(record.heartbeat, worker.spawned):.1f}s "
-                    f"> worker_timeout {settings.worker_timeout:g}s",
-                )
+            why = watchdog.hang_reason(record, worker.spawned, self.settings, now)
+            if why is not None:
+                self.abort_worker(worker, why)
 
     def manage_workers(self, now: float) -> None:
         """Apply the pool policy: fork, drain, retire."""
@@ -572,20 +510,20 @@ class Master:
             self.reload_size = None
 
     def _watch_listener(self) -> None:
-        """Wake on a new connection only while no worker is there to take it.
+        """Wake on a new connection while no worker is free, or while the pool is quiet.
 
-        That is how ondemand forks its first worker at once; otherwise the listener
-        stays out of the selector (workers take connections, the master must not spin).
+        With no free worker, that is how ondemand forks its first worker at once. While
+        the pool is quiet the master sleeps a long tick, and a burst that takes every
+        spare would otherwise wait for it. Under load (short ticks, spares available)
+        the listener stays out of the selector: workers take connections, the master
+        must not wake for each one.
         """
         wanted = (
-            self.state is MasterState.RUNNING
+            self.running
             and self.settings.pool_mode != "static"
             and len(self.workers) < self.settings.max_children
             and time.monotonic() >= self.backoff_until
-            and not any(
-                self.scoreboard.state(w.slot) in (WorkerState.IDLE, WorkerState.STARTING)
-                for w in self.workers.values()
-            )
+            and (not self._pool_is_changing() or not self._has_spare())
         )
         if wanted != self.listener_watched:
             if wanted:
@@ -593,6 +531,12 @@ class Master:
             else:
                 self.selector.unregister(self.server.fileno())
             self.listener_watched = wanted
+
+    def _has_spare(self) -> bool:
+        return any(
+            self.scoreboard.state(w.slot) in (WorkerState.IDLE, WorkerState.STARTING)
+            for w in self.workers.values()
+        )
 
     def _connections_waiting(self, views: list[pool.WorkerView]) -> bool:
         """Is a connection (or datagram) waiting that no idle worker will take?"""

@@ -152,11 +152,13 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     args = parser.parse_args()
     times = replacement_times(args.kills)
+    median, worst = statistics.median(times), max(times)
     print(
-        f"worker replacement (kill -9 -> new worker set up): median {statistics.median(times):.1f} ms, "
-        f"max {max(times):.1f} ms over {len(times)} kills"
+        f"worker replacement (kill -9 -> new worker set up): median {median:.1f} ms, "
+        f"max {worst:.1f} ms over {len(times)} kills"
     )
-    print(f"idle master CPU: {idle_master_cpu(args.idle_seconds):.3f}% over {args.idle_seconds:g} s")
+    idle = idle_master_cpu(args.idle_seconds)
+    print(f"idle master CPU: {idle:.3f}% over {args.idle_seconds:g} s")
     frozen, thawed = worker_uss(True), worker_uss(False)
     print(f"worker USS after load: {frozen:.1f} MiB with gc.freeze(), {thawed:.1f} MiB without")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -85,19 +86,28 @@ def test_max_children_is_never_exceeded_under_ttin_storm(engine_proc) -> None:
     try:
         # Signals of one kind coalesce while pending, so send one at a time and wait
         # for its effect; past max_children the extra ones must change nothing.
+        sent = 0
         for expected in (3, 4, 4, 4, 4):
             os.kill(engine.pid, signal.SIGTTIN)
+            sent += 1
+            wait_until(lambda n=sent: _scale_lines(engine) == n, 10, "TTIN handled")
             wait_until(lambda e=expected: len(engine.workers()) == e, 10, f"{expected} workers")
         assert engine.log().count("workers 4 -> 4") == 3
         for expected in (3, 2, 1, 1, 1):
             os.kill(engine.pid, signal.SIGTTOU)
+            sent += 1
+            wait_until(lambda n=sent: _scale_lines(engine) == n, 10, "TTOU handled")
             wait_until(lambda e=expected: len(engine.workers()) == e, 10, f"{expected} workers")
-        wait_until(lambda: engine.log().count("workers 1 -> 1") == 2, 10, "TTOU floor")
+        assert engine.log().count("workers 1 -> 1") == 2
     finally:
         stop.set()
         watcher.join()
     assert peak <= 4, f"saw {peak} worker processes with max_children=4"
     assert len(engine.workers()) == 1  # never below one worker
+
+
+def _scale_lines(engine) -> int:
+    return len(re.findall(r"workers \d+ -> \d+", engine.log()))
 
 
 def test_crash_loop_backs_off_then_fails_fast(engine_proc) -> None:

@@ -165,7 +165,7 @@ def test_leaking_worker_is_recycled_by_memory_limit(engine_proc) -> None:
 LEAK = []
 class Leaky(StreamRequestHandler):
     def handle(self):
-        LEAK.append(bytearray(8 * 1024 * 1024))  # 8 MiB kept forever: a leak on purpose
+        LEAK.append(b'x' * (8 * 1024 * 1024))  # 8 MiB, touched, kept: a leak on purpose
         self.wfile.write(b'%d %s' % (os.getpid(), self.rfile.readline()))
 """,
             handler="Leaky",

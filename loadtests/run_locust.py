@@ -1,0 +1,518 @@
+"""Load-test the engine demo service with locust, in one command, and check the result.
+
+::
+
+    python -m loadtests.run_locust [--users 32] [--spawn-rate 32] [--run-time 20s]
+        [--p99-ms 500] [--out loadtests/results/locust] [--engine-arg=--workers=4 ...]
+
+1. starts ``python -m engine --bind 127.0.0.1:0 --log-level warning`` (the demo
+   service, plus any ``--engine-arg``) in its own session and waits for its
+   ``READY`` line;
+2. runs locust headless on :mod:`loadtests.locustfile` for ``--run-time`` (killed if
+   it overruns), writing ``locust_stats.csv`` and friends and ``locust.html`` under
+   ``--out``;
+3. stops the engine with SIGTERM (SIGKILL to its process group if it does not stop)
+   and checks that none of its processes is left;
+4. prints one summary line (requests, failures, p50 and p99 per task and aggregated).
+
+Exits 0 only if requests were made, none failed, the aggregated p99 is at most
+``--p99-ms``, locust exited 0 and the engine exited 0 with nothing left behind; 1
+otherwise; 130 when interrupted (Ctrl-C or SIGTERM). Processes are cleaned up in every
+case. See ``docs/loadtests.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import csv
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+DEFAULT_OUT = ROOT / "loadtests" / "results" / "locust"  # git-ignored
+TASKS = ("short", "keepalive", "slow")
+AGGREGATED = "Aggregated"
+REPORT_PREFIX = "locust"
+
+READY_TIMEOUT = 30.0  # seconds for the engine to print READY
+STOP_TIMEOUT = 5  # locust --stop-timeout: seconds users get to finish their task
+LOCUST_MARGIN = 45.0  # seconds locust may take beyond --run-time (start-up, reports)
+ENGINE_STOP_TIMEOUT = 40.0  # > the engine's default graceful_timeout (30 s)
+GONE_TIMEOUT = 5.0  # seconds for a killed process group to disappear
+EXIT_INTERRUPTED = 130
+
+
+class Interrupted(Exception):
+    """SIGTERM (or Ctrl-C) asked this runner to stop."""
+
+
+class RunError(Exception):
+    """The load test could not run (the engine did not start, say)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of locust's ``_stats.csv``: a task name, or the aggregate."""
+
+    name: str
+    requests: int
+    failures: int
+    p50: float | None
+    p99: float | None
+
+    def describe(self) -> str:
+        """``short 123 req 0 fail p50 1 ms p99 9 ms``."""
+        return (
+            f"{self.name} {self.requests} req {self.failures} fail "
+            f"p50 {_ms(self.p50)} p99 {_ms(self.p99)}"
+        )
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:g} ms"
+
+
+# --- arguments ---
+
+
+def parse_timespan(text: str) -> float:
+    """Locust's run-time syntax (``20``, ``20s``, ``3m``, ``1h30m``) in seconds.
+
+    Raises:
+        ValueError: the text is not such a timespan.
+    """
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+", text):
+        return float(text)
+    parts = re.fullmatch(r"(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?", text)
+    if not text or parts is None:
+        raise ValueError(f"{text!r} is not a time span like 20s, 3m or 1h30m")
+    hours, minutes, seconds = (int(group or 0) for group in parts.groups())
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+def _timespan(text: str) -> str:
+    try:
+        if parse_timespan(text) <= 0:
+            raise ValueError("must be positive")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.run_locust",
+        description="Start the engine demo service, load it with locust (short, keep-alive "
+        "and slow TCP clients), stop it, and check failures and latency.",
+    )
+    parser.add_argument("--users", type=_positive_int, default=32, metavar="N",
+                        help="concurrent locust users [default: 32]")
+    parser.add_argument("--spawn-rate", type=float, default=32.0, metavar="R",
+                        help="users started per second [default: 32]")
+    parser.add_argument("--run-time", type=_timespan, default="20s", metavar="T",
+                        help="how long to load, locust syntax: 20s, 2m [default: 20s]")
+    parser.add_argument("--p99-ms", type=float, default=500.0, metavar="MS",
+                        help="fail if the aggregated 99th percentile exceeds this "
+                        "[default: 500]")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                        help="directory of the CSV and HTML reports "
+                        "[default: loadtests/results/locust in the repository]")
+    parser.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for `python -m engine`, repeatable; write "
+                        "it with = when it starts with a dash: --engine-arg=--workers=8")
+    return parser
+
+
+# --- processes ---
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (Linux), so a crashed master's workers come back here
+    to be reaped instead of lingering as zombies under PID 1."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def reap_orphans() -> None:
+    """Collect every exited child (adopted orphans included); call after the Popens are
+    waited for, or their exit statuses would be lost."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the process group *pgid* still exists (zombies count:
+    reap first)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_group(proc: subprocess.Popen[Any], timeout: float, term_first: bool = False) -> bool:
+    """Kill the process group of *proc* (its own session) and wait for it to go.
+
+    With *term_first*, SIGTERM the group and give it *timeout* seconds before SIGKILL.
+    Returns whether the whole group is gone.
+    """
+    signals = (signal.SIGTERM, signal.SIGKILL) if term_first else (signal.SIGKILL,)
+    for signum in signals:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signum)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout)
+        if wait_group_gone(proc.pid, timeout if signum == signal.SIGKILL else 0):
+            return True
+    return False
+
+
+def wait_group_gone(pgid: int, timeout: float) -> bool:
+    """Wait until the process group *pgid* is empty; return whether it is."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        reap_orphans_when_safe()
+        if not group_alive(pgid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)  # a poll interval: group_alive decides
+        delay = min(delay * 2, 0.1)
+
+
+_popens: list[subprocess.Popen[Any]] = []
+
+
+def reap_orphans_when_safe() -> None:
+    """:func:`reap_orphans`, but only once every Popen of ours has its exit status."""
+    if all(proc.returncode is not None for proc in _popens):
+        reap_orphans()
+
+
+class Engine:
+    """The engine demo service, as a subprocess in its own session."""
+
+    def __init__(self, extra_args: Sequence[str], log_path: Path) -> None:
+        self.command = [
+            sys.executable, "-m", "engine", "--bind", "127.0.0.1:0",
+            "--log-level", "warning", *extra_args,
+        ]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            part for part in (str(ROOT), env.get("PYTHONPATH", "")) if part
+        )
+        env["ENGINE_READY_LINE"] = "1"
+        env["PYTHONUNBUFFERED"] = "1"
+        self.log_path = log_path
+        self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        try:
+            self.proc = subprocess.Popen(
+                self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=self._log, env=env, cwd=ROOT, start_new_session=True,
+            )
+        except BaseException:
+            self._log.close()
+            raise
+        _popens.append(self.proc)
+        self.address: tuple[str, int] | None = None
+        self._drain: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        """The master's pid, which is also the engine's process group id."""
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> tuple[str, int]:
+        """Wait for ``READY ('127.0.0.1', PORT)``; return the address.
+
+        Raises:
+            RunError: the engine exited, or said nothing, within *timeout*.
+        """
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        data = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in data:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RunError(f"the engine printed no READY line within {timeout:g}s")
+                if selector.select(remaining):
+                    chunk = os.read(fd, 4096)
+                    if not chunk:
+                        raise RunError("the engine exited before it was ready")
+                    data += chunk
+        line = data.split(b"\n", 1)[0].decode(errors="replace")
+        if not line.startswith("READY "):
+            raise RunError(f"expected the engine's READY line, got {line!r}")
+        address = ast.literal_eval(line.removeprefix("READY "))
+        self.address = (str(address[0]), int(address[1]))
+        # The demo prints a banner after READY: keep the pipe drained until EOF.
+        self._drain = threading.Thread(target=self._discard_stdout, daemon=True)
+        self._drain.start()
+        return self.address
+
+    def _discard_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        with contextlib.suppress(OSError, ValueError):
+            while self.proc.stdout.read(4096):
+                pass
+
+    def stop(self, timeout: float = ENGINE_STOP_TIMEOUT) -> tuple[int | None, bool]:
+        """SIGTERM the master, wait, then SIGKILL the whole group if need be.
+
+        Returns the master's exit status (``None`` if it had to be killed) and whether
+        every process of the engine is gone.
+        """
+        status: int | None = self.proc.returncode
+        if status is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                status = self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                status = None
+        gone = wait_group_gone(self.pid, GONE_TIMEOUT if status is not None else 0)
+        if not gone:
+            gone = kill_group(self.proc, GONE_TIMEOUT)
+            if status is not None:
+                gone = False  # workers outlived their master: report it even if killed
+        if self._drain is not None:
+            self._drain.join(GONE_TIMEOUT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+        return status, gone
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the engine's stderr."""
+        with contextlib.suppress(OSError):
+            text = self.log_path.read_text(errors="replace")
+            return "\n".join(text.splitlines()[-lines:])
+        return ""
+
+
+def locust_command(args: argparse.Namespace, host: str, prefix: Path) -> list[str]:
+    """The headless locust command line."""
+    return [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "--host", host, "-u", str(args.users), "-r", f"{args.spawn_rate:g}",
+        "--run-time", args.run_time, "--csv", str(prefix), "--html", f"{prefix}.html",
+        "--only-summary", "--stop-timeout", str(STOP_TIMEOUT),
+    ]
+
+
+def run_locust(command: Sequence[str], timeout: float) -> int | None:
+    """Run locust in its own session; return its exit status, or ``None`` if it had to
+    be killed after *timeout* seconds."""
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with shielded():  # a signal here is raised once proc is known to the finally
+            started = proc = subprocess.Popen(
+                list(command), stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True,
+            )
+            _popens.append(started)
+            print(f"LOCUST_PID {started.pid}", flush=True)
+        return started.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"run_locust: locust overran its {timeout:g}s; stopping it", file=sys.stderr)
+        return None
+    finally:
+        # Overrun or interrupted: SIGTERM first, so locust still writes its reports.
+        with shielded():
+            if proc is not None and (proc.returncode is None or group_alive(proc.pid)):
+                kill_group(proc, STOP_TIMEOUT, term_first=True)
+
+
+# --- results ---
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "", "N/A") else None
+    except ValueError:
+        return None
+
+
+def read_stats(path: Path) -> dict[str, Row]:
+    """The rows of locust's ``_stats.csv`` by name (tasks and ``Aggregated``)."""
+    rows: dict[str, Row] = {}
+    with open(path, newline="") as file:
+        for record in csv.DictReader(file):
+            name = record["Name"]
+            rows[name] = Row(
+                name=name.lower() if name == AGGREGATED else name,
+                requests=int(record["Request Count"]),
+                failures=int(record["Failure Count"]),
+                p50=_number(record.get("50%")),
+                p99=_number(record.get("99%")),
+            )
+    return rows
+
+
+def summary_line(rows: dict[str, Row]) -> str:
+    """One line: each task (in a fixed order, then any other), then the aggregate."""
+    names = [name for name in TASKS if name in rows]
+    names += sorted(name for name in rows if name not in TASKS and name != AGGREGATED)
+    if AGGREGATED in rows:
+        names.append(AGGREGATED)
+    return "SUMMARY " + "; ".join(rows[name].describe() for name in names)
+
+
+def verdict(rows: dict[str, Row], p99_limit: float) -> list[str]:
+    """Why the load test failed (empty when it passed)."""
+    total = rows.get(AGGREGATED)
+    if total is None or total.requests == 0:
+        return ["no request was made"]
+    problems = []
+    if total.failures:
+        problems.append(
+            f"{total.failures} of {total.requests} requests failed "
+            f"(see {REPORT_PREFIX}_failures.csv)"
+        )
+    if total.p99 is None or total.p99 > p99_limit:
+        problems.append(f"aggregated p99 {_ms(total.p99)} exceeds --p99-ms {p99_limit:g}")
+    return problems
+
+
+# --- main ---
+
+_shield = {"active": False, "pending": False}
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    """SIGTERM and SIGINT: stop the run, but never in the middle of a clean-up."""
+    if _shield["active"]:
+        _shield["pending"] = True
+        return
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Defer SIGTERM/SIGINT until the block is done (process start-up and clean-up),
+    then raise :class:`Interrupted` if one came."""
+    outer = _shield["active"]
+    _shield["active"] = True
+    try:
+        yield
+    finally:
+        _shield["active"] = outer
+    if not outer and _shield["pending"]:
+        _shield["pending"] = False
+        raise Interrupted("signal during start-up or clean-up")
+
+
+def load_test(args: argparse.Namespace) -> int:
+    """Run the whole load test; return the exit status. Cleans up in every case."""
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = out / REPORT_PREFIX
+    stats_path = Path(f"{prefix}_stats.csv")
+    html_path = Path(f"{prefix}.html")
+    for stale in (*out.glob(f"{REPORT_PREFIX}_*.csv"), html_path):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()  # never read, or show, a previous run's figures
+    problems: list[str] = []
+    engine: Engine | None = None
+    try:
+        with shielded():  # a signal here is raised once engine is known to the finally
+            engine = Engine(args.engine_arg, out / "engine.log")
+            print(f"ENGINE_PID {engine.pid}", flush=True)
+        host, port = engine.wait_ready()
+        print(f"ENGINE_ADDRESS {host}:{port}", flush=True)
+        timeout = parse_timespan(args.run_time) + STOP_TIMEOUT + LOCUST_MARGIN
+        status = run_locust(locust_command(args, f"tcp://{host}:{port}", prefix), timeout)
+        if status is None:
+            problems.append(f"locust did not finish within {timeout:g}s")
+        elif status != 0:
+            problems.append(f"locust exited with status {status}")
+    except RunError as exc:
+        problems.append(str(exc))
+    finally:
+        with shielded():
+            engine_status, gone = engine.stop() if engine is not None else (None, True)
+            reap_orphans_when_safe()
+    assert engine is not None  # Engine() raised otherwise, and the finally re-raised
+    if engine_status != 0:
+        problems.append(
+            "the engine had to be killed" if engine_status is None
+            else f"the engine exited with status {engine_status}"
+        )
+    if not gone:
+        problems.append(f"processes of the engine (process group {engine.pid}) were left")
+    if engine_status != 0 or not gone or not stats_path.exists():
+        print(f"engine log ({engine.log_path}):\n{engine.log_tail()}", file=sys.stderr)
+    if stats_path.exists():
+        rows = read_stats(stats_path)
+        print(summary_line(rows), flush=True)
+        problems += verdict(rows, args.p99_ms)
+        missing = [name for name in TASKS if rows.get(name, Row(name, 0, 0, None, None))
+                   .requests == 0]
+        if missing and rows.get(AGGREGATED):
+            print(f"note: no request of task(s) {', '.join(missing)}", file=sys.stderr)
+    else:
+        problems.append(f"no statistics: {stats_path} was not written")
+    reports = [str(path) for path in (stats_path, html_path) if path.exists()]
+    if reports:
+        print(f"reports: {', '.join(reports)}", flush=True)
+    for problem in dict.fromkeys(problems):
+        print(f"FAIL: {problem}", file=sys.stderr)
+    print("RESULT " + ("FAIL" if problems else "PASS"), flush=True)
+    return 1 if problems else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the arguments and run the load test; return the exit status."""
+    args = build_parser().parse_args(argv)
+    become_subreaper()
+    previous = {signum: signal.signal(signum, _on_signal)
+                for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return load_test(args)
+    except Interrupted as exc:
+        print(f"run_locust: interrupted ({exc}); processes cleaned up", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Load tests: short locust runs against the engine command, in the default suite."""
