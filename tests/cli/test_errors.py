@@ -1,0 +1,136 @@
+"""Exit statuses of `engine` in a real subprocess: 2 for bad settings (from every
+source) and bad handler paths, 3 when no worker can boot, 1 when it cannot listen,
+and --check-config's precedence report."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.cli import CLI, READY, run_cli
+from tests.support import EngineProcess
+
+ECHO = "engine.examples.echo:EchoHandler"
+
+
+def assert_usage_error(result: object, *fragments: str) -> None:
+    assert getattr(result, "returncode") == 2, result  # noqa: B009 - CompletedProcess
+    err: str = getattr(result, "stderr")  # noqa: B009
+    assert err.startswith("engine: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "toml", "fragments"),
+    [
+        (["--max-children", "0"], {}, None,
+         ["invalid setting max_children='0': an integer from 1 to 4096", "cli --max-children"]),
+        ([], {"ENGINE_WORKERS": "abc"}, None,
+         ["invalid setting workers='abc'", "env ENGINE_WORKERS"]),
+        ([], {}, 'max_children = "x"\n', ["invalid setting max_children='x'", "from file "]),
+        ([], {}, "max_childs = 3\n", ["invalid setting max_childs=3", "unknown key"]),
+        ([], {}, "[engine]\nworkers = 2\n", ["invalid setting engine=", "top level"]),
+        (["--pool-mode", "elastic"], {}, None, ["pool_mode='elastic'", "one of static"]),
+        (["--bind", "localhost"], {}, None, ["bind='localhost'", "HOST:PORT"]),
+        (["--workers", "0"], {}, None, ["workers=0", "ondemand"]),
+        (["--bind", "127.0.0.1:0", "--bind", "127.0.0.1:0"], {}, None,
+         ["invalid setting bind=", "not supported yet"]),
+        (["--bind", "127.0.0.1:0", "--log-file", "/nonexistent/dir/engine.log"], {}, None,
+         ["invalid setting log_file='/nonexistent/dir/engine.log'", "No such file"]),
+        (["--bind", "127.0.0.1:0"], {"ENGINE_ACCESS_LOG": "/nonexistent/dir/a.log"}, None,
+         ["invalid setting access_log=", "opened for appending"]),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_setting(
+    tmp_path: Path, args: list[str], env: dict[str, str], toml: str | None,
+    fragments: list[str],
+) -> None:
+    config: list[str] = []
+    if toml is not None:
+        path = tmp_path / "engine.toml"
+        path.write_text(toml)
+        config = ["--config", str(path)]
+    assert_usage_error(run_cli(["serve", ECHO, *config, *args], env=env), *fragments)
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    result = run_cli(["serve", ECHO, "--config", str(tmp_path / "nope.toml")])
+    assert_usage_error(result, "invalid setting config=", "readable TOML file")
+
+
+@pytest.mark.parametrize(
+    ("handler", "fragment"),
+    [
+        ("no_such_package.module:Handler", "cannot import handler 'no_such_package.module:"),
+        ("engine.examples.echo:NoSuchHandler", "has no attribute 'NoSuchHandler'"),
+        ("engine.examples.echo.EchoHandler", "must be MODULE:CLASS"),
+    ],
+)
+def test_bad_handler_path_exits_2(handler: str, fragment: str) -> None:
+    assert_usage_error(run_cli(["serve", handler]), fragment)
+
+
+def test_argparse_errors_exit_2() -> None:
+    result = run_cli(["serve"])
+    assert result.returncode == 2 and "MODULE:CLASS" in result.stderr
+    result = run_cli(["serve", ECHO, "--no-such-flag"])
+    assert result.returncode == 2 and "unrecognized arguments" in result.stderr
+
+
+def test_check_config_shows_precedence_and_sources(tmp_path: Path) -> None:
+    path = tmp_path / "engine.toml"
+    path.write_text("max_children = 11\nthreads = 3\nmax_requests = 100\n")
+    result = run_cli(
+        ["serve", ECHO, "--config", str(path), "--max-children", "13", "--check-config"],
+        env={"ENGINE_MAX_CHILDREN": "12", "ENGINE_THREADS": "2"},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = {line.split(" = ")[0]: line for line in result.stdout.splitlines()}
+    assert lines["max_children"].startswith("max_children = 13 ")
+    assert lines["max_children"].endswith("# cli --max-children")
+    assert lines["threads"].startswith("threads = 2 ")
+    assert lines["threads"].endswith("# env ENGINE_THREADS")
+    assert lines["max_requests"].startswith("max_requests = 100 ")
+    assert lines["max_requests"].endswith(f"# file {path}")
+    assert lines["idle_timeout"].endswith("# default")
+    assert f"# handler: {ECHO}" in result.stdout
+
+
+def test_cannot_listen_exits_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(["serve", ECHO, "--bind", f"127.0.0.1:{port}"])
+    assert result.returncode == 1
+    assert f"engine: error: cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_no_worker_can_boot_exits_3(engine_proc: Callable[..., EngineProcess]) -> None:
+    engine = engine_proc(
+        CLI,
+        args=["serve", "tests.apps.cli_apps:CrashOnBootHandler", "--bind", "127.0.0.1:0",
+              "--workers", "2", "--pool-mode", "static"],
+        env={**READY, "CLI_APPS_CRASH_WORKERS": "1"},
+    )
+    engine.snapshot()
+    assert engine.wait(timeout=30) == 3
+    log = engine.log()
+    assert "engine: error: no worker could boot" in log
+    assert "Traceback" not in log
+
+
+def test_sigterm_before_serving_is_not_lost(engine_proc: Callable[..., EngineProcess]) -> None:
+    # The READY line comes from inside the master loop, after its signal handlers are
+    # in place: a SIGTERM sent the moment it is read is a graceful stop.
+    engine = engine_proc(
+        CLI, args=["serve", ECHO, "--bind", "127.0.0.1:0", "--workers", "1"], env=READY,
+    )
+    engine.signal(signal.SIGTERM)
+    assert engine.wait(timeout=30) == 0

@@ -1,0 +1,148 @@
+"""The pure validators of engine.config.validators: accepted forms, typed results,
+and errors that name the setting, the value and what is allowed."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.config import validators as v
+from engine.errors import ConfigError
+
+
+def rejects(validator: v.Validator, value: Any, *allowed_words: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        validator("some_setting", value)
+    error = info.value
+    assert error.setting == "some_setting" and error.value == value
+    assert str(error).startswith(f"invalid setting some_setting={value!r}: ")
+    for word in allowed_words:
+        assert word in error.allowed
+    return error
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(True, True), (False, False), ("yes", True), (" ON ", True), ("1", True),
+     ("true", True), ("no", False), ("Off", False), ("0", False), ("FALSE", False)],
+)
+def test_boolean_accepts(raw: Any, expected: bool) -> None:
+    assert v.boolean("x", raw) is expected
+
+
+@pytest.mark.parametrize("raw", ["", "maybe", 1, 0, None, 2.0])
+def test_boolean_rejects(raw: Any) -> None:
+    rejects(v.boolean, raw, "boolean")
+
+
+def test_int_range() -> None:
+    check = v.int_range(1, 10)
+    assert check("x", 1) == 1 and check("x", "10") == 10 and check("x", " 0x5 ") == 5
+    for bad in (0, 11, "0", "abc", "", 1.5, True, None):
+        rejects(check, bad, "from 1 to 10")
+    unbounded = v.int_range(0)
+    assert unbounded("x", 10**12) == 10**12
+    rejects(unbounded, -1, ">= 0")
+
+
+@given(st.integers(min_value=-(10**6), max_value=10**6))
+def test_int_range_matches_its_bounds(number: int) -> None:
+    check = v.int_range(-5, 5)
+    if -5 <= number <= 5:
+        assert check("x", number) == number == check("x", str(number))
+    else:
+        with pytest.raises(ConfigError):
+            check("x", str(number))
+
+
+def test_optional() -> None:
+    check = v.optional(v.int_range(1, 3))
+    assert check("x", None) is None and check("x", "none") is None and check("x", "") is None
+    assert check("x", " OFF ") is None and check("x", "2") == 2
+    rejects(check, "7", "from 1 to 3", "none/off")
+    custom = v.optional(v.int_range(0, 3), none_words=("auto",))
+    assert custom("x", "auto") is None
+    rejects(custom, "none")
+
+
+def test_duration() -> None:
+    check = v.duration(0.0)
+    assert check("x", 0) == 0.0 and check("x", "1.5") == 1.5 and check("x", 2) == 2.0
+    for bad in (-1, "-0.1", "nan", "inf", "soon", True, None, [1]):
+        rejects(check, bad, "seconds >= 0")
+    exclusive = v.duration(0.0, exclusive=True)
+    rejects(exclusive, 0, "seconds > 0")
+    assert exclusive("x", "0.001") == 0.001
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(0, 0), (512, 512), ("512", 512), ("4K", 4096), ("4kb", 4096), ("2M", 2 * 1024**2),
+     ("1GiB", 1024**3), (" 3 g ", 3 * 1024**3)],
+)
+def test_byte_size_accepts(raw: Any, expected: int) -> None:
+    assert v.byte_size("x", raw) == expected
+
+
+@pytest.mark.parametrize("raw", [-1, "1T", "-5M", "M", "1.5G", True, None, 2.0])
+def test_byte_size_rejects(raw: Any) -> None:
+    rejects(v.byte_size, raw, "size in bytes")
+
+
+def test_choice() -> None:
+    check = v.choice("static", "dynamic")
+    assert check("x", " Static ") == "static"
+    rejects(check, "elastic", "one of static, dynamic")
+    rejects(check, 1)
+
+
+def test_text() -> None:
+    assert v.text("x", "  name ") == "name"
+    for bad in ("", "   ", 5, None):
+        rejects(v.text, bad, "non-empty string")
+
+
+def test_log_level() -> None:
+    assert v.log_level("x", "WARNING") == "warning"
+    assert v.log_level("x", logging.DEBUG) == "debug"
+    for bad in ("verbose", 5, True, None):
+        rejects(v.log_level, bad, "debug", "critical")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["127.0.0.1:8000", "localhost:0", ":9000", "[::1]:8000", "[fe80::1%eth0]:80",
+     "unix:/tmp/x.sock", "127.0.0.1:65535"],
+)
+def test_bind_address_accepts(spec: str) -> None:
+    assert v.bind_address("bind", spec) == spec
+
+
+@pytest.mark.parametrize(
+    "spec", ["127.0.0.1", "127.0.0.1:65536", "unix:", "::1:80", "host:port", "", 8000, None],
+)
+def test_bind_address_rejects(spec: Any) -> None:
+    rejects(v.bind_address, spec, "HOST:PORT", "unix:PATH")
+
+
+def test_bind_list() -> None:
+    assert v.bind_list("bind", "127.0.0.1:1,unix:/tmp/a") == ("127.0.0.1:1", "unix:/tmp/a")
+    assert v.bind_list("bind", ["[::1]:2"]) == ("[::1]:2",)
+    assert v.bind_list("bind", ("127.0.0.1:3",)) == ("127.0.0.1:3",)
+    rejects(v.bind_list, [], "list")
+    rejects(v.bind_list, 8000, "list")
+    with pytest.raises(ConfigError) as info:
+        v.bind_list("bind", "127.0.0.1:1,nope")
+    assert info.value.setting == "bind" and info.value.value == "nope"
+
+
+def test_parse_bind() -> None:
+    assert v.parse_bind("127.0.0.1:80") == (socket.AF_INET, ("127.0.0.1", 80))
+    assert v.parse_bind(":80") == (socket.AF_INET, ("0.0.0.0", 80))
+    assert v.parse_bind("[::1]:81") == (socket.AF_INET6, ("::1", 81))
+    assert v.parse_bind("unix:/run/a.sock") == (socket.AF_UNIX, "/run/a.sock")
