@@ -38,6 +38,7 @@ from engine.config import Settings, resolved_workers
 from engine.errors import MasterFatalError
 from engine.exits import describe_exit
 from engine.health import HealthSampler
+from engine.logs import access_logger
 from engine.proctitle import format_address, master_title, titled, worker_title
 from engine.status import StatusServer
 from engine.wakeup import WAKE, WakeupFd, captured_signals
@@ -69,6 +70,10 @@ HANDLED_SIGNALS = (
     signal.SIGUSR1,
     signal.SIGCHLD,
 )
+
+
+# Blocked across fork: ours, plus those a worker ignores but whose default would kill it.
+FORK_BLOCKED_SIGNALS = (*HANDLED_SIGNALS, signal.SIGUSR2, signal.SIGWINCH)
 
 
 class MasterState(enum.Enum):
@@ -106,6 +111,7 @@ class Master:
         self.reload_size: int | None = None
         self.workers: dict[int, WorkerSlot] = {}  # by slot
         self.batch = 1
+        self.next_growth = 0.0  # growth above the floor: at most one batch per tick
         self.boot_failures = 0
         self.backoff_until = 0.0
         self.fatal: str | None = None
@@ -131,6 +137,10 @@ class Master:
         }
         self.stop_requested = False
         self.started = time.monotonic()
+        # The CLI sets _engine_request_done; for other servers, access_log builds one.
+        self.access_log = getattr(server, "_engine_request_done", None) or access_logger(
+            settings
+        )
         self.health = HealthSampler(settings.health_interval, settings.max_worker_memory)
         self.status: StatusServer | None = None
 
@@ -292,7 +302,7 @@ class Master:
     def _reopen_logs(self) -> None:
         reopen = getattr(self.server, "reopen_logs", None)
         if reopen is not None:
-            reopen()
+            self._guarded(reopen)
         for worker in self.workers.values():
             self._signal(worker, signal.SIGUSR1)
 
@@ -316,14 +326,14 @@ class Master:
                 self.selector.fileno(),
                 *((self.status.fileno(),) if self.status is not None else ()),
             ),
-            on_request_done=getattr(self.server, "_engine_request_done", None),
+            on_request_done=self.access_log,
         )
         self.scoreboard.clear(slot)
         if settings.gc_freeze:
             gc.freeze()  # keep the master's objects out of the workers' collections: CoW
         # Block our signals across fork(): the child must not run the master's handlers
         # (a SIGTERM would be lost); it unblocks them once its own handlers are in place.
-        spec.signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        spec.signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
         try:
             pid = os.fork()
         except OSError as exc:
@@ -496,8 +506,11 @@ class Master:
             batch=self.batch,
             now=now,
             can_spawn=now >= self.backoff_until,
+            can_grow=now >= self.next_growth,
         )
         self.batch = decision.next_batch
+        if decision.grew:
+            self.next_growth = now + BUSY_TICK
         deadline = now + settings.graceful_timeout
         for slot in decision.drain:
             self.drain_worker(self.workers[slot], deadline)

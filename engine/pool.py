@@ -58,6 +58,7 @@ class Plan:
     spawn: int = 0
     drain: list[int] = field(default_factory=list)  # slots to send SIGTERM
     next_batch: int = 1
+    grew: bool = False  # some of the spawns are growth above the floor
 
 
 def is_spare(view: WorkerView) -> bool:
@@ -75,6 +76,7 @@ def plan(
     batch: int,
     now: float,
     can_spawn: bool = True,
+    can_grow: bool = True,
 ) -> Plan:
     """Decide this tick's forks and drains.
 
@@ -85,6 +87,8 @@ def plan(
         connections_waiting: the listen socket has a connection nobody took yet.
         batch: the spawn batch size reached so far (growth rate limit).
         can_spawn: false while the master backs off after failed boots.
+        can_grow: false until a tick has passed since the last growth: the batch limit
+            is per tick, however often the master wakes up.
     """
     result = Plan(next_batch=batch)
     free = params.max_children - len(workers)
@@ -102,12 +106,14 @@ def plan(
         growth = max(growth, 1)
     growth = max(0, growth - floor_deficit)
 
-    wanted_growth = min(growth, batch)
+    wanted_growth = min(growth, batch) if can_grow else 0
     if can_spawn:
         result.spawn = max(0, min(free, floor_deficit + wanted_growth))
-    result.next_batch = min(batch * 2, params.max_spawn_batch) if growth > batch else 1
+        result.grew = result.spawn > floor_deficit
     if growth == 0:
         result.next_batch = 1
+    elif result.grew:
+        result.next_batch = min(batch * 2, params.max_spawn_batch) if growth > batch else 1
 
     result.drain.extend(_old_to_drain(old, current, floor, free - result.spawn))
     if not old:

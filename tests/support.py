@@ -68,7 +68,8 @@ def tcp_exchange(address: Any, payload: bytes, timeout: float = 10.0) -> bytes:
         sock.settimeout(timeout)
         sock.connect(address)
         sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):  # the server may have closed already
+            sock.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)

@@ -58,7 +58,7 @@ class Settings:
     # --- server ---
     bind: tuple[str, ...] = setting(
         ("127.0.0.1:8000",),
-        "Address to listen on: HOST:PORT, [IPV6]:PORT or unix:PATH. Repeat for several.",
+        "Address to listen on: HOST:PORT, [IPV6]:PORT or unix:PATH (one address for now).",
         "server", v.bind_list, class_attr=False, metavar="ADDRESS",
     )
     udp: bool = setting(

@@ -61,15 +61,17 @@ def int_range(low: int, high: int | None = None) -> Validator:
 def optional(inner: Validator, none_words: Sequence[str] = ("", "none", "off")) -> Validator:
     """None (or one of *none_words* as a string), else what *inner* accepts."""
 
+    words = "/".join(word for word in none_words if word) or "none"
+
     def check(name: str, value: Any) -> Any:
         if value is None or (isinstance(value, str) and value.strip().lower() in none_words):
             return None
         try:
             return inner(name, value)
         except ConfigError as error:
-            raise ConfigError(name, value, f"{error.allowed}, or none/off") from None
+            raise ConfigError(name, value, f"{error.allowed}, or {words}") from None
 
-    check.__doc__ = f"{inner.__doc__}, or none/off"
+    check.__doc__ = f"{inner.__doc__}, or {words}"
     return check
 
 

@@ -172,13 +172,16 @@ class Leaky(StreamRequestHandler):
         )
     )
     first = wait_until(lambda: engine.workers(), 10, "pool")[0].pid
-    served_by = set()
-    for n in range(30):
-        reply = tcp_exchange(engine.address, b"leak %d\n" % n)
-        assert reply.endswith(b"leak %d\n" % n)  # never a failed request
+    served_by: set[int] = set()
+
+    def leak_once() -> bool:
+        reply = tcp_exchange(engine.address, b"leak\n")
+        assert reply.endswith(b"leak\n")  # never a failed request
         served_by.add(int(reply.split()[0]))
-        if len(served_by) > 1:
-            break
-    assert len(served_by) > 1, "the leaking worker was never recycled"
+        return len(served_by) > 1
+
+    # One request per poll (about 20/s): the worker grows 8 MiB each time until the
+    # master's next sample (every 0.2 s) sees it over 80 MiB and recycles it.
+    wait_until(leak_once, 30, "the leaking worker to be recycled")
     assert first in served_by
     assert "max_worker_memory" in engine.log()
