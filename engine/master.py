@@ -343,6 +343,10 @@ class Master:
         finally:
             if os.getpid() == spec.master_pid:
                 signal.pthread_sigmask(signal.SIG_SETMASK, spec.signal_mask)
+                if settings.gc_freeze:
+                    # The child keeps them frozen (that is the point); the master must
+                    # not, or garbage made between forks would never be collected.
+                    gc.unfreeze()
         if pid == 0:
             run_worker(self.server, self.scoreboard, spec)
         self.workers[slot] = WorkerSlot(slot, pid, self.generation, now)

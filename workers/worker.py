@@ -110,6 +110,7 @@ class Worker:
         self.requests = 0
         self.active = 0
         self.draining = False
+        self.serving = False  # set once worker_init is done
         self._lock = threading.Lock()
         self._wake_r = self._wake_w = -1
         self._pool: ThreadPoolExecutor | None = None
@@ -133,6 +134,7 @@ class Worker:
         except Exception:
             traceback.print_exc()
             return ExitCode.BOOT_FAILED
+        self.serving = True
         if self.spec.threads > 1:
             self._pool = ThreadPoolExecutor(self.spec.threads, "engine-request")
         try:
@@ -182,6 +184,9 @@ class Worker:
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.draining = True
+        if not self.serving:
+            # Still in worker_init: nothing in flight to finish, so stop right here.
+            raise SystemExit(ExitCode.OK)
 
     def _on_usr1(self, signum: int, frame: object) -> None:
         reopen = getattr(self.server, "reopen_logs", None)
