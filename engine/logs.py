@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.config.settings import Settings
+from workers.protocol import format_address
 
 ENGINE_LOGGER = "engine"
 ACCESS_LOGGER = "engine.access"
@@ -152,16 +153,6 @@ def reopen_logs() -> None:
             print(f"engine: cannot reopen log file {handler.baseFilename}: {exc}", file=sys.stderr)
 
 
-def format_client(client_address: Any) -> str:
-    """``127.0.0.1:5000``, ``[::1]:5000``, or the peer of a Unix socket (``unix`` if unnamed)."""
-    if isinstance(client_address, tuple) and len(client_address) >= 2:
-        host, port = client_address[0], client_address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    if isinstance(client_address, bytes):
-        client_address = client_address.decode("utf-8", "replace")
-    return f"unix:{client_address}" if client_address else "unix"
-
-
 def access_logger(settings: Settings) -> AccessLog | None:
     """The access-log callback, or None when ``access_log`` is not set.
 
@@ -191,7 +182,7 @@ def access_logger(settings: Settings) -> AccessLog | None:
         bytes_in, bytes_out = traffic if len(traffic) == 2 else (None, None)
         logger.info(
             "%s %.3fms in=%s out=%s",
-            format_client(client_address),
+            format_address(client_address),
             seconds * 1000.0,
             "-" if bytes_in is None else bytes_in,
             "-" if bytes_out is None else bytes_out,

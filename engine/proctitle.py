@@ -8,15 +8,9 @@ from typing import Any
 
 import setproctitle
 
+from workers.protocol import format_address
 
-def format_address(address: Any) -> str:
-    """``127.0.0.1:8000``, ``[::1]:8000`` or ``unix:/run/app.sock``."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    if isinstance(address, bytes):
-        address = address.decode("utf-8", "replace")
-    return f"unix:{address}"
+__all__ = ["format_address", "master_title", "titled", "worker_title"]
 
 
 def master_title(name: str, address: Any) -> str:

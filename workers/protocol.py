@@ -7,6 +7,19 @@ import socket
 from typing import Any, Protocol
 
 
+def format_address(address: Any) -> str:
+    """A socket address as text: ``127.0.0.1:80``, ``[::1]:80``, ``unix:PATH``, ``unix``.
+
+    One format for process titles, logs, the access log and the scoreboard.
+    """
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if isinstance(address, bytes):
+        address = address.decode("utf-8", "replace")
+    return f"unix:{address}" if address else "unix"
+
+
 class WorkerState(enum.IntEnum):
     """What a worker is doing, as written in its scoreboard slot."""
 

@@ -24,7 +24,7 @@ import mmap
 import struct
 from dataclasses import dataclass
 
-from workers.protocol import WorkerState
+from workers.protocol import WorkerState, format_address
 
 SLOT_SIZE = 128
 _PID = struct.Struct("<i")
@@ -149,12 +149,5 @@ class Scoreboard:
 
 
 def format_client(address: object) -> bytes:
-    """A short text form of a client address for the scoreboard (at most 64 bytes)."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        text = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    elif isinstance(address, bytes):
-        text = address.decode("utf-8", "replace") or "unix"
-    else:
-        text = str(address) or "unix"
-    return text.encode("utf-8", "replace")[:64]
+    """A client address for the scoreboard: :func:`format_address`, at most 64 bytes."""
+    return format_address(address).encode("utf-8", "replace")[:64]
