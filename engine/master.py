@@ -320,6 +320,7 @@ class Master:
             master_pid=os.getpid(),
             title=worker_title(slot, self.name),
             threads=settings.threads,
+            count_bytes=settings.count_bytes or self.access_log is not None,
             max_requests=max_requests,
             close_fds=(
                 *self.wakeup.fds,
@@ -488,7 +489,10 @@ class Master:
                     state=record.state,
                     draining=w.draining,
                     idle_since=w.idle_since,
-                    free_threads=record.state == WorkerState.BUSY and record.active < threads,
+                    # `active` is only kept by threaded workers (the inline path skips it).
+                    free_threads=threads > 1
+                    and record.state == WorkerState.BUSY
+                    and record.active < threads,
                 )
             )
         settings = self.settings

@@ -103,7 +103,8 @@ def plan(
     if params.mode == "dynamic":
         growth = max(0, params.min_spare - spare)
     if params.mode in ("dynamic", "ondemand") and connections_waiting and spare == 0:
-        growth = max(growth, 1)
+        # Connections queue and nobody is free: grow by the whole (doubling) batch.
+        growth = max(growth, batch)
     growth = max(0, growth - floor_deficit)
 
     wanted_growth = min(growth, batch) if can_grow else 0
@@ -113,7 +114,7 @@ def plan(
     if growth == 0:
         result.next_batch = 1
     elif result.grew:
-        result.next_batch = min(batch * 2, params.max_spawn_batch) if growth > batch else 1
+        result.next_batch = min(batch * 2, params.max_spawn_batch) if growth >= batch else 1
 
     result.drain.extend(_old_to_drain(old, current, floor, free - result.spawn))
     if not old:

@@ -54,6 +54,7 @@ class PreforkMixIn:
     max_requests_jitter: int
     max_worker_memory: int
     health_interval: float
+    count_bytes: bool
     status_bind: str | None
     log_level: str
     log_file: str | None

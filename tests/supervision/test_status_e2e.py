@@ -27,7 +27,7 @@ def test_status_of_a_running_pool(
 ) -> None:
     sock_path = f"/tmp/engine-e2e-{os.getpid()}.sock"
     attrs = f"workers = 2\npool_mode = 'static'\nstatus_bind = 'unix:{sock_path}'\n" \
-            "health_interval = 0.2"
+            "health_interval = 0.2\ncount_bytes = True"
     engine = engine_proc(program(attrs=attrs))
     wait_until(lambda: os.path.exists(sock_path), 10, "status socket")
 
@@ -53,6 +53,14 @@ def test_status_of_a_running_pool(
         )
         assert busy[0]["client"].startswith("127.0.0.1:")
         assert busy[0]["request_age"] is not None
+
+    # count_bytes: the finished connection's traffic (3 bytes in, pid + echo out).
+    counted = wait_until(
+        lambda: [w for w in json.loads(status(sock_path))["workers"] if w["bytes_in"]],
+        5, "byte counts",
+    )
+    assert counted[0]["bytes_in"] == 3 and counted[0]["bytes_out"] > 3
+    assert counted[0]["requests"] == 1
 
     raw = status(sock_path, b"GET /metrics HTTP/1.0\r\n\r\n")
     body = raw.partition(b"\r\n\r\n")[2].decode()

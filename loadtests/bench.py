@@ -1,0 +1,1188 @@
+"""Side-by-side benchmark: the engine against stdlib servers, a hand-written floor, gunicorn.
+
+One run serves the same handler with every server, in interleaved rounds (server A, B,
+C, ..., then A, B, C, ... again) and reports per-scenario medians:
+
+* ``tcp-keepalive`` / ``tcp-close``: a line protocol (64 bytes and a newline, echoed
+  back), driven by ``loadtests/loadgen.c`` (compiled here with the machine's cc);
+* ``http-keepalive`` / ``http-close``: ``http.server`` handlers (and gunicorn's sync
+  workers with the equivalent WSGI app), driven by ``wrk``.
+
+For each server and scenario it reports requests/s, p50/p99 latency, errors, how many
+of the clients got at least one reply, the server's CPU time per request (its whole
+process tree, exited children included) and the ratios to the engine; it writes
+``docs/benchmarks.md`` and ``docs/benchmark.png``. The C reference server (a one-thread
+epoll server inside the generator's binary) gives the load generator's own ceiling.
+
+Usage::
+
+    python -m loadtests.bench [--quick] [--rounds N] [--duration S] [--out DIR]
+
+Every process it starts runs in its own session and is killed by process group when
+its cell ends, and on any exit path (exception, Ctrl-C, SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+LOADGEN_SOURCE = HERE / "loadgen.c"
+WRK_SCRIPT = HERE / "wrk_report.lua"
+HOST = "127.0.0.1"
+REFERENCE = "engine"  # the row every ratio is taken against
+# --quick: a smoke test of every code path (loadgen, wrk, the engine, the floor,
+# gunicorn) in about ten seconds; widen it with --servers / --scenarios.
+QUICK_SERVERS = ("engine", "floor", "gunicorn")
+QUICK_SCENARIOS = ("tcp-keepalive", "tcp-close", "http-close")
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One server configuration: a row of the results."""
+
+    key: str
+    label: str
+    description: str
+    protos: tuple[str, ...] = ("line", "http")
+
+
+SERVERS: dict[str, ServerSpec] = {
+    spec.key: spec
+    for spec in (
+        ServerSpec(
+            "engine", "engine", "PreforkTCPServer, workers=2, default pool (dynamic, "
+            "min_spare 2, max_spare 8, max_children 40)",
+        ),
+        ServerSpec("engine-static", "engine static", "PreforkTCPServer, workers=2, "
+                   "pool_mode=static"),
+        ServerSpec("floor", "floor", "hand-written prefork loop (loadtests/floor.py): "
+                   "2 processes in blocking accept(), handler called directly"),
+        ServerSpec("forking", "ForkingTCPServer", "stdlib socketserver: one process per "
+                   "connection (max_children 40)"),
+        ServerSpec("threading", "ThreadingTCPServer", "stdlib socketserver: one thread per "
+                   "connection"),
+        ServerSpec("gunicorn", "gunicorn sync", "gunicorn -k sync -w 2, the equivalent "
+                   "WSGI app", ("http",)),
+        ServerSpec("c-ref", "C reference", "one-thread epoll server in C (loadgen -L): "
+                   "the load generator's ceiling, not a contender"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A protocol and a connection mode."""
+
+    key: str
+    proto: str  # "line" or "http"
+    mode: str  # "keepalive" or "close"
+    title: str
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.key: s
+    for s in (
+        Scenario("tcp-keepalive", "line", "keepalive", "Raw TCP, keep-alive"),
+        Scenario("tcp-close", "line", "close", "Raw TCP, one connection per request"),
+        Scenario("http-keepalive", "http", "keepalive", "HTTP, keep-alive"),
+        Scenario("http-close", "http", "close", "HTTP, one connection per request"),
+    )
+}
+
+
+@dataclass
+class Options:
+    """What the command line asked for."""
+
+    rounds: int
+    duration: float
+    warmup: float
+    clients: int
+    workers: int
+    timeout: float
+    max_requests: int
+    wrk_threads: int
+    servers: list[str]
+    scenarios: list[str]
+    out: Path
+    quick: bool
+    plot: bool
+
+
+@dataclass
+class Sample:
+    """One measurement: one server, one scenario, one round."""
+
+    scenario: str
+    server: str
+    round: int
+    ok: bool = True
+    note: str = ""
+    requests: int = 0
+    rps: float = 0.0
+    p50_us: float = math.nan
+    p99_us: float = math.nan
+    errors: int = 0
+    timeouts: int = 0
+    closed_by_server: int = 0  # wrk's "read" errors: the server closed the connection
+    clients: int = 0
+    served: int | None = None  # clients with at least one reply (loadgen only)
+    window_s: float = 0.0
+    server_cpu_s: float = 0.0
+    cpu_per_req_us: float = math.nan
+    server_cores: float = 0.0
+    gen_cores: float = 0.0
+    machine_cores: float = 0.0  # all CPUs' busy time (softirq included) per second
+    softirq_cores: float = 0.0  # loopback TCP work in softirq: no process is charged
+    procs: int = 0
+
+
+@dataclass
+class Summary:
+    """The medians of one server's samples in one scenario."""
+
+    scenario: str
+    server: str
+    rounds: int
+    rps: float
+    rps_min: float
+    rps_max: float
+    p50_us: float
+    p99_us: float
+    errors: float
+    timeouts: float
+    served_min: int | None
+    clients: int
+    cpu_per_req_us: float
+    cpu_min: float
+    cpu_max: float
+    server_cores: float
+    gen_cores: float
+    machine_cores: float
+    softirq_cores: float
+    procs: int
+    per_round_rps: list[float] = field(default_factory=list)
+    per_round_cpu: list[float] = field(default_factory=list)
+
+    @property
+    def other_cores(self) -> float:
+        """Busy CPU that neither the server, the generator nor softirq explains."""
+        rest = self.machine_cores - self.server_cores - self.gen_cores - self.softirq_cores
+        return max(0.0, rest)
+
+
+# --------------------------------------------------------------------------- processes
+
+_live: set[subprocess.Popen[bytes]] = set()
+_live_lock = threading.Lock()
+
+
+def spawn(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start *argv* in a new session (its own process group), tracked for clean-up."""
+    proc = subprocess.Popen(list(argv), start_new_session=True, **kwargs)
+    with _live_lock:
+        _live.add(proc)
+    return proc
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM the process group, SIGKILL it after *grace* seconds, reap the leader.
+
+    The group is SIGKILLed in any case once the leader is gone, so no straggler
+    (a worker, a forked child) survives.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5.0)
+    with _live_lock:
+        _live.discard(proc)
+
+
+def kill_everything() -> None:
+    """SIGKILL every process group still tracked (the exit path's safety net)."""
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            proc.wait(5.0)
+        with _live_lock:
+            _live.discard(proc)
+
+
+def tree_cpu(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) of *pid*'s process tree, and its process count.
+
+    Each live process contributes its own times plus the cumulative times of its
+    children that exited and were reaped (``children_user``/``children_system``), so
+    processes that came and went during the window (ForkingTCPServer's, retired
+    engine workers) are counted too.
+    """
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0, 0
+    total = 0.0
+    count = 0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+        count += 1
+    return total, count
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, softirq) clock ticks of all CPUs so far, from /proc/stat."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user..steal; guest time is already in user
+    return busy, fields[6] if len(fields) > 6 else 0
+
+
+def set_machine(sample: Sample, before: tuple[int, int], after: tuple[int, int]) -> None:
+    """Fill the sample's machine-wide CPU use over its window."""
+    hz = os.sysconf("SC_CLK_TCK")
+    if sample.window_s > 0:
+        sample.machine_cores = (after[0] - before[0]) / hz / sample.window_s
+        sample.softirq_cores = (after[1] - before[1]) / hz / sample.window_s
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def probe(proto: str, port: int) -> bool:
+    """One real request: True once the server answers it."""
+    try:
+        with socket.create_connection((HOST, port), timeout=2.0) as sock:
+            if proto == "line":
+                sock.sendall(b"probe\n")
+                reply = b""
+                while not reply.endswith(b"\n"):
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        return False
+                    reply += chunk
+                return True
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+            return reply.startswith(b"HTTP/1.") and b" 200 " in reply.split(b"\r\n", 1)[0]
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last *lines* lines of a log file."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class Watchdog:
+    """Kill a process group if it outlives its deadline (a stuck generator)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], seconds: float) -> None:
+        self._timer = threading.Timer(seconds, self._fire, args=(proc,))
+        self._timer.daemon = True
+        self.fired = False
+
+    def _fire(self, proc: subprocess.Popen[bytes]) -> None:
+        self.fired = True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def __enter__(self) -> Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def cache_dir() -> Path:
+    """Where the compiled generator is kept between runs."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    path = Path(base) / "engine-loadtests"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build_loadgen() -> Path:
+    """Compile loadtests/loadgen.c with the machine's cc (cached by source hash)."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise SystemExit("bench: no C compiler (cc or gcc) found; install gcc")
+    flags = ["-O2", "-pthread"]
+    digest = hashlib.sha256(LOADGEN_SOURCE.read_bytes() + " ".join([cc, *flags]).encode())
+    binary = cache_dir() / f"loadgen-{digest.hexdigest()[:16]}"
+    if not binary.exists():
+        tmp = binary.with_suffix(f".tmp{os.getpid()}")
+        subprocess.run([cc, *flags, "-o", str(tmp), str(LOADGEN_SOURCE)], check=True)
+        tmp.replace(binary)
+    return binary
+
+
+def tool_version(argv: Sequence[str]) -> str:
+    """The first line a tool prints about its version, or ''."""
+    try:
+        out = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def have_gunicorn() -> bool:
+    """Whether gunicorn is importable by this interpreter."""
+    return importlib.util.find_spec("gunicorn") is not None
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+class Bench:
+    """Runs the cells and keeps the samples."""
+
+    def __init__(self, opts: Options, loadgen: Path, wrk: str | None, work: Path) -> None:
+        self.opts = opts
+        self.loadgen = loadgen
+        self.wrk = wrk
+        self.work = work
+        self.samples: list[Sample] = []
+
+    def server_argv(self, key: str, proto: str, port: int) -> list[str]:
+        """The command line that starts server *key* for *proto* on *port*."""
+        workers = str(self.opts.workers)
+        if key == "c-ref":
+            return [str(self.loadgen), "-L", str(port), *(["-P"] if proto == "http" else [])]
+        if key == "gunicorn":
+            argv = [
+                sys.executable, "-m", "gunicorn", "-k", "sync", "-w", workers,
+                "-b", f"{HOST}:{port}", "--backlog", "2048", "--log-level", "warning",
+            ]
+            if Path("/dev/shm").is_dir():  # gunicorn's advice for its heartbeat files
+                argv += ["--worker-tmp-dir", "/dev/shm"]
+            return [*argv, "loadtests.bench_servers:wsgi_app"]
+        argv = [sys.executable, "-m", "loadtests.bench_servers"]
+        if key.startswith("engine"):
+            pool_mode = "static" if key == "engine-static" else "dynamic"
+            argv += ["engine", "--pool-mode", pool_mode]
+        else:
+            argv += [key]
+        return [*argv, "--port", str(port), "--proto", proto, "--workers", workers]
+
+    @contextlib.contextmanager
+    def server(self, key: str, proto: str, log: Path) -> Iterator[tuple[int, int]]:
+        """Start a server, wait until it answers a request; yield (pid, port)."""
+        port = free_port()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
+        ))
+        with log.open("ab") as log_file:
+            proc = spawn(
+                self.server_argv(key, proto, port), cwd=REPO, env=env,
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 20.0
+            while not probe(proto, port):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{key} exited at start-up:\n{tail(log)}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{key} did not answer within 20s:\n{tail(log)}")
+                time.sleep(0.05)
+            yield proc.pid, port
+        finally:
+            kill_group(proc)
+
+    def run_cell(self, scenario: Scenario, key: str, rnd: int) -> Sample:
+        """Measure one server in one scenario."""
+        sample = Sample(scenario.key, key, rnd, clients=self.opts.clients)
+        log = self.work / f"{key}-{scenario.key}.log"
+        try:
+            with self.server(key, scenario.proto, log) as (pid, port):
+                if scenario.proto == "line":
+                    self._drive_loadgen(sample, scenario, pid, port, log)
+                else:
+                    self._drive_wrk(sample, scenario, pid, port, log)
+        except (RuntimeError, OSError, ValueError) as exc:
+            sample.ok = False
+            sample.note = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"  ! {key} {scenario.key}: {exc}", file=sys.stderr)
+        if sample.requests:
+            sample.cpu_per_req_us = sample.server_cpu_s / sample.requests * 1e6
+        self.samples.append(sample)
+        return sample
+
+    def _drive_loadgen(
+        self, sample: Sample, scenario: Scenario, pid: int, port: int, log: Path
+    ) -> None:
+        opts = self.opts
+        argv = [
+            str(self.loadgen), "-p", str(port), "-c", str(opts.clients),
+            "-m", scenario.mode, "-d", f"{opts.duration:g}", "-w", f"{opts.warmup:g}",
+            "-n", str(opts.max_requests), "-T", f"{opts.timeout:g}", "-H",
+        ]
+        with log.open("ab") as log_file:
+            gen = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file)
+        assert gen.stdout is not None and gen.stdin is not None
+        try:
+            with Watchdog(gen, opts.warmup + opts.duration + 30.0):
+                start_line = gen.stdout.readline()
+                cpu0, _ = tree_cpu(pid)
+                ticks0 = machine_ticks()
+                t0 = time.monotonic()
+                if start_line.strip() != b"start":
+                    raise RuntimeError(f"loadgen failed to start: {start_line!r}")
+                result_line = gen.stdout.readline()
+                ticks1 = machine_ticks()
+                cpu1, procs = tree_cpu(pid)
+                t1 = time.monotonic()
+                gen.stdin.close()  # the generator may now close its connections
+                gen.wait(30.0)
+        finally:
+            kill_group(gen, grace=1.0)
+        if not result_line.startswith(b"{"):
+            raise RuntimeError(f"loadgen gave no result ({result_line!r}); see {log}")
+        result = json.loads(result_line)
+        sample.requests = int(result["replies"])
+        sample.rps = float(result["rps"])
+        sample.p50_us = float(result["p50_us"])
+        sample.p99_us = float(result["p99_us"])
+        sample.errors = int(result["errors"])
+        sample.timeouts = int(result["timeouts"])
+        sample.served = int(result["clients_served"])
+        sample.window_s = t1 - t0
+        sample.server_cpu_s = cpu1 - cpu0
+        sample.server_cores = sample.server_cpu_s / sample.window_s if sample.window_s else 0
+        sample.gen_cores = float(result["cpu_s"]) / max(float(result["elapsed"]), 1e-9)
+        sample.procs = procs
+        set_machine(sample, ticks0, ticks1)
+
+    def _http_served(self, scenario: Scenario, port: int, log: Path) -> int:
+        """Warm the server up with loadgen's HTTP mode; return how many clients it served.
+
+        wrk cannot say which connections got answers (and counts no error for a request
+        that never gets one), so this run, which doubles as the warm-up, does: ``warmup``
+        seconds of warm-up, as the raw TCP cells, then a window of ``max(warmup, 0.3)``
+        seconds whose served clients it reports.
+        """
+        opts = self.opts
+        window = max(opts.warmup, 0.3)
+        argv = [
+            str(self.loadgen), "-P", "-p", str(port), "-c", str(opts.clients),
+            "-m", scenario.mode, "-w", f"{opts.warmup:g}", "-d", f"{window:g}",
+            "-T", f"{opts.timeout:g}",
+        ]
+        with log.open("ab") as log_file:
+            gen = spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file)
+        assert gen.stdout is not None
+        try:
+            with Watchdog(gen, opts.warmup + window + 30.0):
+                output = gen.stdout.read()
+                gen.wait()
+        finally:
+            kill_group(gen, grace=1.0)
+        lines = [ln for ln in output.splitlines() if ln.startswith(b"{")]
+        if not lines:
+            raise RuntimeError(f"loadgen -P gave no result: {output[-300:]!r}")
+        return int(json.loads(lines[-1])["clients_served"])
+
+    def _wrk_argv(self, scenario: Scenario, port: int, seconds: int) -> list[str]:
+        assert self.wrk is not None
+        argv = [
+            self.wrk, "-t", str(self.opts.wrk_threads), "-c", str(self.opts.clients),
+            "-d", f"{seconds}s", "--timeout", f"{max(1, round(self.opts.timeout))}s",
+            "-s", str(WRK_SCRIPT),
+        ]
+        if scenario.mode == "close":
+            argv += ["-H", "Connection: close"]
+        return [*argv, f"http://{HOST}:{port}/"]
+
+    def _drive_wrk(
+        self, sample: Sample, scenario: Scenario, pid: int, port: int, log: Path
+    ) -> None:
+        opts = self.opts
+        seconds = max(1, round(opts.duration))  # wrk counts whole seconds
+        sample.served = self._http_served(scenario, port, log)
+        cpu0, _ = tree_cpu(pid)
+        ticks0 = machine_ticks()
+        t0 = time.monotonic()
+        with log.open("ab") as log_file:
+            gen = spawn(
+                self._wrk_argv(scenario, port, seconds),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file,
+            )
+        assert gen.stdout is not None
+        try:
+            with Watchdog(gen, seconds + 30.0):
+                output = gen.stdout.read()
+                _, status, usage = os.wait4(gen.pid, 0)
+                gen.returncode = os.waitstatus_to_exitcode(status)
+                t1 = time.monotonic()
+                ticks1 = machine_ticks()
+                cpu1, procs = tree_cpu(pid)
+        finally:
+            kill_group(gen, grace=1.0)
+        lines = [ln for ln in output.splitlines() if ln.startswith(b"{")]
+        if not lines:
+            raise RuntimeError(f"wrk gave no result: {output[-300:]!r}")
+        result = json.loads(lines[-1])
+        duration = result["duration_us"] / 1e6
+        sample.requests = int(result["requests"])
+        sample.rps = sample.requests / duration if duration else 0.0
+        sample.p50_us = float(result["p50_us"])
+        sample.p99_us = float(result["p99_us"])
+        sample.timeouts = int(result["timeout"])
+        sample.closed_by_server = int(result["read"])
+        sample.errors = int(result["connect"] + result["write"] + result["status"])
+        sample.errors += sample.timeouts
+        sample.window_s = t1 - t0
+        sample.server_cpu_s = cpu1 - cpu0
+        sample.server_cores = sample.server_cpu_s / sample.window_s if sample.window_s else 0
+        gen_cpu = usage.ru_utime + usage.ru_stime
+        sample.gen_cores = gen_cpu / sample.window_s if sample.window_s else 0.0
+        sample.procs = procs
+        set_machine(sample, ticks0, ticks1)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _median(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
+def summarize(samples: Sequence[Sample]) -> dict[tuple[str, str], Summary]:
+    """Medians per (scenario, server) over the rounds that succeeded."""
+    groups: dict[tuple[str, str], list[Sample]] = {}
+    for s in samples:
+        if s.ok:
+            groups.setdefault((s.scenario, s.server), []).append(s)
+    out: dict[tuple[str, str], Summary] = {}
+    for (scenario, server), group in groups.items():
+        served = [s.served for s in group if s.served is not None]
+        out[scenario, server] = Summary(
+            scenario=scenario,
+            server=server,
+            rounds=len(group),
+            rps=_median([s.rps for s in group]),
+            rps_min=min(s.rps for s in group),
+            rps_max=max(s.rps for s in group),
+            p50_us=_median([s.p50_us for s in group]),
+            p99_us=_median([s.p99_us for s in group]),
+            errors=_median([float(s.errors) for s in group]),
+            timeouts=_median([float(s.timeouts) for s in group]),
+            served_min=min(served) if served else None,
+            clients=group[0].clients,
+            cpu_per_req_us=_median([s.cpu_per_req_us for s in group]),
+            cpu_min=min((s.cpu_per_req_us for s in group), default=math.nan),
+            cpu_max=max((s.cpu_per_req_us for s in group), default=math.nan),
+            server_cores=_median([s.server_cores for s in group]),
+            gen_cores=_median([s.gen_cores for s in group]),
+            machine_cores=_median([s.machine_cores for s in group]),
+            softirq_cores=_median([s.softirq_cores for s in group]),
+            procs=max(s.procs for s in group),
+            per_round_rps=[s.rps for s in group],
+            per_round_cpu=[s.cpu_per_req_us for s in group],
+        )
+    return out
+
+
+def ratio(value: float, reference: float) -> float:
+    """value / reference, NaN when either is missing or the reference is 0."""
+    if math.isnan(value) or math.isnan(reference) or reference == 0:
+        return math.nan
+    return value / reference
+
+
+def fmt_ratio(value: float) -> str:
+    """A ratio as '1.23x' (or a dash)."""
+    return "-" if math.isnan(value) else f"{value:.2f}x"
+
+
+def fmt_ms(us: float) -> str:
+    """Microseconds as milliseconds with sensible precision."""
+    if math.isnan(us):
+        return "-"
+    ms = us / 1000
+    return f"{ms:.2f}" if ms < 10 else f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}"
+
+
+def scenario_table(
+    scenario: Scenario, summaries: dict[tuple[str, str], Summary], servers: Sequence[str]
+) -> list[str]:
+    """The markdown table of one scenario."""
+    ref = summaries.get((scenario.key, REFERENCE))
+    lines = [
+        "| server | req/s | xengine | p50 ms | p99 ms | xengine | errors | clients served "
+        "| CPU µs/req | xengine | server CPU | generator CPU | softirq | other load "
+        "| processes |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for key in servers:
+        s = summaries.get((scenario.key, key))
+        if s is None:
+            continue
+        served = "-" if s.served_min is None else f"{s.served_min}/{s.clients}"
+        lines.append(
+            f"| {SERVERS[key].label} | {s.rps:,.0f} "
+            f"| {fmt_ratio(ratio(s.rps, ref.rps) if ref else math.nan)} "
+            f"| {fmt_ms(s.p50_us)} | {fmt_ms(s.p99_us)} "
+            f"| {fmt_ratio(ratio(s.p99_us, ref.p99_us) if ref else math.nan)} "
+            f"| {s.errors:,.0f} | {served} | {s.cpu_per_req_us:,.1f} "
+            f"| {fmt_ratio(ratio(s.cpu_per_req_us, ref.cpu_per_req_us) if ref else math.nan)} "
+            f"| {s.server_cores:.2f} | {s.gen_cores:.2f} | {s.softirq_cores:.2f} "
+            f"| {s.other_cores:.2f} | {s.procs} |"
+        )
+    return lines
+
+
+@dataclass
+class Target:
+    """One of the issue's targets, evaluated."""
+
+    text: str
+    met: bool | None  # None: not measured
+    evidence: str
+
+
+def evaluate_targets(summaries: dict[tuple[str, str], Summary], clients: int) -> list[Target]:
+    """Check the targets of the benchmark's issue against the medians."""
+    def get(scenario: str, key: str) -> Summary | None:
+        return summaries.get((scenario, key))
+
+    def rounds(a: Summary, b: Summary, what: str) -> str:
+        pairs = zip(getattr(a, what), getattr(b, what), strict=False)
+        return ", ".join(f"{ratio(x, y):.2f}" for x, y in pairs)
+
+    targets: list[Target] = []
+    floor = get("tcp-close", "floor")
+    for key in ("engine", "engine-static"):
+        eng = get("tcp-close", key)
+        label = SERVERS[key].label
+        if eng and floor:
+            r = ratio(eng.rps, floor.rps)
+            targets.append(Target(
+                f"TCP, one connection per request: {label} req/s ≥ 1.0x the floor's",
+                r >= 1.0, f"{eng.rps:,.0f} vs {floor.rps:,.0f} req/s = {r:.2f}x "
+                f"(per round: {rounds(eng, floor, 'per_round_rps')})",
+            ))
+            c = ratio(eng.cpu_per_req_us, floor.cpu_per_req_us)
+            targets.append(Target(
+                f"TCP, one connection per request: {label} CPU/request ≤ 1.1x the floor's",
+                c <= 1.1, f"{eng.cpu_per_req_us:.1f} vs {floor.cpu_per_req_us:.1f} µs = "
+                f"{c:.2f}x (per round: {rounds(eng, floor, 'per_round_cpu')})",
+            ))
+    eng = get("tcp-keepalive", "engine")
+    fork = get("tcp-keepalive", "forking")
+    if eng:
+        targets.append(Target(
+            f"TCP keep-alive: engine serves all {clients} clients",
+            eng.served_min == eng.clients,
+            f"{eng.served_min}/{eng.clients} clients got replies in the worst round "
+            f"(the floor: {s.served_min if (s := get('tcp-keepalive', 'floor')) else '-'}"
+            f"/{clients})",
+        ))
+    if eng and fork:
+        r = ratio(eng.rps, fork.rps)
+        targets.append(Target(
+            "TCP keep-alive: engine req/s ≥ 1.0x ForkingTCPServer's", r >= 1.0,
+            f"{eng.rps:,.0f} vs {fork.rps:,.0f} req/s = {r:.2f}x "
+            f"(per round: {rounds(eng, fork, 'per_round_rps')})",
+        ))
+    guni = get("http-close", "gunicorn")
+    for key in ("engine", "engine-static"):
+        eng = get("http-close", key)
+        if eng and guni:
+            r = ratio(eng.rps, guni.rps)
+            targets.append(Target(
+                f"HTTP, one connection per request: {SERVERS[key].label} req/s ≥ 1.5x "
+                "gunicorn sync's (2 workers each)", r >= 1.5,
+                f"{eng.rps:,.0f} vs {guni.rps:,.0f} req/s = {r:.2f}x "
+                f"(per round: {rounds(eng, guni, 'per_round_rps')})",
+            ))
+    return targets
+
+
+def context_lines(summaries: dict[tuple[str, str], Summary]) -> list[str]:
+    """The floor against the stdlib servers (the issue's expectation of the machine)."""
+    lines = []
+    floor = summaries.get(("tcp-close", "floor"))
+    for key in ("forking", "threading"):
+        other = summaries.get(("tcp-close", key))
+        if floor and other:
+            lines.append(
+                f"- TCP, one connection per request: the floor does "
+                f"{ratio(floor.rps, other.rps):.1f}x the requests/s of {SERVERS[key].label}."
+            )
+    return lines
+
+
+def generator_lines(
+    summaries: dict[tuple[str, str], Summary], scenarios: Sequence[Scenario],
+    opts: Options,
+) -> list[str]:
+    """What the reference server says about the load generator's ceiling."""
+    lines = []
+    for scenario in scenarios:
+        cref = summaries.get((scenario.key, "c-ref"))
+        contenders = [
+            s for (sc, key), s in summaries.items() if sc == scenario.key and key != "c-ref"
+        ]
+        if not contenders:
+            continue
+        best = max(contenders, key=lambda s: s.rps)
+        gen = max(contenders, key=lambda s: s.gen_cores)
+        tool = "loadgen (1 thread)" if scenario.proto == "line" else (
+            f"wrk ({opts.wrk_threads} threads)"
+        )
+        threads = 1 if scenario.proto == "line" else opts.wrk_threads
+        if cref:
+            head = (
+                f"- **{scenario.title}** ({tool}): ceiling {cref.rps:,.0f} req/s against the "
+                f"C server (generator at {cref.gen_cores:.2f} cores, C server at "
+                f"{cref.server_cores:.2f})."
+            )
+        else:
+            head = f"- **{scenario.title}** ({tool}): no reference run."
+        saturated = gen.gen_cores >= 0.9 * threads
+        head += (
+            f" Fastest Python server: {SERVERS[best.server].label}, {best.rps:,.0f} req/s"
+            + (f" = {best.rps / cref.rps:.0%} of the ceiling" if cref else "")
+            + f" (CPUs in that run: server {best.server_cores:.2f}, generator "
+            f"{best.gen_cores:.2f}, softirq {best.softirq_cores:.2f}, other "
+            f"{best.other_cores:.2f}, of {os.cpu_count()})"
+            + f". Highest generator CPU in a Python server's run: {gen.gen_cores:.2f} cores "
+            f"({SERVERS[gen.server].label}) of the {threads} it can use: "
+            + ("**saturated**, that row is generator-bound." if saturated else "not saturated.")
+        )
+        lines.append(head)
+    return lines
+
+
+def environment() -> dict[str, str]:
+    """The facts about this machine the results depend on."""
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gunicorn_version = ""
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        gunicorn_version = importlib.metadata.version("gunicorn")
+    commit = tool_version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "engine", "workers"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()
+    return {
+        "commit": (commit + (" with local changes to engine/ or workers/" if dirty else ""))
+        if commit else "unknown",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": str(os.cpu_count()),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "gunicorn": gunicorn_version,
+        "wrk": tool_version(["wrk", "--version"]).split(" Copyright")[0],
+        "cc": tool_version([os.environ.get("CC") or "cc", "--version"]),
+    }
+
+
+KEEP_MARKER = "<!-- hand-written: everything below this line survives re-runs of the bench -->"
+
+
+def write_markdown(
+    path: Path, opts: Options, summaries: dict[tuple[str, str], Summary],
+    scenarios: Sequence[Scenario], targets: Sequence[Target], env: dict[str, str],
+    notes: Sequence[str], command: str,
+) -> None:
+    """Write docs/benchmarks.md, keeping the hand-written part below KEEP_MARKER."""
+    kept = ""
+    with contextlib.suppress(OSError):
+        previous = path.read_text()
+        if KEEP_MARKER in previous:
+            kept = previous[previous.index(KEEP_MARKER):]
+    servers = [k for k in SERVERS if k in opts.servers]
+    out = [
+        "# Benchmarks",
+        "",
+        "Install the load-test extras and wrk, then run the benchmark (about 8 minutes; "
+        "`--quick` is a smoke test of about ten seconds that writes to a temporary "
+        "directory unless `--out` is given):",
+        "",
+        "```",
+        "pip install -e '.[load]' && apt-get install -y wrk",
+        "python -m loadtests.bench [--quick] [--rounds N] [--duration S]",
+        "```",
+        "",
+        f"The tables and `benchmark.png` below were written by `{command}` on "
+        f"{env['date']}, engine at commit {env['commit']}. Raw samples go to "
+        "`loadtests/results/` (not versioned).",
+        "",
+        "## Method",
+        "",
+        f"- Machine: {env['cpus']} CPUs ({env['cpu']}), Linux {env['kernel']}, "
+        f"Python {env['python']}, gunicorn {env['gunicorn'] or '-'}, "
+        f"{env['wrk'] or 'no wrk'}. Servers and load generator share the machine and "
+        "talk over 127.0.0.1.",
+        f"- {opts.clients} concurrent clients; {opts.rounds} interleaved rounds (every "
+        "server once per scenario, then the next scenario, then again); each cell starts "
+        f"its server fresh, waits until it answers a request, warms up {opts.warmup:g} s "
+        f"and measures {opts.duration:g} s. The tables show the median over the rounds "
+        "of each metric; the plot's whiskers span the rounds.",
+        "- Raw TCP: the client sends 64 bytes and a newline, the server echoes the line. "
+        "Every server runs the same `socketserver.StreamRequestHandler` subclass "
+        "(`loadtests/bench_servers.py`), which loops over lines until EOF. Generator: "
+        "`loadtests/loadgen.c` (one thread, epoll; compiled at bench time). Its latency "
+        "includes the connect when there is one connection per request. A request "
+        f"unanswered for {opts.timeout:g} s counts as a timeout (an error) and its client "
+        "reconnects. *Clients served* counts the clients that got at least one reply "
+        "inside the measured window, in the worst round; latencies are those of the "
+        "replies that came.",
+        "- HTTP: the same `http.server.BaseHTTPRequestHandler` subclass everywhere "
+        "(HTTP/1.1, a 14-byte body, no access log, `wbufsize = -1` so that headers and "
+        "body leave in one write: unbuffered, Nagle's algorithm and delayed ACKs add "
+        "40 ms to every keep-alive request), and gunicorn's sync workers serving the "
+        f"equivalent WSGI app. Generator: wrk with {opts.wrk_threads} threads; one "
+        "connection per request means `Connection: close`. wrk's latency leaves out the "
+        "connect, and wrk counts each connection the server closes as a read error: "
+        "those are not errors here (errors = connect + write + timeouts + non-2xx). wrk "
+        "counts a timeout only when a late answer arrives, and cannot tell which clients "
+        "were served: the warm-up before each wrk run is therefore done by loadgen's HTTP "
+        f"mode (`-P`): {opts.warmup:g} s, then a {max(opts.warmup, 0.3):g} s window "
+        "whose served clients are the HTTP rows' *clients served*. gunicorn's sync "
+        "worker closes every connection, keep-alive or not.",
+        "- Every server listens with a backlog of 2048 (the engine's default; with the "
+        "stdlib's default of 5, 32 clients would measure SYN retransmission timers). "
+        f"The engine, the floor and gunicorn run {opts.workers} workers.",
+        "- *CPU µs/req*: user + system CPU time of the server's whole process tree over "
+        "the measured window (live processes, plus the exited children they reaped) "
+        "divided by the replies counted; steadier than requests/s on a shared machine. "
+        "The last columns split the machine's busy CPUs, in cores (CPU-seconds per "
+        "second), between the server, the generator, *softirq* (the loopback TCP work "
+        "the kernel charges to no process, and so to neither column) and *other load* "
+        "(whatever else ran on the machine meanwhile).",
+        "- *xengine*: the row's median divided by the engine row's (the default dynamic "
+        "pool). Higher is better for req/s, lower for p99 and CPU.",
+        "- Servers and generator compete for the same CPUs, and the scheduler shares CPU "
+        "time per process: a server running many processes (the dynamic pool, "
+        "ForkingTCPServer) takes a larger share from the generator than one running 2. "
+        "CPU µs/req compares efficiency; req/s is what the clients saw on this machine.",
+        "",
+        "Servers:",
+        "",
+    ]
+    out += [f"- **{SERVERS[k].label}**: {SERVERS[k].description}" for k in servers]
+    out += ["", "## Targets", ""]
+    for t in targets:
+        mark = "not measured" if t.met is None else ("met" if t.met else "**not met**")
+        out.append(f"- {t.text}: {mark}. {t.evidence}.")
+    ctx = context_lines(summaries)
+    if ctx:
+        out += ["", "For context (the issue expects about 10x and 4x on this kind of "
+                "machine):", "", *ctx]
+    out += ["", "## Load generator ceiling", ""]
+    out += generator_lines(summaries, scenarios, opts)
+    out += ["", "## Results", "", "![benchmark](benchmark.png)", ""]
+    for scenario in scenarios:
+        out += [f"### {scenario.title}", ""]
+        out += scenario_table(scenario, summaries, servers)
+        out.append("")
+    if notes:
+        out += ["## Notes", "", *notes, ""]
+    text = "\n".join(out)
+    path.write_text(text + ("\n" + kept if kept else ""))
+
+
+def _plot_label(label: str) -> str:
+    """A server's label on two short lines."""
+    if label.endswith("TCPServer"):
+        return label[: -len("TCPServer")] + "\nTCPServer"
+    return label.replace(" ", "\n", 1)
+
+
+def plot(
+    path: Path, summaries: dict[tuple[str, str], Summary], scenarios: Sequence[Scenario],
+    servers: Sequence[str], opts: Options,
+) -> bool:
+    """Bar charts of req/s and CPU µs/request per server and scenario (C reference left out).
+
+    A bar far above the others (ForkingTCPServer's CPU) is clipped, its value written
+    at the top, so that the rest stay readable.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print("bench: matplotlib is not installed (pip install -e '.[load]'): no plot",
+              file=sys.stderr)
+        return False
+    keys = [k for k in servers if k != "c-ref"]
+    cmap = plt.get_cmap("tab10")
+    colors = {key: cmap(index % 10) for index, key in enumerate(keys)}
+    fig, axes = plt.subplots(
+        len(scenarios), 2, figsize=(11.5, 3.6 * len(scenarios) + 0.8), squeeze=False
+    )
+    for line, scenario in enumerate(scenarios):
+        rows = [(k, summaries[scenario.key, k]) for k in keys if (scenario.key, k) in summaries]
+        labels = [_plot_label(SERVERS[k].label) for k, _ in rows]
+        x = list(range(len(rows)))
+        for col, (metric, lo, hi, ylabel) in enumerate((
+            ("rps", "rps_min", "rps_max", "requests/s"),
+            ("cpu_per_req_us", "cpu_min", "cpu_max", "server CPU µs per request"),
+        )):
+            ax = axes[line][col]
+            values = [0.0 if math.isnan(v) else v for v in (getattr(s, metric) for _, s in rows)]
+            if not values:
+                continue
+            errs = [
+                [max(0.0, v - getattr(s, lo)) for v, (_, s) in zip(values, rows, strict=True)],
+                [max(0.0, getattr(s, hi) - v) for v, (_, s) in zip(values, rows, strict=True)],
+            ]
+            bars = ax.bar(x, values, color=[colors[k] for k, _ in rows], yerr=errs,
+                          capsize=3, error_kw={"elinewidth": 1})
+            ax.set_xticks(x, labels, fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_axisbelow(True)
+            ax.yaxis.set_major_formatter(
+                matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")
+            )
+            ax.set_title(f"{scenario.title}: {ylabel}", fontsize=10)
+            others = sorted(values)[: max(1, len(values) - 1)]
+            cap = 3.0 * max(others)
+            top = max(
+                (v + e for v, e in zip(values, errs[1], strict=True) if v <= cap),
+                default=cap,
+            )
+            ax.set_ylim(0, top * 1.22)
+            for bar, (_, s), v in zip(bars, rows, values, strict=True):
+                text = f"{v:,.0f}"
+                if metric == "rps" and s.served_min is not None and s.served_min < s.clients:
+                    text += f"\n{s.served_min}/{s.clients} served"
+                y = v
+                if v > top:
+                    text = f"{text} (clipped)"
+                    y = top
+                ax.annotate(text, (bar.get_x() + bar.get_width() / 2, y),
+                            ha="center", va="bottom", fontsize=7, xytext=(0, 2),
+                            textcoords="offset points",
+                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                                  "alpha": 0.8})
+    fig.suptitle(
+        f"{opts.clients} concurrent clients, {opts.workers} workers, loopback; medians of "
+        f"{opts.rounds} round{'s' if opts.rounds != 1 else ''} of {opts.duration:g} s, "
+        "whiskers: min-max over the rounds\n(the C reference server is in the tables only)",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def print_tables(summaries: dict[tuple[str, str], Summary], scenarios: Sequence[Scenario],
+                 servers: Sequence[str], targets: Sequence[Target]) -> None:
+    """The results on stdout."""
+    for scenario in scenarios:
+        print(f"\n{scenario.title}")
+        for line in scenario_table(scenario, summaries, servers):
+            print(line)
+    print()
+    for t in targets:
+        mark = "not measured" if t.met is None else ("MET" if t.met else "NOT MET")
+        print(f"[{mark}] {t.text}: {t.evidence}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    """The command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.bench", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="one short round (a smoke test); writes to a temporary directory")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 4; quick 1)")
+    p.add_argument("--duration", type=float, help="measured seconds per cell (default 3)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per cell (default 1)")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--timeout", type=float, default=2.0, help="request timeout, seconds")
+    p.add_argument("--max-requests", type=int, default=5_000_000,
+                   help="bound on the replies counted per cell (loadgen)")
+    p.add_argument("--wrk-threads", type=int, default=2)
+    p.add_argument("--servers", help=f"comma-separated subset of: {', '.join(SERVERS)} "
+                   f"(default all; quick: {','.join(QUICK_SERVERS)})")
+    p.add_argument("--scenarios", help=f"comma-separated subset of: {', '.join(SCENARIOS)} "
+                   f"(default all; quick: {','.join(QUICK_SCENARIOS)})")
+    p.add_argument("--out", type=Path, help="where to write benchmarks.md and benchmark.png "
+                   "(default docs/; with --quick a temporary directory)")
+    p.add_argument("--no-plot", action="store_true")
+    a = p.parse_args(argv)
+    quick = bool(a.quick)
+    servers_arg = a.servers or ",".join(QUICK_SERVERS if quick else SERVERS)
+    scenarios_arg = a.scenarios or ",".join(QUICK_SCENARIOS if quick else SCENARIOS)
+    servers = [s for s in servers_arg.split(",") if s]
+    scenarios = [s for s in scenarios_arg.split(",") if s]
+    for name in servers:
+        if name not in SERVERS:
+            p.error(f"unknown server {name!r}")
+    for name in scenarios:
+        if name not in SCENARIOS:
+            p.error(f"unknown scenario {name!r}")
+    out = a.out or (Path(tempfile.mkdtemp(prefix="engine-bench-")) if quick else REPO / "docs")
+    return Options(
+        rounds=a.rounds or (1 if quick else 4),
+        duration=a.duration or (0.5 if quick else 3.0),
+        warmup=a.warmup if a.warmup is not None else (0.3 if quick else 1.0),
+        clients=a.clients, workers=a.workers, timeout=a.timeout,
+        max_requests=a.max_requests, wrk_threads=a.wrk_threads,
+        servers=servers, scenarios=scenarios, out=out, quick=quick, plot=not a.no_plot,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; return the exit status."""
+    opts = parse_args(argv)
+    command = "python -m loadtests.bench " + " ".join(
+        sys.argv[1:] if argv is None else list(argv)
+    )
+    notes: list[str] = []
+    loadgen = build_loadgen()
+    wrk = shutil.which("wrk")
+    scenarios = [SCENARIOS[k] for k in opts.scenarios]
+    if wrk is None and any(s.proto == "http" for s in scenarios):
+        message = ("wrk not found (apt-get install -y wrk): the HTTP scenarios are skipped")
+        print(f"bench: {message}", file=sys.stderr)
+        notes.append(f"- {message}.")
+        scenarios = [s for s in scenarios if s.proto != "http"]
+    if "gunicorn" in opts.servers and not have_gunicorn():
+        message = "gunicorn is not installed (pip install -e '.[load]'): its rows are skipped"
+        print(f"bench: {message}", file=sys.stderr)
+        notes.append(f"- {message}.")
+        opts.servers.remove("gunicorn")
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    env = environment()  # the engine's commit as the run starts
+    previous = signal.signal(signal.SIGTERM, on_term)
+    work = Path(tempfile.mkdtemp(prefix="engine-bench-logs-"))
+    bench = Bench(opts, loadgen, wrk, work)
+    started = time.monotonic()
+    try:
+        for rnd in range(1, opts.rounds + 1):
+            for scenario in scenarios:
+                for key in SERVERS:
+                    if key not in opts.servers or scenario.proto not in SERVERS[key].protos:
+                        continue
+                    s = bench.run_cell(scenario, key, rnd)
+                    served = "" if s.served is None else f" served {s.served}/{s.clients}"
+                    print(
+                        f"round {rnd} {scenario.key:15} {key:14} {s.rps:10,.0f} req/s "
+                        f"p99 {fmt_ms(s.p99_us):>6} ms  cpu {s.cpu_per_req_us:8.1f} µs/req "
+                        f"errors {s.errors}{served} procs {s.procs}"
+                        + ("" if s.ok else f"  FAILED: {s.note}"),
+                        flush=True,
+                    )
+    except KeyboardInterrupt:
+        print("bench: interrupted; no results written", file=sys.stderr)
+        return 130
+    finally:
+        kill_everything()
+        signal.signal(signal.SIGTERM, previous)
+    elapsed = time.monotonic() - started
+
+    summaries = summarize(bench.samples)
+    targets = evaluate_targets(summaries, opts.clients)
+    servers = [k for k in SERVERS if k in opts.servers]
+    print_tables(summaries, scenarios, servers, targets)
+    failed = [s for s in bench.samples if not s.ok]
+    for s in failed:
+        notes.append(f"- round {s.round}, {s.server}, {s.scenario}: failed: {s.note}")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    raw_dir = HERE / "results"
+    raw_dir.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    raw = raw_dir / f"bench-{stamp}.json"
+    commit_now = environment()["commit"]
+    if commit_now != env["commit"]:  # others commit to this tree while the bench runs
+        env["commit"] += f" (then {commit_now}, before the run ended)"
+        notes.append(f"- The engine changed during the run: {env['commit']}.")
+    raw.write_text(json.dumps({
+        "options": {k: str(v) for k, v in asdict(opts).items()},
+        "environment": env,
+        "samples": [asdict(s) for s in bench.samples],
+    }, indent=1))
+    write_markdown(opts.out / "benchmarks.md", opts, summaries, scenarios, targets,
+                   env, notes, command.strip())
+    plotted = opts.plot and plot(opts.out / "benchmark.png", summaries, scenarios, servers, opts)
+    print(f"\nwrote {opts.out / 'benchmarks.md'}"
+          + (f" and {opts.out / 'benchmark.png'}" if plotted else "")
+          + f"; raw samples in {raw}; server logs in {work}; {elapsed:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Where the engine's per-connection CPU goes, against the hand-written floor.
+
+``python -m loadtests.conn_overhead [--conns N] [--rounds R]``
+
+Each variant serves N queued loopback connections in this one process: every client
+has connected, sent one line and half-closed before the timer starts, so the clock
+(``time.process_time``) sees only the server side: accept, the handler (the bench's
+:class:`~loadtests.bench_servers.LineHandler`), and whatever the server adds. Variants:
+
+* ``floor``: ``accept()``, the handler, ``close()`` (what :mod:`loadtests.floor` does);
+* ``floor + SHUT_WR``: the same with the stdlib's ``shutdown(SHUT_WR)`` before close;
+* ``engine``: the engine's real worker step (``Worker._accept_one``) on a
+  ``PreforkTCPServer``, as its default settings configure it (with the per-connection
+  TCP_INFO byte count if this engine always does it, without if it is opt-in), and the
+  same with the count switched the other way;
+* ablations of the engine: without the TCP_INFO byte count, then also without the
+  half-close, then also without the scoreboard writes;
+* ``fast path``: a prototype of a ``threads == 1`` worker step with the same classic
+  pipeline (``verify_request`` / ``process_request`` / ``shutdown_request`` /
+  ``handle_error``) and the same busy/idle scoreboard states, but bound methods cached,
+  no lock, no per-connection TCP_INFO, one ``pack_into`` per state change and no
+  per-connection formatting of the client address.
+
+It reaches into the engine's internals (``Worker._accept_one``, ``count_traffic``,
+``PreforkMixIn._engine_count_traffic``, the scoreboard layout) and may need updating
+when they change. Rounds are interleaved; medians and minima are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+import statistics
+import struct
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from engine import PreforkTCPServer
+from loadtests.bench_servers import LineHandler
+from workers import worker as worker_module
+from workers.scoreboard import SLOT_SIZE, Scoreboard
+from workers.worker import Worker, WorkerSpec
+
+LINE = b"x" * 64 + b"\n"
+NO_SERVER: Any = None  # the floor hands its handler no server object
+# Older engines count every connection's bytes; newer ones only with count_bytes on.
+ALWAYS_COUNTS = "count_bytes" not in {f.name for f in dataclasses.fields(WorkerSpec)}
+
+
+class Server(PreforkTCPServer):
+    """A PreforkTCPServer that is never started: its worker step is driven directly."""
+
+    allow_reuse_address = True
+    request_queue_size = 4096
+
+
+def queue_clients(port: int, count: int) -> list[socket.socket]:
+    """Connect *count* clients that each send one line and half-close."""
+    clients = []
+    for _ in range(count):
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(LINE)
+        client.shutdown(socket.SHUT_WR)
+        clients.append(client)
+    return clients
+
+
+def floor_step(server: Server, count: int, half_close: bool) -> float:
+    """The floor's loop; CPU µs per connection."""
+    sock = server.socket
+    sock.setblocking(True)
+    started = time.process_time()
+    for _ in range(count):
+        conn, address = sock.accept()
+        try:
+            LineHandler(conn, address, NO_SERVER)
+        finally:
+            if half_close:
+                conn.shutdown(socket.SHUT_WR)
+            conn.close()
+    return (time.process_time() - started) / count * 1e6
+
+
+def make_worker(server: Server, traffic: bool) -> Worker:
+    """A Worker object for slot 0, as the master would make it (without forking)."""
+    spec = WorkerSpec(slot=0, generation=0, master_pid=os.getppid(), title="overhead")
+    worker = Worker(server, Scoreboard(4), spec)
+    server._engine_count_traffic = worker.count_traffic if traffic else None
+    server.__dict__.pop("shutdown_request", None)
+    return worker
+
+
+def engine_step(
+    server: Server, count: int, *, traffic: bool = True, half_close: bool = True,
+    scoreboard: bool = True,
+) -> float:
+    """The engine's worker step, optionally with parts switched off; CPU µs per connection."""
+    server.socket.setblocking(False)
+    worker = make_worker(server, traffic)
+    if not half_close:
+        server.shutdown_request = lambda request: request.close()  # type: ignore[method-assign]
+    if not scoreboard:
+        worker.scoreboard.busy = lambda *a, **k: None  # type: ignore[method-assign]
+        worker.scoreboard.idle = lambda *a, **k: None  # type: ignore[method-assign]
+    started = time.process_time()
+    served = 0
+    while served < count:
+        if worker._has_capacity() and worker._accept_one():
+            served += 1
+    return (time.process_time() - started) / count * 1e6
+
+
+_BUSY = struct.Struct("<B3xdd")  # state, request_start, heartbeat (the scoreboard's layout)
+_IDLE = struct.Struct("<B3xddQ")  # state, request_start, heartbeat, requests
+
+
+def fast_path_step(server: Server, count: int) -> float:
+    """Prototype of a lean ``threads == 1`` worker step; CPU µs per connection."""
+    server.socket.setblocking(False)
+    worker = make_worker(server, traffic=False)
+    memory: Any = worker.scoreboard._map
+    base = worker.spec.slot * SLOT_SIZE + 4
+    busy, idle = _BUSY.pack_into, _IDLE.pack_into
+    get_request, verify = server.get_request, server.verify_request
+    process, shutdown_request = server.process_request, server.shutdown_request
+    handle_error, monotonic = server.handle_error, time.monotonic
+    requests = 0
+    started = time.process_time()
+    while requests < count:
+        try:
+            request, address = get_request()
+        except (BlockingIOError, InterruptedError):
+            continue
+        now = monotonic()
+        busy(memory, base, 3, now, now)
+        try:
+            if verify(request, address):
+                try:
+                    process(request, address)
+                except Exception:
+                    handle_error(request, address)
+                    shutdown_request(request)
+            else:
+                shutdown_request(request)
+        finally:
+            requests += 1
+            idle(memory, base, 2, 0.0, monotonic(), requests)
+    return (time.process_time() - started) / count * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every variant in interleaved rounds and print the medians."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conns", type=int, default=1500, help="connections per round")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args(argv)
+    if not hasattr(worker_module.Worker, "count_traffic"):
+        print("conn_overhead: this engine has no Worker.count_traffic; adapt the script",
+              file=sys.stderr)
+        return 2
+    server = Server(("127.0.0.1", 0), LineHandler)
+    port = server.server_address[1]
+    n = args.conns
+    default = "engine (default: counts bytes)" if ALWAYS_COUNTS else "engine (default)"
+    other = "engine + TCP_INFO count" if not ALWAYS_COUNTS else "engine - TCP_INFO count"
+    variants: dict[str, Callable[[], float]] = {
+        "floor": lambda: floor_step(server, n, half_close=False),
+        "floor + SHUT_WR": lambda: floor_step(server, n, half_close=True),
+        default: lambda: engine_step(server, n, traffic=ALWAYS_COUNTS),
+        other: lambda: engine_step(server, n, traffic=not ALWAYS_COUNTS),
+        "engine - TCP_INFO - SHUT_WR": lambda: engine_step(
+            server, n, traffic=False, half_close=False
+        ),
+        "engine - TCP_INFO - SHUT_WR - scoreboard": lambda: engine_step(
+            server, n, traffic=False, half_close=False, scoreboard=False
+        ),
+        "fast path prototype (no TCP_INFO)": lambda: fast_path_step(server, n),
+    }
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    try:
+        for _ in range(args.rounds):
+            for name, run in variants.items():
+                clients = queue_clients(port, n)
+                time.sleep(0.05)
+                results[name].append(run())
+                for client in clients:
+                    client.close()
+    finally:
+        server.server_close()
+    floor = statistics.median(results["floor"])
+    print(f"server-side CPU per connection, {args.rounds} rounds of {n} connections")
+    for name, values in results.items():
+        median = statistics.median(values)
+        print(f"  {name:42} median {median:6.1f} µs  min {min(values):6.1f} µs  "
+              f"{median / floor:5.2f}x floor")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
