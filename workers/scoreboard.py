@@ -88,20 +88,18 @@ class Scoreboard:
         _BUSY.pack_into(self._map, base + 4, WorkerState.STARTING, 0.0, now)
         _START.pack_into(self._map, base + 48, now, 0)
 
-    def busy(self, slot: int, now: float, client: bytes, active: int | None = None) -> None:
-        """The worker took a connection from *client* (*active*: threaded workers only)."""
+    def busy(self, slot: int, now: float, client: bytes, active: int = 1) -> None:
+        """The worker took a connection from *client*; it now serves *active* ones."""
         base = slot * SLOT_SIZE
         _BUSY.pack_into(self._map, base + 4, WorkerState.BUSY, now, now)
         _CLIENT.pack_into(self._map, base + 64, client)
-        if active is not None:
-            _ACTIVE.pack_into(self._map, base + 56, active)
+        _ACTIVE.pack_into(self._map, base + 56, active)
 
-    def idle(self, slot: int, now: float, requests: int, clear_active: bool = True) -> None:
+    def idle(self, slot: int, now: float, requests: int) -> None:
         """The worker finished its connections and has served *requests* in all."""
         base = slot * SLOT_SIZE
         _IDLE.pack_into(self._map, base + 4, WorkerState.IDLE, 0.0, now, requests)
-        if clear_active:
-            _ACTIVE.pack_into(self._map, base + 56, 0)
+        _ACTIVE.pack_into(self._map, base + 56, 0)
 
     def progress(self, slot: int, now: float, requests: int, active: int) -> None:
         """A threaded worker finished one connection and still serves *active* ones."""

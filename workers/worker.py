@@ -273,12 +273,12 @@ class Worker:
         """The one-connection-at-a-time path (threads = 1): no lock, fewest writes.
 
         This is the hot path of the default configuration, so it avoids what only the
-        threaded path needs (a lock, the active-connection count).
+        threaded path needs (a lock, shared counters).
         """
         server = self.server
         scoreboard, slot = self.scoreboard, self.spec.slot
         started = time.monotonic()
-        scoreboard.busy(slot, started, format_client(client_address))
+        scoreboard.busy(slot, started, format_client(client_address), 1)
         try:
             if server.verify_request(request, client_address):
                 try:
@@ -295,7 +295,7 @@ class Worker:
         finally:
             self.requests += 1
             now = time.monotonic()
-            scoreboard.idle(slot, now, self.requests, clear_active=False)
+            scoreboard.idle(slot, now, self.requests)
             if self.spec.on_request_done is not None:
                 self._report(client_address, now - started)
             if self.spec.max_requests and self.requests >= self.spec.max_requests:
