@@ -275,23 +275,11 @@ class Worker:
         This is the hot path of the default configuration, so it avoids what only the
         threaded path needs (a lock, shared counters).
         """
-        server = self.server
         scoreboard, slot = self.scoreboard, self.spec.slot
         started = time.monotonic()
         scoreboard.busy(slot, started, format_client(client_address), 1)
         try:
-            if server.verify_request(request, client_address):
-                try:
-                    server.process_request(request, client_address)
-                except Exception:
-                    server.handle_error(request, client_address)
-                    server.shutdown_request(request)
-            else:
-                server.shutdown_request(request)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                server.shutdown_request(request)
-            raise
+            self._pipeline(request, client_address)
         finally:
             self.requests += 1
             now = time.monotonic()
@@ -302,9 +290,16 @@ class Worker:
                 self.draining = True  # recycle: the master forks a replacement
 
     def _process(self, request: Any, client_address: Any) -> None:
-        """The classic pipeline for one request, then the scoreboard and recycling."""
-        server = self.server
+        """One request on a pool thread: the pipeline, then the shared bookkeeping."""
         started = time.monotonic()
+        try:
+            self._pipeline(request, client_address)
+        finally:
+            self._finished(client_address, started, request)
+
+    def _pipeline(self, request: Any, client_address: Any) -> None:
+        """The classic pipeline for one request, with the server's own methods."""
+        server = self.server
         try:
             if server.verify_request(request, client_address):
                 try:
@@ -319,8 +314,6 @@ class Worker:
             with contextlib.suppress(Exception):
                 server.shutdown_request(request)
             raise
-        finally:
-            self._finished(client_address, started, request)
 
     def count_traffic(self, request: Any) -> None:
         """Record one request's bytes in/out (TCP: from the kernel, no wrapping needed)."""
