@@ -26,6 +26,7 @@ import gc
 import logging
 import os
 import random
+import select
 import selectors
 import signal
 import time
@@ -118,6 +119,9 @@ class Master:
         self.quick_interrupt = False  # SIGINT with Python's default handler before us
         self.interrupted = False  # so serve_forever raises KeyboardInterrupt, as stdlib's
         self.listener_watched = False
+        # A zero-timeout readiness check of the listener, kept for the master's life.
+        self.listener_probe = select.poll()
+        self.listener_probe.register(server.fileno(), select.POLLIN)
         self.name = settings.proc_name or _handler_name(server)
         self.scoreboard = Scoreboard(settings.max_children)
         self.wakeup = WakeupFd()
@@ -478,23 +482,7 @@ class Master:
 
     def manage_workers(self, now: float) -> None:
         """Apply the pool policy: fork, drain, retire."""
-        threads = self.settings.threads
-        views = []
-        for w in self.workers.values():
-            record = self.scoreboard.read(w.slot)
-            views.append(
-                pool.WorkerView(
-                    slot=w.slot,
-                    generation=w.generation,
-                    state=record.state,
-                    draining=w.draining,
-                    idle_since=w.idle_since,
-                    # `active` is only kept by threaded workers (the inline path skips it).
-                    free_threads=threads > 1
-                    and record.state == WorkerState.BUSY
-                    and record.active < threads,
-                )
-            )
+        views = self._views()
         settings = self.settings
         params = pool.PoolParams(
             mode=settings.pool_mode,
@@ -544,7 +532,10 @@ class Master:
             and self.settings.pool_mode != "static"
             and len(self.workers) < self.settings.max_children
             and time.monotonic() >= self.backoff_until
-            and (not self._pool_is_changing() or not self._has_spare())
+            and (
+                not self._pool_is_changing()
+                or not any(pool.is_spare(v) for v in self._views())
+            )
         )
         if wanted != self.listener_watched:
             if wanted:
@@ -553,11 +544,23 @@ class Master:
                 self.selector.unregister(self.server.fileno())
             self.listener_watched = wanted
 
-    def _has_spare(self) -> bool:
-        return any(
-            self.scoreboard.state(w.slot) in (WorkerState.IDLE, WorkerState.STARTING)
-            for w in self.workers.values()
-        )
+    def _views(self) -> list[pool.WorkerView]:
+        """What the pool policy sees of each live worker (one scoreboard read each)."""
+        threads = self.settings.threads
+        views = []
+        for worker in self.workers.values():
+            record = self.scoreboard.read(worker.slot)
+            views.append(
+                pool.WorkerView(
+                    slot=worker.slot,
+                    generation=worker.generation,
+                    state=record.state,
+                    draining=worker.draining,
+                    idle_since=worker.idle_since,
+                    free_threads=record.state == WorkerState.BUSY and record.active < threads,
+                )
+            )
+        return views
 
     def _connections_waiting(self, views: list[pool.WorkerView]) -> bool:
         """Is a connection (or datagram) waiting that no idle worker will take?"""
@@ -565,9 +568,7 @@ class Master:
             return False
         if any(pool.is_spare(v) for v in views):
             return False
-        with selectors.DefaultSelector() as probe:
-            probe.register(self.server.fileno(), selectors.EVENT_READ)
-            return bool(probe.select(0))
+        return bool(self.listener_probe.poll(0))
 
     # --- helpers ---
 

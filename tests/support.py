@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,6 +59,68 @@ def recv_line(sock: socket.socket, timeout: float = 10.0) -> bytes:
     return bytes(data)
 
 
+def read_to_eof(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes (the socket's timeout applies)."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def connect(server: Any, payload: bytes = b"", timeout: float = 10.0) -> socket.socket:
+    """A TCP client connected to *server* (anything with ``server_address``)."""
+    client = socket.create_connection(server.server_address, timeout=timeout)
+    if payload:
+        client.sendall(payload)
+    return client
+
+
+@contextlib.contextmanager
+def open_clients(
+    address: Any, count: int, timeout: float = 30.0
+) -> Iterator[list[socket.socket]]:
+    """*count* TCP clients connected to *address*, all closed on the way out."""
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            clients.append(socket.create_connection(address, timeout=timeout))
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
+
+
+class PeakChildren:
+    """Watch, in a thread, the most child processes *pid* has at any moment.
+
+    Zombies count: they are processes until reaped. Use as a context manager; read
+    :attr:`peak` afterwards.
+    """
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch)
+
+    def __enter__(self) -> PeakChildren:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, len(psutil.Process(self.pid).children()))
+            except psutil.NoSuchProcess:
+                return
+
+
 def tcp_exchange(address: Any, payload: bytes, timeout: float = 10.0) -> bytes:
     """Connect, send *payload*, half-close, and return everything the server sent."""
     family = socket.AF_UNIX if isinstance(address, str) else (
@@ -70,10 +132,7 @@ def tcp_exchange(address: Any, payload: bytes, timeout: float = 10.0) -> bytes:
         sock.sendall(payload)
         with contextlib.suppress(OSError):  # the server may have closed already
             sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return read_to_eof(sock)
 
 
 def process_tree(pid: int) -> list[psutil.Process]:

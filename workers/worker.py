@@ -75,7 +75,6 @@ class WorkerSpec:
     signal_mask: set[int] = field(default_factory=set)
     # Called with (client_address, seconds, bytes_in, bytes_out) after each connection.
     on_request_done: Callable[[Any, float, int, int], None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def run_worker(server: ServerLike, scoreboard: Scoreboard, spec: WorkerSpec) -> NoReturn:
@@ -119,6 +118,7 @@ class Worker:
         self._pool: ThreadPoolExecutor | None = None
         self._backoff_until = 0.0
         self._traffic = threading.local()
+        self._tcp = False  # count bytes with TCP_INFO (set up when count_bytes is on)
 
     # --- life cycle ---
 
@@ -128,6 +128,11 @@ class Worker:
         self._install_signals()
         signal.pthread_sigmask(signal.SIG_SETMASK, self.spec.signal_mask)
         if self.spec.count_bytes:
+            # Fixed per server, so decided once rather than on every request.
+            listener = self.server.socket
+            self._tcp = listener.type == socket.SOCK_STREAM and listener.family in (
+                socket.AF_INET, socket.AF_INET6
+            )
             # PreforkMixIn.shutdown_request calls this just before closing each request.
             self.server._engine_count_traffic = self.count_traffic  # type: ignore[attr-defined]
         self.scoreboard.worker_started(self.spec.slot, os.getpid(), time.monotonic())
@@ -295,7 +300,7 @@ class Worker:
         try:
             self._pipeline(request, client_address)
         finally:
-            self._finished(client_address, started, request)
+            self._finished(client_address, started)
 
     def _pipeline(self, request: Any, client_address: Any) -> None:
         """The classic pipeline for one request, with the server's own methods."""
@@ -320,9 +325,7 @@ class Worker:
         bytes_in = bytes_out = 0
         if isinstance(request, tuple):  # a datagram: (data, socket)
             bytes_in = len(request[0])
-        elif getattr(request, "type", None) == socket.SOCK_STREAM and request.family in (
-            socket.AF_INET, socket.AF_INET6
-        ):
+        elif self._tcp:
             with contextlib.suppress(OSError):
                 info = request.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
                 if len(info) >= _TCP_BYTES_OFFSET + _TCP_BYTES.size:
@@ -335,7 +338,8 @@ class Worker:
             with self._lock:
                 self.scoreboard.add_bytes(self.spec.slot, bytes_in, bytes_out)
 
-    def _finished(self, client_address: Any, started: float, request: Any) -> None:
+    def _finished(self, client_address: Any, started: float) -> None:
+        """Bookkeeping after a pool thread's request; wakes the main loop."""
         now = time.monotonic()
         with self._lock:
             self.requests += 1
@@ -347,14 +351,11 @@ class Worker:
             self.scoreboard.idle(self.spec.slot, now, requests)
         if self.spec.on_request_done is not None:
             self._report(client_address, now - started)
-        recycle = bool(self.spec.max_requests) and requests >= self.spec.max_requests
-        if recycle:
+        if self.spec.max_requests and requests >= self.spec.max_requests:
             self.draining = True  # the master forks a replacement when we exit
-        if (recycle or self._pool is not None) and self._wake_w >= 0:
-            # Wake the main loop: it may be waiting for a free thread, or must exit.
-            with contextlib.suppress(OSError):
-                os.write(self._wake_w, b"\0")
-
+        # Wake the main loop: it may be waiting for a free thread, or must exit.
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
 
     def _report(self, client_address: Any, seconds: float) -> None:
         """Hand one finished connection to the access log."""

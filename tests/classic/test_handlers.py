@@ -12,15 +12,10 @@ from typing import Any
 import pytest
 
 import engine
+from tests.support import read_to_eof
 
 FOUR_MIB = 4 * 1024 * 1024
 
-
-def read_to_eof(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class Server(engine.TCPServer):

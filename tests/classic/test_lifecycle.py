@@ -13,24 +13,13 @@ from typing import Any
 import pytest
 
 import engine
+from tests.support import connect, read_to_eof
 
 
 class Boom(BaseException):
     """Like KeyboardInterrupt/SystemExit: not an Exception, must not be swallowed."""
 
 
-def read_to_eof(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def connect(server: engine.TCPServer, payload: bytes = b"") -> socket.socket:
-    client = socket.create_connection(server.server_address, timeout=10)
-    if payload:
-        client.sendall(payload)
-    return client
 
 
 class RecordingServer(engine.TCPServer):

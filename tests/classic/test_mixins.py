@@ -20,23 +20,18 @@ import psutil
 import pytest
 
 import engine
-from tests.support import EngineProcess, recv_line, wait_until, zombie_children
+from tests.support import (
+    EngineProcess,
+    connect,
+    read_to_eof,
+    recv_line,
+    wait_until,
+    zombie_children,
+)
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
 
 
-def read_to_eof(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def connect(server: engine.TCPServer, payload: bytes = b"") -> socket.socket:
-    client = socket.create_connection(server.server_address, timeout=10)
-    if payload:
-        client.sendall(payload)
-    return client
 
 
 class GatedHandler(engine.StreamRequestHandler):

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import engine
+from tests.support import read_to_eof
 
 AF_UNIX = getattr(socket, "AF_UNIX", None)
 
@@ -116,12 +117,6 @@ def server_address(family: Any, sock_dir: Path, name: str = "srv") -> Any:
         return ("::1", 0)
     return str(sock_dir / name)
 
-
-def read_to_eof(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def one_exchange(

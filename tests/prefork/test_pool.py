@@ -6,14 +6,13 @@ import os
 import re
 import signal
 import socket
-import threading
 import time
 
 import psutil
 import pytest
 
 from tests.apps.prefork_apps import program
-from tests.support import LoadLoop, tcp_exchange, wait_until
+from tests.support import LoadLoop, PeakChildren, open_clients, tcp_exchange, wait_until
 
 
 def worker_pids(engine) -> set[int]:
@@ -69,21 +68,7 @@ def test_killed_worker_is_replaced_and_reaped(engine_proc) -> None:
 def test_max_children_is_never_exceeded_under_ttin_storm(engine_proc) -> None:
     engine = engine_proc(program(attrs="workers = 2\nmax_children = 4\npool_mode = 'static'"))
     wait_until(lambda: len(engine.workers()) == 2, 10, "pool")
-    peak = 0
-    stop = threading.Event()
-
-    def watch() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            try:
-                children = psutil.Process(engine.pid).children()
-            except psutil.NoSuchProcess:
-                return
-            peak = max(peak, len(children))  # zombies included: still processes
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with PeakChildren(engine.pid) as watch:
         # Signals of one kind coalesce while pending, so send one at a time and wait
         # for its effect; past max_children the extra ones must change nothing.
         sent = 0
@@ -99,10 +84,7 @@ def test_max_children_is_never_exceeded_under_ttin_storm(engine_proc) -> None:
             wait_until(lambda n=sent: _scale_lines(engine) == n, 10, "TTOU handled")
             wait_until(lambda e=expected: len(engine.workers()) == e, 10, f"{expected} workers")
         assert engine.log().count("workers 1 -> 1") == 2
-    finally:
-        stop.set()
-        watcher.join()
-    assert peak <= 4, f"saw {peak} worker processes with max_children=4"
+    assert watch.peak <= 4, f"saw {watch.peak} worker processes with max_children=4"
     assert len(engine.workers()) == 1  # never below one worker
 
 
@@ -167,8 +149,7 @@ def _running(pid: int) -> bool:
 def test_keepalive_clients_beyond_cpu_count_are_all_served(engine_proc) -> None:
     """32 keep-alive clients on a 2-worker start: the dynamic pool grows to serve all."""
     engine = engine_proc(program(attrs="workers = 2"))
-    clients = [socket.create_connection(engine.address, timeout=15) for _ in range(32)]
-    try:
+    with open_clients(engine.address, 32, timeout=15) as clients:
         for rnd in range(3):
             for sock in clients:
                 sock.sendall(b"round %d\n" % rnd)
@@ -180,25 +161,18 @@ def test_keepalive_clients_beyond_cpu_count_are_all_served(engine_proc) -> None:
                     data += chunk
                 assert data.endswith(b"round %d\n" % rnd)
         assert 32 <= len(engine.workers()) <= 40
-    finally:
-        for sock in clients:
-            sock.close()
 
 
 def test_idle_dynamic_pool_shrinks_back(engine_proc) -> None:
     engine = engine_proc(
         program(attrs="workers = 1\nmin_spare = 1\nmax_spare = 2\nidle_timeout = 0.2")
     )
-    clients = [socket.create_connection(engine.address, timeout=10) for _ in range(6)]
-    try:
+    with open_clients(engine.address, 6, timeout=10) as clients:
         for sock in clients:
             sock.sendall(b"hi\n")
             assert sock.recv(100).endswith(b"hi\n")
         grown = len(engine.workers())
         assert grown >= 6
-    finally:
-        for sock in clients:
-            sock.close()
     # All idle now: surplus above max_spare retires, one per tick.
     wait_until(lambda: len(engine.workers()) <= 2, 15, "pool to shrink to max_spare")
 

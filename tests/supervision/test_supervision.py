@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 import time
 
-import psutil
-
 from tests.apps.prefork_apps import program
-from tests.support import LoadLoop, recv_line, tcp_exchange, wait_until
+from tests.support import (
+    LoadLoop,
+    PeakChildren,
+    open_clients,
+    recv_line,
+    tcp_exchange,
+    wait_until,
+)
 
 
 def pids(engine) -> set[int]:
@@ -70,33 +74,14 @@ def test_max_requests_recycles_under_load_without_failures(engine_proc) -> None:
 
 def test_burst_above_max_children_waits_in_backlog_and_is_served(engine_proc) -> None:
     engine = engine_proc(program(attrs="workers = 2\nmax_children = 4"))
-    peak = 0
-    stop = threading.Event()
-
-    def watch() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            try:
-                peak = max(peak, len(psutil.Process(engine.pid).children()))
-            except psutil.NoSuchProcess:
-                return
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    clients = [socket.create_connection(engine.address, timeout=30) for _ in range(20)]
-    try:
+    with PeakChildren(engine.pid) as watch, open_clients(engine.address, 20) as clients:
         for client in clients:
             client.sendall(b"SLEEP 0.2\n")
             client.shutdown(socket.SHUT_WR)
         replies = [recv_line(client, timeout=30) for client in clients]
-    finally:
-        stop.set()
-        watcher.join()
-        for client in clients:
-            client.close()
     assert all(reply.endswith(b"SLEEP 0.2\n") for reply in replies)
-    assert peak <= 4, f"{peak} workers with max_children=4"
-    assert peak == 4  # it did grow to the cap
+    assert watch.peak <= 4, f"{watch.peak} workers with max_children=4"
+    assert watch.peak == 4  # it did grow to the cap
 
 
 def test_ondemand_forks_on_first_connection_and_retires_idle(engine_proc) -> None:
@@ -112,15 +97,11 @@ def test_spawn_rate_ramps_up(engine_proc) -> None:
     engine = engine_proc(
         program(attrs="workers = 1\nmin_spare = 1\nmax_spare = 40\nmax_spawn_batch = 4")
     )
-    clients = [socket.create_connection(engine.address, timeout=30) for _ in range(24)]
-    try:
+    with open_clients(engine.address, 24) as clients:
         for client in clients:
             client.sendall(b"SLEEP 1\n")
         for client in clients:
             assert recv_line(client, timeout=30).endswith(b"SLEEP 1\n")
-    finally:
-        for client in clients:
-            client.close()
     spawn_times = [
         line.split(" [")[0]
         for line in engine.log().splitlines()
@@ -138,16 +119,12 @@ def test_threads_per_worker_hold_256_slow_connections(engine_proc) -> None:
         program(attrs="workers = 4\npool_mode = 'static'\nthreads = 64\nmax_children = 4")
     )
     wait_until(lambda: len(engine.workers()) == 4, 10, "pool")
-    clients = [socket.create_connection(engine.address, timeout=30) for _ in range(256)]
-    try:
+    with open_clients(engine.address, 256) as clients:
         start = time.monotonic()
         for client in clients:
             client.sendall(b"SLEEP 1\n")
         replies = [recv_line(client, timeout=30) for client in clients]
         elapsed = time.monotonic() - start
-    finally:
-        for client in clients:
-            client.close()
     assert all(reply.endswith(b"SLEEP 1\n") for reply in replies)
     served_by = {reply.split()[0] for reply in replies}
     assert len(served_by) == 4
