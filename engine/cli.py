@@ -34,7 +34,7 @@ from engine import __version__, logs
 from engine.config import SECTIONS, Resolved, cli_flag, env_var, registry, resolve
 from engine.config.docs import flag_usage, format_value, is_boolean, is_list
 from engine.config.settings import Settings, class_attr_names, resolved_workers
-from engine.config.validators import parse_bind
+from engine.config.validators import file_mode, parse_bind
 from engine.errors import ConfigError, ExitStatus, MasterFatalError
 from engine.prefork import (
     PreforkMixIn,
@@ -414,6 +414,9 @@ def render_resolved(resolved: Resolved, handler_path: str | None = None) -> str:
     rows = []
     for field in registry():
         value = getattr(resolved.settings, field.name)
+        validator = field.metadata["validator"]
+        if getattr(validator, "__wrapped__", validator) is file_mode and value is not None:
+            value = f"{value:04o}"  # permission bits read back as octal, not decimal
         text = f"{field.name} = {_toml(value)}" if value is not None else f"# {field.name} unset"
         rows.append((text, str(resolved.origins[field.name])))
     width = max(len(text) for text, _ in rows)

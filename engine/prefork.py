@@ -37,6 +37,21 @@ class PreforkMixIn:
 
     # Settings (defaults filled in from engine.config's registry below the class).
     proc_name: str | None
+    pidfile: str | None
+    user: str | None
+    group: str | None
+    certfile: str | None
+    keyfile: str | None
+    ca_certs: str | None
+    tls_verify_client: str
+    tls_min_version: str
+    tls_ciphers: str | None
+    handshake_timeout: float
+    proxy_protocol: bool
+    proxy_allow_from: tuple[str, ...]
+    allow_from: tuple[str, ...]
+    deny_from: tuple[str, ...]
+    client_timeout: float | None
     request_queue_size: int
     pool_mode: str
     workers: int | None

@@ -45,7 +45,7 @@ def is_boolean(field: dataclasses.Field[Any]) -> bool:
 
 def is_list(field: dataclasses.Field[Any]) -> bool:
     """A list setting: a repeatable flag, a comma-separated environment variable."""
-    return field.metadata["validator"] is validators.bind_list
+    return field.metadata["validator"] in (validators.bind_list, validators.cidr_list)
 
 
 def format_value(value: Any) -> str:

@@ -23,6 +23,9 @@ ENV_PREFIX = "ENGINE_"
 # Sections, in the order --help and the docs list them.
 SECTIONS = {
     "server": "Server: what to serve and where",
+    "deploy": "Deployment: sockets, pidfile and privileges",
+    "tls": "TLS: certificates and client verification",
+    "clients": "Clients: proxies, access control and timeouts",
     "pool": "Pool: how many workers, and when to grow or shrink",
     "timeouts": "Timeouts and recycling",
     "supervision": "Health and status",
@@ -58,7 +61,9 @@ class Settings:
     # --- server ---
     bind: tuple[str, ...] = setting(
         ("127.0.0.1:8000",),
-        "Address to listen on: HOST:PORT, [IPV6]:PORT or unix:PATH (one address for now).",
+        "Address to listen on: HOST:PORT, [IPV6]:PORT or unix:PATH; repeat the flag (or give "
+        "a list) to listen on several. Ignored when sockets are passed in (systemd socket "
+        "activation, or the previous master during a SIGUSR2 upgrade).",
         "server", v.bind_list, class_attr=False, metavar="ADDRESS",
     )
     udp: bool = setting(
@@ -72,6 +77,89 @@ class Settings:
     request_queue_size: int = setting(
         2048, "Listen backlog: connections waiting while every worker is busy.",
         "server", v.int_range(1, 1 << 20), metavar="N",
+    )
+    # --- deploy ---
+    pidfile: str | None = setting(
+        None, "Write the master's pid here; during a SIGUSR2 upgrade the old master's file "
+        "is renamed PATH.oldbin until it exits.",
+        "deploy", v.optional(v.text), metavar="PATH",
+    )
+    reuse_port: bool = setting(
+        False, "Set SO_REUSEPORT on TCP/UDP listeners, so several engines can bind the same "
+        "port (the kernel spreads connections over them).",
+        "deploy", v.boolean, class_attr=False,
+    )
+    user: str | None = setting(
+        None, "After binding, switch the master and its workers to this user (name or uid; "
+        "needs root).", "deploy", v.optional(v.account), metavar="USER",
+    )
+    group: str | None = setting(
+        None, "After binding, switch to this group (default: the user's primary group).",
+        "deploy", v.optional(v.account), metavar="GROUP",
+    )
+    umask: int | None = setting(
+        None, "Process umask, set before any file or Unix socket is created (octal, e.g. 027).",
+        "deploy", v.optional(v.file_mode), class_attr=False, metavar="MODE",
+    )
+    socket_mode: int | None = setting(
+        None, "Permission bits of Unix socket files the engine creates (octal, e.g. 0660); "
+        "with `user`, they are also given to that user.",
+        "deploy", v.optional(v.file_mode), class_attr=False, metavar="MODE",
+    )
+    # --- tls ---
+    certfile: str | None = setting(
+        None, "Serve TLS with this PEM certificate (chain); needs keyfile unless the key is "
+        "in the same file.", "tls", v.optional(v.text), metavar="PATH",
+    )
+    keyfile: str | None = setting(
+        None, "The certificate's private key (PEM).", "tls", v.optional(v.text), metavar="PATH",
+    )
+    ca_certs: str | None = setting(
+        None, "CA certificates (PEM) that client certificates are checked against.",
+        "tls", v.optional(v.text), metavar="PATH",
+    )
+    tls_verify_client: str = setting(
+        "none", "Client certificates: none (not asked for), optional (checked if sent), "
+        "required (handshake fails without a valid one). optional/required need ca_certs.",
+        "tls", v.choice("none", "optional", "required"), metavar="MODE",
+    )
+    tls_min_version: str = setting(
+        "1.2", "Lowest TLS version accepted.", "tls", v.choice("1.2", "1.3"), metavar="VERSION",
+    )
+    tls_ciphers: str | None = setting(
+        None, "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults).",
+        "tls", v.optional(v.text), metavar="CIPHERS",
+    )
+    # --- clients ---
+    handshake_timeout: float = setting(
+        10.0, "Seconds a new connection gets to send its PROXY header and finish the TLS "
+        "handshake before the worker closes it.",
+        "clients", v.duration(0.0, exclusive=True), metavar="SECONDS",
+    )
+    proxy_protocol: bool = setting(
+        False, "Expect a PROXY protocol header (v1 or v2) on every connection, and give the "
+        "handler the client address it carries.",
+        "clients", v.boolean,
+    )
+    proxy_allow_from: tuple[str, ...] = setting(
+        ("127.0.0.1/32", "::1/128"), "Peers trusted to send PROXY headers (CIDR list); other "
+        "peers are closed with a log line.",
+        "clients", v.cidr_list, metavar="CIDR",
+    )
+    allow_from: tuple[str, ...] = setting(
+        (), "Serve only clients in these networks (CIDR list; empty: everyone). Checked "
+        "against the real client address, after the PROXY header.",
+        "clients", v.cidr_list, metavar="CIDR",
+    )
+    deny_from: tuple[str, ...] = setting(
+        (), "Close connections from clients in these networks (CIDR list), checked after "
+        "allow_from.", "clients", v.cidr_list, metavar="CIDR",
+    )
+    client_timeout: float | None = setting(
+        None, "Socket timeout set on every accepted connection before the handler runs "
+        "(a handler's own `timeout` attribute overrides it). Off by default, as in "
+        "socketserver.",
+        "clients", v.optional(v.duration(0.0, exclusive=True)), metavar="SECONDS",
     )
     # --- pool ---
     pool_mode: str = setting(
@@ -226,6 +314,20 @@ def check_consistency(s: Settings) -> None:
         raise ConfigError(
             "workers", s.workers, f"at most max_children ({s.max_children})"
         )
+    stream_only = {
+        "proxy_protocol": s.proxy_protocol, "certfile": s.certfile,
+    }
+    for name, value in stream_only.items():
+        if s.udp and value:
+            raise ConfigError(name, value, "unset with udp (it applies to stream connections)")
+    if s.keyfile and not s.certfile:
+        raise ConfigError("keyfile", s.keyfile, "used with certfile")
+    if s.tls_verify_client != "none" and not s.ca_certs:
+        raise ConfigError(
+            "tls_verify_client", s.tls_verify_client, "none unless ca_certs is set"
+        )
+    if s.group is not None and s.user is None:
+        raise ConfigError("group", s.group, "used with user")
     if s.min_spare > s.max_spare:
         raise ConfigError("min_spare", s.min_spare, f"at most max_spare ({s.max_spare})")
     if s.threads > 1 and s.pool_mode != "static" and s.threads * s.max_children > 1 << 16:

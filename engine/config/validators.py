@@ -72,6 +72,7 @@ def optional(inner: Validator, none_words: Sequence[str] = ("", "none", "off")) 
             raise ConfigError(name, value, f"{error.allowed}, or {words}") from None
 
     check.__doc__ = f"{inner.__doc__}, or {words}"
+    check.__wrapped__ = inner  # type: ignore[attr-defined]  # lets front ends see the kind
     return check
 
 
@@ -176,3 +177,53 @@ def parse_bind(spec: str) -> tuple[int, Any]:
     if host.startswith("["):
         return socket.AF_INET6, (host[1:-1], int(port))
     return socket.AF_INET, (host or "0.0.0.0", int(port))
+
+
+def cidr_list(name: str, value: Any) -> tuple[str, ...]:
+    """Networks in CIDR notation (``10.0.0.0/8``, ``::1/128``, or a bare address).
+
+    A list, or a comma-separated string; an empty list (or string) means none.
+    """
+    import ipaddress
+
+    allowed = "a list of networks in CIDR notation, e.g. 127.0.0.1/32,10.0.0.0/8,::1/128"
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(name, value, allowed)
+    networks = []
+    for item in items:
+        if isinstance(item, str) and not item.strip() and isinstance(value, str):
+            continue  # "a,,b" or "" from an environment variable
+        if not isinstance(item, str):
+            raise ConfigError(name, value, allowed)
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise ConfigError(name, item, allowed) from None
+    return tuple(networks)
+
+
+def file_mode(name: str, value: Any) -> int:
+    """Permission bits, octal: ``0660``, ``"660"``, ``"0o660"`` (or an int <= 0o7777)."""
+    allowed = "octal permission bits from 0 to 7777, e.g. 0660"
+    if isinstance(value, bool):
+        raise ConfigError(name, value, allowed)
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"\s*(0o?)?[0-7]{1,4}\s*", value):
+        digits = value.strip().removeprefix("0o")
+        number = int(digits, 8)
+    else:
+        raise ConfigError(name, value, allowed)
+    if not 0 <= number <= 0o7777:
+        raise ConfigError(name, value, allowed)
+    return number
+
+
+def account(name: str, value: Any) -> str:
+    """A user or group: a name or a numeric id (checked against the system at start)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?", value.strip()):
+        return value.strip()
+    raise ConfigError(name, value, "a user or group name, or a numeric id")
