@@ -25,16 +25,15 @@ import json
 import logging
 import os
 import socket
-import stat
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine import __version__, logs
+from engine import __version__, listeners, logs, privileges
 from engine.config import SECTIONS, Resolved, cli_flag, env_var, registry, resolve
 from engine.config.docs import flag_usage, format_value, is_boolean, is_list
 from engine.config.settings import Settings, class_attr_names, resolved_workers
-from engine.config.validators import file_mode, parse_bind
+from engine.config.validators import file_mode
 from engine.errors import ConfigError, ExitStatus, MasterFatalError
 from engine.prefork import (
     PreforkMixIn,
@@ -272,40 +271,60 @@ class CommandLineServer(PreforkMixIn):
             callback()
 
 
-def server_class(settings: Settings, family: int) -> type[PreforkMixIn]:
+def server_class(settings: Settings, family: int, udp: bool) -> type[PreforkMixIn]:
     """The server class for *settings*: its class attributes are the settings.
 
-    TCP (IPv4 or IPv6), UDP, or Unix stream/datagram, from ``bind`` and ``udp``.
+    TCP (IPv4 or IPv6), UDP, or Unix stream/datagram, from the first listener's family
+    and type. The sockets themselves are bound by :mod:`engine.listeners`.
     """
     base: type[PreforkMixIn]
     if family == socket.AF_UNIX:
-        base = PreforkUnixDatagramServer if settings.udp else PreforkUnixStreamServer
+        base = PreforkUnixDatagramServer if udp else PreforkUnixStreamServer
     else:
-        base = PreforkUDPServer if settings.udp else PreforkTCPServer
+        base = PreforkUDPServer if udp else PreforkTCPServer
     attributes: dict[str, Any] = {name: getattr(settings, name) for name in class_attr_names()}
     attributes["address_family"] = family
-    # Restart without waiting out TIME_WAIT. Not for UDP: there SO_REUSEADDR would let
-    # a second server bind the same port and silently steal datagrams.
-    attributes["allow_reuse_address"] = not settings.udp
     attributes["__doc__"] = f"{base.__name__} built by `engine serve` from its settings."
     return type(f"Engine{base.__name__}", (CommandLineServer, base), attributes)
 
 
-def _remove_stale_socket(path: str, sock_type: int) -> None:
-    """Remove a Unix socket file nobody listens on; leave anything else to bind()."""
-    try:
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            return  # a regular file, say: bind() fails and the message names it
-    except FileNotFoundError:
-        return
-    with socket.socket(socket.AF_UNIX, sock_type) as probe:
+class ListenError(Exception):
+    """A ``bind`` address cannot be listened on."""
+
+    def __init__(self, spec: str, error: OSError) -> None:
+        super().__init__(f"cannot listen on {spec}: {error.strerror or error}")
+
+
+def open_sockets(settings: Settings) -> list[socket.socket]:
+    """The listening sockets: those handed in (systemd, upgrade), else one per bind.
+
+    Raises:
+        ListenError: an address cannot be bound (the others are closed again).
+        ConfigError: the sockets handed in are unusable.
+    """
+    source = listeners.handed_in_source()
+    handed = listeners.take_all()
+    if handed:
+        kinds = {sock.type for sock in handed}
+        if len(kinds) > 1 or not all(listeners.is_listening(sock) for sock in handed):
+            for sock in handed:
+                sock.close()
+            raise ConfigError(
+                "LISTEN_FDS", len(handed), "listening sockets all of one type (streams "
+                "or datagrams; for systemd, Accept=no)",
+            )
+        log.info("serving %d socket(s) handed in by %s; the bind setting is not used",
+                 len(handed), source)
+        return handed
+    opened: list[socket.socket] = []
+    for spec in settings.bind:
         try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            os.unlink(path)  # stale: left behind by a server that is gone
-        except OSError:
-            pass
-        # Connected: a live server owns it; bind() fails with "address in use".
+            opened.append(listeners.open_listener(spec, settings))
+        except OSError as exc:
+            for sock in opened:
+                sock.close()
+            raise ListenError(spec, exc) from None
+    return opened
 
 
 def run_serve(args: argparse.Namespace, handler_path: str, demo: bool = False) -> int:
@@ -318,30 +337,31 @@ def run_serve(args: argparse.Namespace, handler_path: str, demo: bool = False) -
     settings = resolved.settings
     if demo and settings.udp:
         raise ConfigError("udp", True, "false for the demo, a stream protocol")
-    if len(settings.bind) > 1:
-        raise ConfigError(
-            "bind", ",".join(settings.bind),
-            "a single address (serving several binds at once is not supported yet)",
-        )
+    if settings.user:
+        privileges.resolve(settings.user, settings.group)  # fail before binding anything
     access = _open_logs(settings)
-    family, address = parse_bind(settings.bind[0])
-    cls = server_class(settings, family)
-    if family == socket.AF_UNIX:
-        _remove_stale_socket(address, socket.SOCK_DGRAM if settings.udp else socket.SOCK_STREAM)
+    if settings.umask is not None:
+        os.umask(settings.umask)
+    handed_in = listeners.handed_in_source() is not None
     try:
-        server: Any = cls(address, handler)
-    except OSError as exc:
-        return _fail(f"cannot listen on {settings.bind[0]}: {exc.strerror or exc}",
-                     ExitStatus.FAILURE)
+        sockets = open_sockets(settings)
+    except ListenError as exc:
+        return _fail(str(exc), ExitStatus.FAILURE)
+    # Unix socket files we created (not handed in) are ours to remove at the end.
+    paths = [] if handed_in else [listeners.unix_path(sock) for sock in sockets]
+    created = {path: os.stat(path).st_ino for path in paths if path is not None}
+    primary = sockets[0]
+    cls = server_class(settings, primary.family, primary.type == socket.SOCK_DGRAM)
+    server: Any = cls(primary.getsockname(), handler, bind_and_activate=False)
+    server.adopt_listeners(sockets)
     if access is not None:
         # The master hands this to each worker (WorkerSpec.on_request_done).
         server._engine_request_done = access
     server.on_ready = lambda: _announce(server, settings, demo)
-    where = format_address(server.server_address)
-    bound_inode = os.stat(address).st_ino if family == socket.AF_UNIX else None
+    where = ", ".join(format_address(sock.getsockname()) for sock in sockets)
     with server:
         log.info("listening on %s (%s, handler %s)", where,
-                 "datagrams" if settings.udp else "streams", handler_path)
+                 "datagrams" if primary.type == socket.SOCK_DGRAM else "streams", handler_path)
         try:
             server.serve_forever()
         except MasterFatalError as exc:
@@ -349,9 +369,10 @@ def run_serve(args: argparse.Namespace, handler_path: str, demo: bool = False) -
         except OSError as exc:  # the status endpoint's address is taken, say
             return _fail(str(exc), ExitStatus.FAILURE)
         finally:
-            if bound_inode is not None:
-                _unlink_if_ours(address, bound_inode)
-    log.info("stopped")
+            if not server.handed_off:  # after an upgrade the files serve the new master
+                for path, inode in created.items():
+                    _unlink_if_ours(path, inode)
+    log.info("stopped" if not server.handed_off else "stopped; the new master serves")
     return ExitStatus.OK
 
 

@@ -14,6 +14,8 @@ SIGINT, SIGQUIT    quick stop: workers exit at once
 SIGHUP             graceful restart: new workers first, then the old ones drain
 SIGTTIN, SIGTTOU   one worker more / fewer, within [1, max_children]
 SIGUSR1            reopen log files
+SIGUSR2            upgrade: re-execute (new code and config) with the same
+                   sockets; the new master stops this one once its workers serve
 SIGCHLD            reap
 =================  ==========================================================
 """
@@ -34,11 +36,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine import pool, supervision, watchdog
+from engine import listeners, pidfile, pool, privileges, sdnotify, supervision, upgrade, watchdog
 from engine.config import Settings, resolved_workers
 from engine.errors import MasterFatalError
 from engine.exits import describe_exit
 from engine.health import HealthSampler
+from engine.intake import build_intake
 from engine.logs import access_logger
 from engine.proctitle import format_address, master_title, titled, worker_title
 from engine.status import StatusServer
@@ -69,12 +72,13 @@ HANDLED_SIGNALS = (
     signal.SIGTTIN,
     signal.SIGTTOU,
     signal.SIGUSR1,
+    signal.SIGUSR2,
     signal.SIGCHLD,
 )
 
 
 # Blocked across fork: ours, plus those a worker ignores but whose default would kill it.
-FORK_BLOCKED_SIGNALS = (*HANDLED_SIGNALS, signal.SIGUSR2, signal.SIGWINCH)
+FORK_BLOCKED_SIGNALS = (*HANDLED_SIGNALS, signal.SIGWINCH)
 
 
 class MasterState(enum.Enum):
@@ -119,9 +123,20 @@ class Master:
         self.quick_interrupt = False  # SIGINT with Python's default handler before us
         self.interrupted = False  # so serve_forever raises KeyboardInterrupt, as stdlib's
         self.listener_watched = False
-        # A zero-timeout readiness check of the listener, kept for the master's life.
+        self.listeners: list[Any] = [server.socket, *getattr(server, "extra_listeners", ())]
+        # A zero-timeout readiness check of the listeners, kept for the master's life.
         self.listener_probe = select.poll()
-        self.listener_probe.register(server.fileno(), select.POLLIN)
+        for listener in self.listeners:
+            self.listener_probe.register(listener.fileno(), select.POLLIN)
+        # Built before any fork or privilege drop: key files may be root's alone.
+        self.intake = build_intake(settings, server)
+        self.account = (
+            privileges.resolve(settings.user, settings.group) if settings.user else None
+        )
+        self.old_master = upgrade.old_master_pid()  # set when started by SIGUSR2
+        self.new_master: int | None = None  # our successor, during an upgrade
+        self.handed_off = False  # the sockets live on in a new master
+        self.ready = False
         self.name = settings.proc_name or _handler_name(server)
         self.scoreboard = Scoreboard(settings.max_children)
         self.wakeup = WakeupFd()
@@ -137,6 +152,7 @@ class Master:
             signal.SIGTTIN: lambda: self.scale_by(+1),
             signal.SIGTTOU: lambda: self.scale_by(-1),
             signal.SIGUSR1: self._reopen_logs,
+            signal.SIGUSR2: self.upgrade,
             signal.SIGCHLD: lambda: None,  # reaping happens every iteration anyway
         }
         self.stop_requested = False
@@ -164,6 +180,7 @@ class Master:
             log.info("master %d serving %s with %d workers", os.getpid(), title, self.target)
             try:
                 self._open_status()
+                self._settle_in()
                 self.manage_workers(time.monotonic())  # the initial pool, at once
                 while self.state is not MasterState.STOPPED:
                     self.step()
@@ -184,8 +201,29 @@ class Master:
         self.selector.register(self.status, selectors.EVENT_READ)
         log.info("status on %s", format_address(self.status.address))
 
+    def _settle_in(self) -> None:
+        """Before the first fork: pidfile, then give up root (sockets are bound)."""
+        if self.settings.pidfile:
+            pidfile.write(self.settings.pidfile, os.getpid())
+        if self.account is not None:
+            paths = [listeners.unix_path(sock) for sock in self.listeners]
+            if self.status is not None and isinstance(self.status.address, str):
+                paths.append(self.status.address)
+            for path in paths:
+                if path:
+                    privileges.give_to(path, self.account)
+            privileges.switch_to(self.account)
+            log.info("running as user %s (uid %d, gid %d)", self.account.name,
+                     self.account.uid, self.account.gid)
+
     def _close(self) -> None:
         """Kill what is left and release the master's resources."""
+        sdnotify.notify("STOPPING=1")
+        if self.new_master is not None:
+            # Our successor serves on the same sockets: they (and their files) are its.
+            self.handed_off = True
+        if self.settings.pidfile:
+            pidfile.remove_if_ours(self.settings.pidfile, os.getpid())
         self.kill_all()
         if self.status is not None:
             self.status.close()
@@ -208,6 +246,8 @@ class Master:
         self.reap_workers()
         now = time.monotonic()
         self._observe(now)
+        if not self.ready and self.running:
+            self._check_ready()
         if self.health.due(now):
             supervision.check_health(self, now)
         self._enforce_deadlines(now)
@@ -248,6 +288,8 @@ class Master:
 
     def _pool_is_changing(self) -> bool:
         if self.state is not MasterState.RUNNING or self.reload_size is not None:
+            return True
+        if not self.ready:  # first boot: READY (and an upgrade's hand-over) waits on it
             return True
         if len(self.workers) < self.target or self.backoff_until > time.monotonic():
             return True
@@ -303,6 +345,63 @@ class Master:
         self.target = min(max(self.target + delta, 1), self.settings.max_children)
         log.info("workers %d -> %d", before, self.target)
 
+    def upgrade(self) -> None:
+        """SIGUSR2: start a new master (new code, new config) on the same sockets."""
+        if not self.running:
+            return
+        if self.new_master is not None:
+            log.warning("upgrade already under way (new master pid %d)", self.new_master)
+            return
+        if self.old_master is not None:
+            log.warning("upgrade refused: still replacing the old master %d", self.old_master)
+            return
+        path = self.settings.pidfile
+        moved = bool(path) and pidfile.set_aside(str(path), os.getpid())
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
+        try:
+            self.new_master = upgrade.start_new_master(self.listeners)
+        except OSError as exc:
+            log.error("upgrade failed: cannot fork: %s", exc)
+            if moved:
+                pidfile.restore(str(path), os.getpid())
+            return
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        log.info("upgrade: started new master pid %d: %s", self.new_master,
+                 " ".join(upgrade.command_line()))
+
+    def _check_ready(self) -> None:
+        """Once the first workers serve: tell systemd, and stop the master we replace."""
+        booted = sum(1 for w in self.workers.values() if w.booted and not w.draining)
+        if booted < self.target:
+            return
+        self.ready = True
+        if self.old_master is None:
+            sdnotify.notify("READY=1", f"MAINPID={os.getpid()}")
+            return
+        sdnotify.notify(f"MAINPID={os.getpid()}", "READY=1")
+        log.info("upgrade: %d workers serve; stopping the old master %d", booted,
+                 self.old_master)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.old_master, signal.SIGTERM)
+        self.old_master = None
+
+    def _reap_new_master(self) -> None:
+        """Our successor died before taking over: keep serving, restore the pidfile."""
+        if self.new_master is None:
+            return
+        try:
+            pid, status = os.waitpid(self.new_master, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.new_master, 0
+        if not pid:
+            return
+        log.error("upgrade failed: new master %d %s; still serving", self.new_master,
+                  describe_exit(status))
+        self.new_master = None
+        if self.settings.pidfile:
+            pidfile.restore(self.settings.pidfile, os.getpid())
+
     def _reopen_logs(self) -> None:
         reopen = getattr(self.server, "reopen_logs", None)
         if reopen is not None:
@@ -332,6 +431,8 @@ class Master:
                 *((self.status.fileno(),) if self.status is not None else ()),
             ),
             on_request_done=self.access_log,
+            extra_listeners=tuple(self.listeners[1:]),
+            intake=self.intake,
         )
         self.scoreboard.clear(slot)
         if settings.gc_freeze:
@@ -400,6 +501,7 @@ class Master:
                 pid, status = worker.pid, 0  # reaped by someone else: gone all the same
             if pid:
                 self._worker_exited(worker, status)
+        self._reap_new_master()
         if self.is_pid1:
             with contextlib.suppress(ChildProcessError):
                 while os.waitpid(-1, os.WNOHANG)[0]:
@@ -538,10 +640,11 @@ class Master:
             )
         )
         if wanted != self.listener_watched:
-            if wanted:
-                self.selector.register(self.server.fileno(), selectors.EVENT_READ)
-            else:
-                self.selector.unregister(self.server.fileno())
+            for listener in self.listeners:
+                if wanted:
+                    self.selector.register(listener.fileno(), selectors.EVENT_READ)
+                else:
+                    self.selector.unregister(listener.fileno())
             self.listener_watched = wanted
 
     def _views(self) -> list[pool.WorkerView]:

@@ -12,13 +12,18 @@ when the server is constructed and again when ``serve_forever()`` starts.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine import classic
+from engine import classic, listeners
 from engine.config import Settings, build, class_attr_names, registry
 from engine.master import Master
+
+Socket = socket.socket  # for annotations inside the class, whose `socket` is an attribute
 
 
 class PreforkMixIn:
@@ -75,7 +80,15 @@ class PreforkMixIn:
     log_file: str | None
     access_log: str | None
 
+    # Provided by the socketserver base class this is mixed into.
+    socket: Socket
+    server_address: Any
+
+    # A ready TLS context (Python API): overrides certfile/keyfile/ca_certs & co.
+    ssl_context: ssl.SSLContext | None = None
+
     _master: Master | None = None
+    _prefork_adopted = False  # serving a socket handed in rather than one we bound
     # Set in each worker: records the request's traffic before it is closed.
     _engine_count_traffic: Callable[[Any], None] | None = None
 
@@ -87,6 +100,7 @@ class PreforkMixIn:
         self._prefork_shutdown = False
         self._prefork_lock = threading.Lock()
         self._prefork_thread: threading.Thread | None = None
+        self.extra_listeners: list[Socket] = []
         super().__init__(*args, **kwargs)
 
     def prefork_settings(self) -> Settings:
@@ -96,6 +110,45 @@ class PreforkMixIn:
             engine.errors.ConfigError: a setting is invalid (the message names it).
         """
         return build({name: getattr(self, name) for name in class_attr_names()})
+
+    # --- listening sockets ---
+
+    def server_bind(self) -> None:
+        """Bind, unless a socket of our kind was handed in (systemd, SIGUSR2 upgrade)."""
+        handed_in = listeners.take(self.address_family, self.socket_type)  # type: ignore[attr-defined]
+        if handed_in is None:
+            super().server_bind()  # type: ignore[misc]
+            return
+        self.socket.close()
+        self.socket = handed_in
+        self.server_address = handed_in.getsockname()
+        self._prefork_adopted = True
+
+    def server_activate(self) -> None:
+        """Listen, unless the socket was handed in already listening."""
+        if not self._prefork_adopted:
+            super().server_activate()  # type: ignore[misc]
+
+    def adopt_listeners(self, sockets: Sequence[Socket]) -> None:
+        """Serve these bound, listening sockets: the first becomes ``self.socket``.
+
+        For a server built with ``bind_and_activate=False``; all must be of the
+        server's socket type. Workers accept from every one of them.
+        """
+        if not sockets:
+            raise ValueError("adopt_listeners() needs at least one socket")
+        self.socket.close()
+        self.socket = sockets[0]
+        self.server_address = sockets[0].getsockname()
+        self.extra_listeners = list(sockets[1:])
+        self._prefork_adopted = True
+
+    @property
+    def handed_off(self) -> bool:
+        """True once a SIGUSR2 upgrade has passed the sockets on to a new master."""
+        return self._prefork_handed_off
+
+    _prefork_handed_off = False
 
     # --- the classic serving API, mapped onto the master ---
 
@@ -110,7 +163,7 @@ class PreforkMixIn:
         if self.fileno() < 0:  # type: ignore[attr-defined]
             raise ValueError(f"serve_forever() called on a closed server: {self!r}")
         settings = self.prefork_settings()
-        sock = self.socket  # type: ignore[attr-defined]
+        sock = self.socket
         with self._prefork_lock:
             if self._prefork_shutdown:  # shutdown() came first: return at once
                 self._prefork_shutdown = False
@@ -118,13 +171,21 @@ class PreforkMixIn:
             self._master = Master(self, settings)
             self._prefork_thread = threading.current_thread()
             self._prefork_stopped.clear()
-        was_blocking = sock.getblocking()
+        socks = [sock, *self.extra_listeners]
+        was_blocking = [each.getblocking() for each in socks]
         # Workers poll before accepting, but a sibling may win the race: never block.
-        sock.setblocking(False)
+        for each in socks:
+            each.setblocking(False)
         try:
             self._master.run()
         finally:
-            sock.setblocking(was_blocking)
+            self._prefork_handed_off = self._master.handed_off
+            # O_NONBLOCK belongs to the open file, which a new master now shares after
+            # an upgrade: making it blocking again would hang that master's workers.
+            restore = [] if self._prefork_handed_off else socks
+            for each, blocking in zip(restore, was_blocking, strict=False):
+                with contextlib.suppress(OSError):  # closed meanwhile by server_close()
+                    each.setblocking(blocking)
             with self._prefork_lock:
                 self._master = None
                 self._prefork_thread = None
@@ -149,8 +210,10 @@ class PreforkMixIn:
             self._prefork_stopped.wait()
 
     def server_close(self) -> None:
-        """Close the listening socket; no worker outlives this call."""
+        """Close the listening sockets; no worker outlives this call."""
         super().server_close()  # type: ignore[misc]
+        for extra in self.extra_listeners:
+            extra.close()
         master = self._master
         if master is not None and master.workers:
             master.kill_all()

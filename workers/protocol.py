@@ -39,6 +39,17 @@ class ExitCode(enum.IntEnum):
     QUICK = 4  # told to stop at once (SIGINT / SIGQUIT)
 
 
+class Admitter(Protocol):
+    """Per-connection intake run before ``verify_request`` (PROXY header, TLS, access).
+
+    ``admit`` returns the request and client address to serve (possibly replaced: a TLS
+    socket, the client address from a PROXY header), or None once it has closed the
+    connection itself and logged why.
+    """
+
+    def admit(self, request: Any, client_address: Any) -> tuple[Any, Any] | None: ...
+
+
 class ServerLike(Protocol):
     """What a worker needs from the server object it serves (a socketserver server)."""
 

@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from workers.protocol import ExitCode, ServerLike
+from workers.protocol import Admitter, ExitCode, ServerLike
 from workers.scoreboard import Scoreboard, format_client
 
 # Out of file descriptors or memory: back off instead of spinning on accept().
@@ -75,6 +75,10 @@ class WorkerSpec:
     signal_mask: set[int] = field(default_factory=set)
     # Called with (client_address, seconds, bytes_in, bytes_out) after each connection.
     on_request_done: Callable[[Any, float, int, int], None] | None = None
+    # Listening sockets besides server.socket (several binds, inherited sockets).
+    extra_listeners: tuple[socket.socket, ...] = ()
+    # PROXY header, access lists, TLS handshake: run before verify_request.
+    intake: Admitter | None = None
 
 
 def run_worker(server: ServerLike, scoreboard: Scoreboard, spec: WorkerSpec) -> NoReturn:
@@ -119,6 +123,7 @@ class Worker:
         self._backoff_until = 0.0
         self._traffic = threading.local()
         self._tcp = False  # count bytes with TCP_INFO (set up when count_bytes is on)
+        self._next_listener = 0
 
     # --- life cycle ---
 
@@ -151,8 +156,9 @@ class Worker:
             self._serve()
         finally:
             self.scoreboard.draining(self.spec.slot)
-            with contextlib.suppress(OSError):
-                self.server.socket.close()
+            for listener in self._listeners():
+                with contextlib.suppress(OSError):
+                    listener.close()
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
             hook = getattr(self.server, "worker_exit", None)
@@ -204,8 +210,11 @@ class Worker:
 
     # --- the loop ---
 
+    def _listeners(self) -> list[socket.socket]:
+        return [self.server.socket, *self.spec.extra_listeners]
+
     def _serve(self) -> None:
-        listener = self.server.fileno()
+        listeners = [listener.fileno() for listener in self._listeners()]
         epoll = select.epoll()
         # EXCLUSIVE: the kernel wakes one idle worker per connection, not all of them.
         # It cannot be combined with EPOLL_CTL_MOD, hence register/unregister below.
@@ -220,10 +229,11 @@ class Worker:
                 # listener, or it would spin while connections wait for its siblings.
                 wanted = self._has_capacity()
                 if wanted != listening:
-                    if wanted:
-                        epoll.register(listener, listen_events)
-                    else:
-                        epoll.unregister(listener)
+                    for listener in listeners:
+                        if wanted:
+                            epoll.register(listener, listen_events)
+                        else:
+                            epoll.unregister(listener)
                     listening = wanted
                 events = epoll.poll(self._poll_timeout())
                 now = time.monotonic()
@@ -247,9 +257,31 @@ class Worker:
 
     def _accept_one(self) -> bool:
         """Take one request if one is waiting; return whether one was taken."""
+        extra = self.spec.extra_listeners
+        if not extra:
+            return self._accept_from(None)
+        # Several listeners: start from a different one each time, so none starves.
+        listeners: list[socket.socket | None] = [None, *extra]
+        start = self._next_listener
+        self._next_listener = (start + 1) % len(listeners)
+        return any(
+            self._accept_from(listeners[(start + i) % len(listeners)])
+            for i in range(len(listeners))
+        )
+
+    def _accept_from(self, listener: socket.socket | None) -> bool:
+        """Take one request from *listener* (None: the server's own socket)."""
         server = self.server
         try:
-            request, client_address = server.get_request()
+            if listener is None:
+                request, client_address = server.get_request()  # user overrides apply
+            elif listener.type == socket.SOCK_DGRAM:
+                data, client_address = listener.recvfrom(
+                    getattr(server, "max_packet_size", 8192)
+                )
+                request = (data, listener)
+            else:
+                request, client_address = listener.accept()
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
@@ -284,7 +316,7 @@ class Worker:
         started = time.monotonic()
         scoreboard.busy(slot, started, format_client(client_address), 1)
         try:
-            self._pipeline(request, client_address)
+            client_address = self._pipeline(request, client_address)
         finally:
             self.requests += 1
             now = time.monotonic()
@@ -298,13 +330,22 @@ class Worker:
         """One request on a pool thread: the pipeline, then the shared bookkeeping."""
         started = time.monotonic()
         try:
-            self._pipeline(request, client_address)
+            client_address = self._pipeline(request, client_address)
         finally:
             self._finished(client_address, started)
 
-    def _pipeline(self, request: Any, client_address: Any) -> None:
-        """The classic pipeline for one request, with the server's own methods."""
+    def _pipeline(self, request: Any, client_address: Any) -> Any:
+        """The classic pipeline for one request, with the server's own methods.
+
+        Returns the client address the handler saw (a PROXY header may change it).
+        """
         server = self.server
+        intake = self.spec.intake
+        if intake is not None:
+            admitted = intake.admit(request, client_address)
+            if admitted is None:
+                return client_address  # closed and logged by the intake
+            request, client_address = admitted
         try:
             if server.verify_request(request, client_address):
                 try:
@@ -319,6 +360,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 server.shutdown_request(request)
             raise
+        return client_address
 
     def count_traffic(self, request: Any) -> None:
         """Record one request's bytes in/out (TCP: from the kernel, no wrapping needed)."""

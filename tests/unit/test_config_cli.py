@@ -125,19 +125,32 @@ def test_bad_handler_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_server_class_from_settings() -> None:
     settings = resolve({"max_children": "7", "threads": "2"}, env={}).settings
-    tcp = cli.server_class(settings, socket.AF_INET)
+    tcp = cli.server_class(settings, socket.AF_INET, udp=False)
     assert issubclass(tcp, engine.PreforkTCPServer) and issubclass(tcp, cli.CommandLineServer)
     assert tcp.max_children == 7 and tcp.threads == 2  # type: ignore[attr-defined]
-    assert tcp.allow_reuse_address is True  # type: ignore[attr-defined]
-    six = cli.server_class(settings, socket.AF_INET6)
+    six = cli.server_class(settings, socket.AF_INET6, udp=False)
     assert six.address_family == socket.AF_INET6  # type: ignore[attr-defined]
-    udp = cli.server_class(Settings(udp=True), socket.AF_INET)
+    udp = cli.server_class(Settings(udp=True), socket.AF_INET, udp=True)
     assert issubclass(udp, engine.PreforkUDPServer)
-    assert udp.allow_reuse_address is False  # type: ignore[attr-defined]
-    assert issubclass(cli.server_class(Settings(), socket.AF_UNIX), engine.PreforkUnixStreamServer)
+    unix = cli.server_class(Settings(), socket.AF_UNIX, udp=False)
+    assert issubclass(unix, engine.PreforkUnixStreamServer)
     assert issubclass(
-        cli.server_class(Settings(udp=True), socket.AF_UNIX), engine.PreforkUnixDatagramServer
+        cli.server_class(Settings(udp=True), socket.AF_UNIX, udp=True),
+        engine.PreforkUnixDatagramServer,
     )
+
+
+def test_udp_listener_does_not_reuse_the_address() -> None:
+    # SO_REUSEADDR on UDP would let a second server bind the port and take datagrams.
+    from engine import listeners
+
+    with listeners.open_listener("127.0.0.1:0", Settings(udp=True)) as udp:
+        assert udp.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
+    with listeners.open_listener("127.0.0.1:0", Settings()) as tcp:
+        assert tcp.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+        assert tcp.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
+    with listeners.open_listener("127.0.0.1:0", Settings(reuse_port=True)) as shared:
+        assert shared.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
 
 
 def test_ready_callback_runs_once() -> None:
