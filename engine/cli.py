@@ -339,9 +339,9 @@ def run_serve(args: argparse.Namespace, handler_path: str, demo: bool = False) -
         raise ConfigError("udp", True, "false for the demo, a stream protocol")
     if settings.user:
         privileges.resolve(settings.user, settings.group)  # fail before binding anything
-    access = _open_logs(settings)
     if settings.umask is not None:
-        os.umask(settings.umask)
+        os.umask(settings.umask)  # before any file is created: logs, sockets, pidfile
+    access = _open_logs(settings)
     handed_in = listeners.handed_in_source() is not None
     try:
         sockets = open_sockets(settings)

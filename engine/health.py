@@ -128,6 +128,26 @@ class HealthSampler:
             self.master_latest = self.master_health()
         return dict(self.latest)
 
+    def count_running(self, pids: Iterable[int], enough: int) -> int:
+        """How many of *pids* are running or runnable right now (stops at *enough*).
+
+        One read of ``/proc/PID/stat`` each; the pool policy asks this only when it
+        is about to grow a busy pool.
+        """
+        running = 0
+        for pid in pids:
+            try:
+                proc = self._procs.get(pid)
+                if proc is None:
+                    proc = self._procs[pid] = psutil.Process(pid)
+                if proc.status() == psutil.STATUS_RUNNING:
+                    running += 1
+                    if running >= enough:
+                        break
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return running
+
     def master_health(self) -> WorkerHealth:
         """A sample of the calling process (the master) itself.
 

@@ -162,6 +162,9 @@ class Master:
             settings
         )
         self.health = HealthSampler(settings.health_interval, settings.max_worker_memory)
+        self.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1
+        )
         self.status: StatusServer | None = None
 
     # --- the loop ---
@@ -193,10 +196,13 @@ class Master:
 
     def _open_status(self) -> None:
         """Open the status endpoint, before the first fork (workers close its fd)."""
+        handed_in = upgrade.handed_in_status_socket()
         if self.settings.status_bind is None:
+            if handed_in is not None:
+                handed_in.close()  # the new config has no status endpoint
             return
         self.status = StatusServer(
-            self.settings.status_bind, lambda: supervision.status_snapshot(self)
+            self.settings.status_bind, lambda: supervision.status_snapshot(self), handed_in
         )
         self.selector.register(self.status, selectors.EVENT_READ)
         log.info("status on %s", format_address(self.status.address))
@@ -222,6 +228,8 @@ class Master:
         if self.new_master is not None:
             # Our successor serves on the same sockets: they (and their files) are its.
             self.handed_off = True
+            if self.status is not None:
+                self.status.hand_off()
         if self.settings.pidfile:
             pidfile.remove_if_ours(self.settings.pidfile, os.getpid())
         self.kill_all()
@@ -359,7 +367,9 @@ class Master:
         moved = bool(path) and pidfile.set_aside(str(path), os.getpid())
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
         try:
-            self.new_master = upgrade.start_new_master(self.listeners)
+            self.new_master = upgrade.start_new_master(
+                self.listeners, self.status.listener if self.status is not None else None
+            )
         except OSError as exc:
             log.error("upgrade failed: cannot fork: %s", exc)
             if moved:
@@ -385,6 +395,8 @@ class Master:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.old_master, signal.SIGTERM)
         self.old_master = None
+        if self.status is not None:
+            self.status.claim()
 
     def _reap_new_master(self) -> None:
         """Our successor died before taking over: keep serving, restore the pidfile."""
@@ -605,6 +617,7 @@ class Master:
             now=now,
             can_spawn=now >= self.backoff_until,
             can_grow=now >= self.next_growth,
+            cpu_saturated=self._cpu_saturated(views),
         )
         self.batch = decision.next_batch
         if decision.grew:
@@ -664,6 +677,23 @@ class Master:
                 )
             )
         return views
+
+    def _cpu_saturated(self, views: list[pool.WorkerView]) -> bool:
+        """Do busy workers alone keep every CPU of ours running (a CPU-bound load)?
+
+        Only asked when the pool is short of spare workers, so an idle or lightly
+        loaded pool reads nothing from /proc.
+        """
+        if self.settings.pool_mode == "static":
+            return False
+        busy = [
+            self.workers[v.slot].pid for v in views
+            if v.state == WorkerState.BUSY and not v.draining
+        ]
+        spare = sum(1 for v in views if not v.draining and pool.is_spare(v))
+        if len(busy) < self.cpus or spare >= self.settings.min_spare:
+            return False
+        return self.health.count_running(busy, self.cpus) >= self.cpus
 
     def _connections_waiting(self, views: list[pool.WorkerView]) -> bool:
         """Is a connection (or datagram) waiting that no idle worker will take?"""

@@ -182,7 +182,9 @@ class PreforkMixIn:
             self._prefork_handed_off = self._master.handed_off
             # O_NONBLOCK belongs to the open file, which a new master now shares after
             # an upgrade: making it blocking again would hang that master's workers.
-            restore = [] if self._prefork_handed_off else socks
+            # Nor for sockets handed in: their old mode is not known (getblocking()
+            # reports the Python object's view, not the shared file's flag).
+            restore = [] if self._prefork_handed_off or self._prefork_adopted else socks
             for each, blocking in zip(restore, was_blocking, strict=False):
                 with contextlib.suppress(OSError):  # closed meanwhile by server_close()
                     each.setblocking(blocking)

@@ -349,7 +349,10 @@ class StatusServer:
         OSError: the address cannot be bound.
     """
 
-    def __init__(self, bind: str, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(
+        self, bind: str, snapshot: Callable[[], Snapshot],
+        handed_in: socket.socket | None = None,
+    ) -> None:
         self.bind = bind
         self.snapshot = snapshot
         self.client_timeout = CLIENT_TIMEOUT
@@ -357,6 +360,9 @@ class StatusServer:
         self._owner_pid = os.getpid()
         self._socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of our file
         family, address = _parse_status_bind(bind)
+        if handed_in is not None:
+            self._adopt(handed_in)
+            return
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             if family == socket.AF_UNIX:
@@ -377,6 +383,28 @@ class StatusServer:
         self.address: Any = sock.getsockname()
         """The bound address: the unix path, or (host, port) with the real port."""
 
+    def _adopt(self, sock: socket.socket) -> None:
+        """Serve a listener handed over by the previous master (SIGUSR2 upgrade)."""
+        sock.setblocking(False)
+        sock.set_inheritable(False)
+        self._sock = sock
+        self.address = sock.getsockname()
+
+    def claim(self) -> None:
+        """The old master is gone: a unix socket file handed in is now ours to remove.
+
+        Not before: a new master that fails during the upgrade must leave the file to
+        the old master, which goes on serving.
+        """
+        if isinstance(self.address, str) and self.address and self.path is None:
+            with contextlib.suppress(OSError):
+                st = os.stat(self.address)
+                self.path, self._socket_id = self.address, (st.st_dev, st.st_ino)
+
+    def hand_off(self) -> None:
+        """Leave the unix socket file in place: a new master serves this listener now."""
+        self.path = None
+
     def _bind_unix(self, sock: socket.socket, path: str) -> None:
         _remove_stale_socket(path)
         # On Linux bind() creates the file with the socket inode's mode (minus the
@@ -390,6 +418,11 @@ class StatusServer:
         st = os.stat(path)
         self._socket_id = (st.st_dev, st.st_ino)
         os.chmod(path, 0o600)  # where fchmod is not honoured, close the window now
+
+    @property
+    def listener(self) -> socket.socket:
+        """The listening socket (handed to a new master in a SIGUSR2 upgrade)."""
+        return self._sock
 
     def fileno(self) -> int:
         """The listening socket's fd, to register with the master's selector."""

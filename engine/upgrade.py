@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from engine.listeners import UPGRADE_FDS_VARIABLE
 
 UPGRADE_FROM_VARIABLE = "ENGINE_UPGRADE_FROM"
+STATUS_FD_VARIABLE = "ENGINE_STATUS_FD"
 
 
 def command_line() -> list[str]:
@@ -28,7 +29,9 @@ def command_line() -> list[str]:
     return [sys.executable, *sys.orig_argv[1:]]
 
 
-def start_new_master(listeners: Sequence[socket.socket]) -> int:
+def start_new_master(
+    listeners: Sequence[socket.socket], status: socket.socket | None = None
+) -> int:
     """Fork and exec a new master that inherits *listeners*; return its pid.
 
     Call with the master's signals blocked (as around a worker's fork): the child
@@ -41,12 +44,16 @@ def start_new_master(listeners: Sequence[socket.socket]) -> int:
     environment = dict(os.environ)
     environment[UPGRADE_FDS_VARIABLE] = ",".join(str(s.fileno()) for s in listeners)
     environment[UPGRADE_FROM_VARIABLE] = str(os.getpid())
+    inherited = list(listeners)
+    if status is not None:  # the status endpoint moves over too: its address is taken
+        environment[STATUS_FD_VARIABLE] = str(status.fileno())
+        inherited.append(status)
     pid = os.fork()
     if pid:
         return pid
     # The child: nothing here may return into the master's code.
     try:
-        for sock in listeners:
+        for sock in inherited:
             os.set_inheritable(sock.fileno(), True)
         with contextlib.suppress(ValueError):
             signal.set_wakeup_fd(-1)
@@ -56,6 +63,17 @@ def start_new_master(listeners: Sequence[socket.socket]) -> int:
         with contextlib.suppress(Exception):
             os.write(2, f"engine: upgrade: cannot exec {argv!r}: {exc}\n".encode())
     os._exit(127)
+
+
+def handed_in_status_socket() -> socket.socket | None:
+    """The status listener the previous master handed over, if any (taken once)."""
+    value = os.environ.pop(STATUS_FD_VARIABLE, "")
+    if not value.isdigit():
+        return None
+    try:
+        return socket.socket(fileno=int(value))
+    except OSError:
+        return None
 
 
 def old_master_pid() -> int | None:

@@ -6,6 +6,7 @@ its child, re-parented to the test process (a subreaper) when the old one exits.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.cli import CLI, READY
+from tests.cli import CLI, READY, run_cli
 from tests.support import EngineProcess, LoadLoop, assert_no_leftovers, tcp_exchange, wait_until
 
 Start = Callable[..., EngineProcess]
@@ -86,6 +87,12 @@ def notifications(sock: socket.socket) -> list[str]:
             return messages
 
 
+def status_master_pid(path: Path) -> int:
+    result = run_cli(["status", "--status-bind", f"unix:{path}", "--json"])
+    assert result.returncode == 0, result.stderr
+    return int(json.loads(result.stdout)["master"]["pid"])
+
+
 def stop_adopted(pid: int) -> int:
     """SIGTERM a master re-parented to us and reap it; return its exit status."""
     os.kill(pid, signal.SIGTERM)
@@ -105,9 +112,10 @@ def test_sigusr2_upgrade_under_load_refuses_and_drops_nothing(
         "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
     }
+    status = tmp_path / "status.sock"
     engine = engine_proc(CLI, env=env, args=[
         "serve", "upgrade_app:Versioned", "--bind", "127.0.0.1:0", "--pidfile", str(pidfile),
-        "--workers", "2", "--pool-mode", "static",
+        "--workers", "2", "--pool-mode", "static", "--status-bind", f"unix:{status}",
     ])
     old = engine.pid
     assert read_pid(pidfile) == old
@@ -138,9 +146,12 @@ def test_sigusr2_upgrade_under_load_refuses_and_drops_nothing(
     assert f"upgrade: started new master pid {new}" in log
     assert f"stopping the old master {old}" in log
     assert "Traceback" not in log
+    # The status endpoint moved over with the sockets (its address was taken).
+    assert status_master_pid(status) == new
     workers = {c.pid for c in psutil.Process(new).children()}
     assert stop_adopted(new) == 0
     assert not pidfile.exists()
+    assert not status.exists()  # claimed by the new master once it took over
     assert_no_leftovers(workers | {new})
     notify.close()
 
@@ -149,19 +160,28 @@ def test_failed_upgrade_keeps_the_old_master_serving(engine_proc: Start, tmp_pat
     write_app(tmp_path, "v1")
     pidfile = tmp_path / "engine.pid"
     env = {**READY, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    status = tmp_path / "status.sock"
     engine = engine_proc(CLI, env=env, args=[
         "serve", "upgrade_app:Versioned", "--bind", "127.0.0.1:0", "--pidfile", str(pidfile),
-        "--workers", "1", "--pool-mode", "static",
+        "--workers", "1", "--pool-mode", "static", "--status-bind", f"unix:{status}",
     ])
-    # The new code does not import: the new master exits before taking over.
-    (tmp_path / "upgrade_app.py").write_text("raise RuntimeError('broken release')\n")
+    # The new release's workers die as they boot: the new master adopts the sockets and
+    # the status endpoint, forks, backs off, gives up (exit 3) and must hand nothing back
+    # changed (the sockets stay non-blocking, the status file stays).
+    write_app(tmp_path, "v2")
+    with open(tmp_path / "upgrade_app.py", "a") as app:
+        app.write("os.register_at_fork(after_in_child=lambda: os._exit(1))\n")
     os.kill(engine.pid, signal.SIGUSR2)
     wait_until(lambda: "upgrade failed: new master" in engine.log(), 20, "the failure logged")
     wait_until(lambda: read_pid(pidfile) == engine.pid, 10, "the pidfile restored")
     assert not Path(str(pidfile) + ".oldbin").exists()
     assert tcp_exchange(engine.address, b"still\n").startswith(b"v1 ")
+    assert "no worker could boot" in engine.log()
+    assert status_master_pid(status) == engine.pid  # the failed master left it alone
+    for _ in range(20):  # every old worker still takes connections (none blocks in accept)
+        assert tcp_exchange(engine.address, b"x\n").startswith(b"v1 ")
     engine.signal(signal.SIGTERM)
-    assert engine.wait(timeout=30) == 0
+    assert engine.wait(timeout=10) == 0  # promptly: no worker stuck in a blocking accept
     assert not pidfile.exists()
 
 

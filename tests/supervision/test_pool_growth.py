@@ -1,0 +1,68 @@
+"""A dynamic pool grows for I/O-bound load, not for CPU-bound load it cannot speed up."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from tests.apps.prefork_apps import program
+from tests.support import EngineProcess, PeakChildren, tcp_exchange
+
+CPUS = len(os.sched_getaffinity(0))
+
+# Each request burns ~15 ms of CPU ("BURN") or sleeps as long ("SLEEP" in PidEcho).
+BURN_HANDLER = '''
+class Burn(StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            end = time.process_time() + 0.015
+            while time.process_time() < end:
+                pass
+            self.wfile.write(b"%d %s" % (os.getpid(), line))
+'''
+
+
+def load(address: object, payload: bytes, clients: int, seconds: float) -> int:
+    """*clients* threads sending requests back to back for *seconds*; return failures."""
+    failures = []
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        for _ in range(10_000):  # bounded in count as well as in time
+            if time.monotonic() > deadline:
+                return
+            try:
+                tcp_exchange(address, payload)
+            except OSError as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    return len(failures)
+
+
+def pool_peak(engine_proc: Callable[..., EngineProcess], handler: str, payload: bytes,
+              before: str = "") -> int:
+    engine = engine_proc(program(
+        handler=handler, before=before,
+        attrs=f"workers = {CPUS}\nmax_children = 40\nmin_spare = 2\nmax_spare = 40",
+    ))
+    with PeakChildren(engine.pid) as watch:
+        assert load(engine.address, payload, clients=16, seconds=3.0) == 0
+    return watch.peak
+
+
+def test_cpu_bound_load_does_not_fork_past_what_the_cpus_can_run(engine_proc) -> None:
+    peak = pool_peak(engine_proc, "Burn", b"x\n", before=BURN_HANDLER + "import time\n")
+    # Without the saturation check this climbs towards 16 clients + 2 spares.
+    assert peak <= CPUS + 6, peak
+
+
+def test_io_bound_load_still_grows_the_pool(engine_proc) -> None:
+    peak = pool_peak(engine_proc, "PidEcho", b"SLEEP 0.015\n")
+    assert peak >= 12, peak
