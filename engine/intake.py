@@ -1,0 +1,64 @@
+"""Build the workers' connection intake (PROXY header, access lists, TLS, client timeout).
+
+:func:`build_intake` is called once by the master, before it forks and before it drops
+privileges; the :class:`workers.intake.Intake` it returns is inherited by every worker,
+which calls ``admit()`` on each connection before ``verify_request``.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from engine import tls
+from engine.config import Settings
+from engine.errors import ConfigError
+from workers.intake import Intake
+
+
+def build_intake(settings: Settings, server: Any) -> Intake | None:
+    """The intake for *server*, or None when no intake setting is in use.
+
+    None keeps the worker's hot path exactly as without this feature. For a datagram
+    server only ``allow_from`` / ``deny_from`` apply (``client_timeout`` is a
+    per-connection socket timeout: a datagram server has one shared socket).
+
+    Raises:
+        engine.errors.ConfigError: a TLS file is missing or invalid (naming
+            ``certfile``, ``keyfile`` or ``ca_certs``), or TLS / PROXY protocol is
+            asked of a datagram server.
+    """
+    context = tls.server_context(settings, server)
+    if getattr(server, "socket_type", socket.SOCK_STREAM) == socket.SOCK_DGRAM:
+        return _datagram_intake(settings, context)
+    enabled = (
+        context is not None
+        or settings.proxy_protocol
+        or settings.allow_from
+        or settings.deny_from
+        or settings.client_timeout is not None
+    )
+    if not enabled:
+        return None
+    return Intake(
+        handshake_timeout=settings.handshake_timeout,
+        proxy_protocol=settings.proxy_protocol,
+        proxy_allow_from=settings.proxy_allow_from,
+        allow_from=settings.allow_from,
+        deny_from=settings.deny_from,
+        client_timeout=settings.client_timeout,
+        ssl_context=context,
+    )
+
+
+def _datagram_intake(settings: Settings, context: Any) -> Intake | None:
+    allowed = "unset for a datagram server (it applies to stream connections)"
+    if context is not None:
+        if settings.certfile is not None:
+            raise ConfigError("certfile", settings.certfile, allowed)
+        raise ConfigError("ssl_context", context, allowed)
+    if settings.proxy_protocol:
+        raise ConfigError("proxy_protocol", settings.proxy_protocol, allowed)
+    if not (settings.allow_from or settings.deny_from):
+        return None
+    return Intake(allow_from=settings.allow_from, deny_from=settings.deny_from)

@@ -1,0 +1,266 @@
+"""The connection intake: what a worker does with a connection before the handler sees it.
+
+:meth:`Intake.admit` runs in the worker, in the request's thread, before
+``server.verify_request``. In order:
+
+1. **PROXY header** (``proxy_protocol``): the peer must be a trusted proxy
+   (``proxy_allow_from``); the header is read within ``handshake_timeout`` and the
+   client address it carries replaces the peer's (v1 ``UNKNOWN`` and v2 ``LOCAL`` keep
+   the peer's). The bytes after the header stay in the socket for the handler.
+2. **Access lists**: ``allow_from`` then ``deny_from``, checked against the real client
+   address (after step 1).
+3. **TLS**: the handshake, within what is left of ``handshake_timeout``; the request
+   becomes an ``ssl.SSLSocket``.
+4. **client_timeout**: set on the socket (a handler's own ``timeout`` attribute still
+   overrides it in ``StreamRequestHandler.setup``).
+
+Datagram requests (``(data, socket)``) only get step 2. A connection refused at any step
+is closed here, with one line on the ``engine.intake`` logger:
+
+* WARNING: a PROXY header from an untrusted peer, or a malformed one: a misconfigured
+  proxy or someone forging addresses, which an operator should look at;
+* INFO: a client denied by the access lists, a TLS handshake that failed (wrong
+  version, no or bad certificate), a PROXY header or handshake that timed out;
+* DEBUG: connections closed or reset by the client before anything was said (port
+  scanners, TCP health checks) and denied datagrams (cheap to spoof, so they must not be
+  able to flood the log).
+
+Addresses that are not IP addresses (Unix-socket peers) are outside every network: a
+non-empty ``allow_from`` refuses them, ``deny_from`` never matches them. They are
+trusted to send PROXY headers: who may connect to a Unix socket is decided by its file
+permissions, and the trust list has no way to name them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import math
+import select
+import ssl
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from workers.protocol import format_address
+from workers.proxy_protocol import HeaderTruncated, ProxyProtocolError, read_header
+
+log = logging.getLogger("engine.intake")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Networks:
+    """A set of IP networks, parsed once, for fast membership tests."""
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        networks = [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+        self._v4 = tuple(n for n in networks if isinstance(n, ipaddress.IPv4Network))
+        self._v6 = tuple(n for n in networks if isinstance(n, ipaddress.IPv6Network))
+
+    def __bool__(self) -> bool:
+        return bool(self._v4 or self._v6)
+
+    def __contains__(self, ip: object) -> bool:
+        if isinstance(ip, ipaddress.IPv4Address):
+            return any(ip in network for network in self._v4)
+        if isinstance(ip, ipaddress.IPv6Address):
+            if any(ip in network for network in self._v6):
+                return True
+            # An IPv4 client on a dual-stack socket is ::ffff:a.b.c.d.
+            mapped = ip.ipv4_mapped
+            return mapped is not None and any(mapped in network for network in self._v4)
+        return False
+
+
+def client_ip(address: Any) -> IPAddress | None:
+    """The IP address of a socket address, or None (Unix sockets, unnamed peers)."""
+    if not isinstance(address, tuple) or not address or not isinstance(address[0], str):
+        return None
+    try:
+        return ipaddress.ip_address(address[0].partition("%")[0])  # no IPv6 scope id
+    except ValueError:
+        return None
+
+
+class Intake:
+    """Admits (or closes) each connection before the classic pipeline; see the module.
+
+    The worker shares one instance between its threads: it holds no per-connection
+    state. Settings are taken in the form the engine's registry validated (CIDR strings,
+    seconds) and parsed once here.
+    """
+
+    def __init__(
+        self,
+        *,
+        handshake_timeout: float = 10.0,
+        proxy_protocol: bool = False,
+        proxy_allow_from: Iterable[str] = ("127.0.0.1/32", "::1/128"),
+        allow_from: Iterable[str] = (),
+        deny_from: Iterable[str] = (),
+        client_timeout: float | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.handshake_timeout = handshake_timeout
+        self.proxy_protocol = proxy_protocol
+        self.proxy_allow_from = Networks(proxy_allow_from)
+        self.allow_from = Networks(allow_from)
+        self.deny_from = Networks(deny_from)
+        self.client_timeout = client_timeout
+        self.ssl_context = ssl_context
+
+    def admit(self, request: Any, client_address: Any) -> tuple[Any, Any] | None:
+        """Return the request and client address to serve, or None if it was refused.
+
+        The returned request may be a new object (an ``ssl.SSLSocket``) and the address
+        the one from a PROXY header. On None the connection is already closed and one
+        line logged. Client misbehaviour (garbage, resets, EOF, timeouts) never raises.
+        """
+        if isinstance(request, tuple):  # a datagram: (data, the server's socket)
+            reason = self.refusal(client_address)
+            if reason is None:
+                return request, client_address
+            log.debug("dropped datagram from %s: %s", format_address(client_address), reason)
+            return None  # never close: the socket is the server's own
+        try:
+            return self._admit_stream(request, client_address)
+        except BaseException:
+            # A bug, or SystemExit & co. on the way out: the connection must not leak.
+            _close(request)
+            raise
+
+    def refusal(self, client_address: Any) -> str | None:
+        """Why the access lists refuse *client_address*, or None if they let it in."""
+        if not (self.allow_from or self.deny_from):
+            return None
+        ip = client_ip(client_address)
+        if self.allow_from and ip not in self.allow_from:
+            return "not in allow_from"
+        if ip is not None and ip in self.deny_from:
+            return "in deny_from"
+        return None
+
+    # --- streams ---
+
+    def _admit_stream(self, request: Any, client_address: Any) -> tuple[Any, Any] | None:
+        deadline = time.monotonic() + self.handshake_timeout
+        peer = client_address
+        if self.proxy_protocol:
+            client_address = self._proxy_header(request, peer, deadline)
+            if client_address is None:
+                return None
+        reason = self.refusal(client_address)
+        if reason is not None:
+            log.info("refused %s: %s", _describe(client_address, peer), reason)
+            _close(request)
+            return None
+        if self.ssl_context is not None:
+            request = self._handshake(request, client_address, peer, deadline)
+            if request is None:
+                return None
+        elif self.client_timeout is not None:
+            request.settimeout(self.client_timeout)
+        return request, client_address
+
+    def _proxy_header(self, request: Any, peer: Any, deadline: float) -> Any:
+        """The client address from the PROXY header, or None (closed and logged)."""
+        ip = client_ip(peer)
+        if ip is not None and ip not in self.proxy_allow_from:
+            log.warning("closed %s: PROXY header from a peer not in proxy_allow_from",
+                        format_address(peer))
+            _close(request)
+            return None
+        try:
+            header = read_header(request, deadline)
+        except HeaderTruncated as exc:
+            _log_truncated(peer, exc)
+        except ProxyProtocolError as exc:
+            log.warning("closed %s: bad PROXY header: %s", format_address(peer), exc)
+        except TimeoutError:
+            log.info("closed %s: no complete PROXY header within %gs",
+                     format_address(peer), self.handshake_timeout)
+        except OSError as exc:
+            log.debug("closed %s while reading its PROXY header: %s",
+                      format_address(peer), _os_reason(exc))
+        except Exception:
+            log.exception("closed %s: error while reading its PROXY header",
+                          format_address(peer))
+        else:
+            return peer if header.source is None else header.source
+        _close(request)
+        return None
+
+    def _handshake(
+        self, request: Any, client_address: Any, peer: Any, deadline: float
+    ) -> Any:
+        """The TLS socket after a handshake that ended by *deadline*, or None."""
+        assert self.ssl_context is not None
+        who = _describe(client_address, peer)
+        tls: Any = request
+        try:
+            request.setblocking(False)
+            # wrap_socket takes over the descriptor: from here on, close `tls`.
+            tls = self.ssl_context.wrap_socket(
+                request, server_side=True, do_handshake_on_connect=False
+            )
+            _do_handshake(tls, deadline)
+            tls.settimeout(self.client_timeout)
+            return tls
+        except TimeoutError:
+            log.info("closed %s: TLS handshake not done within %gs", who,
+                     self.handshake_timeout)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
+            log.debug("closed %s during the TLS handshake: %s", who, _os_reason(exc))
+        except ssl.SSLError as exc:
+            log.info("closed %s: TLS handshake failed: %s", who, exc.reason or exc)
+        except OSError as exc:
+            log.debug("closed %s during the TLS handshake: %s", who, _os_reason(exc))
+        except Exception:
+            log.exception("closed %s: error during the TLS handshake", who)
+        _close(tls)
+        return None
+
+
+def _do_handshake(tls: ssl.SSLSocket, deadline: float) -> None:
+    """Run a non-blocking handshake to the end, or raise TimeoutError at *deadline*.
+
+    One deadline for the whole handshake: a per-operation socket timeout would let a
+    client that dribbles its ClientHello hold the worker indefinitely.
+    """
+    poller = select.poll()
+    poller.register(tls.fileno(), select.POLLIN)
+    while True:
+        try:
+            tls.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            poller.modify(tls.fileno(), select.POLLIN)
+        except ssl.SSLWantWriteError:
+            poller.modify(tls.fileno(), select.POLLOUT)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not poller.poll(math.ceil(remaining * 1000)):
+            raise TimeoutError("TLS handshake timed out")
+
+
+def _describe(client_address: Any, peer: Any) -> str:
+    if client_address == peer:
+        return format_address(peer)
+    return f"{format_address(client_address)} (via {format_address(peer)})"
+
+
+def _log_truncated(peer: Any, exc: HeaderTruncated) -> None:
+    if exc.received:
+        log.warning("closed %s: bad PROXY header: %s", format_address(peer), exc)
+    else:  # connect-and-close: a TCP health check, a port scan
+        log.debug("closed %s before it sent a PROXY header", format_address(peer))
+
+
+def _os_reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _close(sock: Any) -> None:
+    with contextlib.suppress(Exception):
+        sock.close()
