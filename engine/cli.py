@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine import __version__, listeners, logs, privileges
+from engine import __version__, listeners, logs, privileges, tls
 from engine.config import SECTIONS, Resolved, cli_flag, env_var, registry, resolve
 from engine.config.docs import flag_usage, format_value, is_boolean, is_list
 from engine.config.settings import Settings, class_attr_names, resolved_workers
@@ -265,6 +265,19 @@ class CommandLineServer(PreforkMixIn):
         self._ready()
         super().service_actions()  # type: ignore[misc]
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that reset, hung up or timed out: one log line, not a traceback.
+
+        Those are the client's doing and routine on a busy server (gunicorn logs them
+        the same way); anything else is a handler bug and gets the full traceback.
+        """
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.info("client %s: %s: %s", format_address(client_address),
+                     type(error).__name__, error)
+            return
+        super().handle_error(request, client_address)  # type: ignore[misc]
+
     def _ready(self) -> None:
         callback, self.on_ready = self.on_ready, None
         if callback is not None:
@@ -337,8 +350,12 @@ def run_serve(args: argparse.Namespace, handler_path: str, demo: bool = False) -
     settings = resolved.settings
     if demo and settings.udp:
         raise ConfigError("udp", True, "false for the demo, a stream protocol")
+    # Settings that need the system to check (accounts, certificates): fail before
+    # binding anything. The master builds the real TLS context again, before forking.
     if settings.user:
-        privileges.resolve(settings.user, settings.group)  # fail before binding anything
+        privileges.resolve(settings.user, settings.group)
+    if settings.certfile:
+        tls.build_context(settings)
     if settings.umask is not None:
         os.umask(settings.umask)  # before any file is created: logs, sockets, pidfile
     access = _open_logs(settings)

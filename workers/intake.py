@@ -38,6 +38,7 @@ import ipaddress
 import logging
 import math
 import select
+import socket
 import ssl
 import time
 from collections.abc import Iterable
@@ -188,7 +189,13 @@ class Intake:
             log.exception("closed %s: error while reading its PROXY header",
                           format_address(peer))
         else:
-            return peer if header.source is None else header.source
+            if header.source is None and _ended_after_header(request, deadline):
+                # The proxy's own connection (v2 LOCAL, v1 UNKNOWN) closed or reset
+                # right after its header: a load balancer's TCP health check.
+                log.debug("closed %s: health check (%s header, then closed)",
+                          format_address(peer), header.command)
+            else:
+                return peer if header.source is None else header.source
         _close(request)
         return None
 
@@ -255,6 +262,24 @@ def _log_truncated(peer: Any, exc: HeaderTruncated) -> None:
         log.warning("closed %s: bad PROXY header: %s", format_address(peer), exc)
     else:  # connect-and-close: a TCP health check, a port scan
         log.debug("closed %s before it sent a PROXY header", format_address(peer))
+
+
+def _ended_after_header(sock: Any, deadline: float) -> bool:
+    """True if the peer closes or resets *sock* within 0.1 s (at most until *deadline*)
+    without sending anything more. A server-speaks-first protocol's check, which waits
+    for the server, costs at most that 0.1 s before the handler runs."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    wait = min(0.1, max(0.0, deadline - time.monotonic()))
+    if not poller.poll(math.ceil(wait * 1000)):
+        return False
+    try:
+        pending: bytes = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:  # ECONNRESET: HAProxy ends its checks with a reset
+        return True
+    return pending == b""
 
 
 def _os_reason(exc: BaseException) -> str:

@@ -95,6 +95,10 @@ class Scoreboard:
         _CLIENT.pack_into(self._map, base + 64, client)
         _ACTIVE.pack_into(self._map, base + 56, active)
 
+    def client(self, slot: int, client: bytes) -> None:
+        """The real client of the current connection (after a PROXY header)."""
+        _CLIENT.pack_into(self._map, slot * SLOT_SIZE + 64, client)
+
     def idle(self, slot: int, now: float, requests: int) -> None:
         """The worker finished its connections and has served *requests* in all."""
         base = slot * SLOT_SIZE

@@ -345,6 +345,8 @@ class Worker:
             admitted = intake.admit(request, client_address)
             if admitted is None:
                 return client_address  # closed and logged by the intake
+            if admitted[1] != client_address:  # a PROXY header named the real client
+                self.scoreboard.client(self.spec.slot, format_client(admitted[1]))
             request, client_address = admitted
         try:
             if server.verify_request(request, client_address):

@@ -143,7 +143,8 @@ class Settings:
     )
     proxy_allow_from: tuple[str, ...] = setting(
         ("127.0.0.1/32", "::1/128"), "Peers trusted to send PROXY headers (CIDR list); other "
-        "peers are closed with a log line.",
+        "peers are closed with a log line. Unix-socket peers are always trusted (the "
+        "socket file's permissions decide who may connect).",
         "clients", v.cidr_list, metavar="CIDR",
     )
     allow_from: tuple[str, ...] = setting(
