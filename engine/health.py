@@ -129,11 +129,7 @@ class HealthSampler:
         return dict(self.latest)
 
     def count_running(self, pids: Iterable[int], enough: int) -> int:
-        """How many of *pids* are running or runnable right now (stops at *enough*).
-
-        One read of ``/proc/PID/stat`` each; the pool policy asks this only when it
-        is about to grow a busy pool.
-        """
+        """How many of *pids* are running or runnable right now (stops at *enough*)."""
         running = 0
         for pid in pids:
             try:
@@ -277,3 +273,32 @@ def _fd_limit(proc: psutil.Process) -> int:
 
 def _mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB"
+
+
+class IdleMeter:
+    """The machine's idle CPU share between two readings of ``/proc/stat`` (psutil).
+
+    The pool policy asks it only when it is about to grow a busy pool: if the CPUs
+    had no idle time since the last reading, another worker process could not run
+    any sooner than the busy ones, so forking it adds nothing but memory and context
+    switches.
+    """
+
+    MIN_INTERVAL = 0.05  # shorter intervals are mostly clock-tick noise
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float, float] | None = None  # (when, idle, total)
+        self._share: float | None = None
+
+    def idle_share(self, now: float) -> float | None:
+        """Idle time / all CPU time since the previous call (None on the first one)."""
+        if self._last is not None and now - self._last[0] < self.MIN_INTERVAL:
+            return self._share
+        times = psutil.cpu_times()
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        total = sum(times)
+        if self._last is not None:
+            spent = total - self._last[2]
+            self._share = (idle - self._last[1]) / spent if spent > 0 else None
+        self._last = (now, idle, total)
+        return self._share

@@ -40,7 +40,7 @@ from engine import listeners, pidfile, pool, privileges, sdnotify, supervision, 
 from engine.config import Settings, resolved_workers
 from engine.errors import MasterFatalError
 from engine.exits import describe_exit
-from engine.health import HealthSampler
+from engine.health import HealthSampler, IdleMeter
 from engine.intake import build_intake
 from engine.logs import access_logger
 from engine.proctitle import format_address, master_title, titled, worker_title
@@ -61,6 +61,8 @@ ABORT_GRACE = 1.0
 # Ticks: short while the pool is changing, long when all is quiet.
 BUSY_TICK = 0.1
 QUIET_TICK = 1.0
+# Below this share of idle CPU time the machine counts as saturated: no pool growth.
+SATURATED_IDLE_SHARE = 0.05
 # Without signals (serve_forever in a thread) child exits are found by polling.
 NO_SIGNAL_TICK = 0.05
 
@@ -162,6 +164,7 @@ class Master:
             settings
         )
         self.health = HealthSampler(settings.health_interval, settings.max_worker_memory)
+        self.idle_meter = IdleMeter()
         self.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1
         )
@@ -679,10 +682,13 @@ class Master:
         return views
 
     def _cpu_saturated(self, views: list[pool.WorkerView]) -> bool:
-        """Do busy workers alone keep every CPU of ours running (a CPU-bound load)?
+        """Is the load CPU-bound, with no CPU time left for another worker?
 
-        Only asked when the pool is short of spare workers, so an idle or lightly
-        loaded pool reads nothing from /proc.
+        Yes when the CPUs had no idle time since the last look, at least one worker
+        per CPU is busy, and busy workers are running rather than asleep in their
+        handlers (I/O-bound workers next to a CPU-hungry neighbour still get more
+        company). Only asked when the pool is short of spare workers, so a quiet pool
+        reads nothing from /proc.
         """
         if self.settings.pool_mode == "static":
             return False
@@ -693,7 +699,11 @@ class Master:
         spare = sum(1 for v in views if not v.draining and pool.is_spare(v))
         if len(busy) < self.cpus or spare >= self.settings.min_spare:
             return False
-        return self.health.count_running(busy, self.cpus) >= self.cpus
+        idle = self.idle_meter.idle_share(time.monotonic())
+        if idle is None or idle >= SATURATED_IDLE_SHARE:
+            return False
+        running_needed = (self.cpus + 1) // 2
+        return self.health.count_running(busy, running_needed) >= running_needed
 
     def _connections_waiting(self, views: list[pool.WorkerView]) -> bool:
         """Is a connection (or datagram) waiting that no idle worker will take?"""

@@ -12,10 +12,11 @@ Modes (PHP-FPM's names):
 * ``ondemand``: fork when connections wait and nobody is idle; retire any worker
   idle for ``idle_timeout`` (down to ``target``, which defaults to 0).
 
-Growth above ``target`` stops while busy workers alone keep every CPU running
-(``cpu_saturated``): a CPU-bound load gains nothing from more processes, only context
-switches and memory. Apache and PHP-FPM keep forking to their spare targets here; an
-I/O-bound load (workers asleep in their handlers) still grows the pool as they do.
+Growth above ``target`` stops while the CPUs have no idle time left and at least one
+worker per CPU is busy (``cpu_saturated``): a CPU-bound load gains nothing from more
+processes, only context switches and memory. Apache and PHP-FPM keep forking to their
+spare targets here; an I/O-bound load (workers asleep in their handlers, CPUs idle)
+still grows the pool as they do.
 
 Growth above ``target`` is rate-limited like Apache's prefork MPM: the batch forked per
 tick doubles (1, 2, 4 ... ``max_spawn_batch``) while more are needed and falls back to 1
@@ -95,9 +96,10 @@ def plan(
         can_spawn: false while the master backs off after failed boots.
         can_grow: false until a tick has passed since the last growth: the batch limit
             is per tick, however often the master wakes up.
-        cpu_saturated: busy workers already keep every CPU running: another process
-            would add context switches and memory, not throughput, so there is no
-            growth above the floor (I/O-bound workers sleep, and the pool still grows).
+        cpu_saturated: the CPUs have no idle time while a worker per CPU is busy:
+            another process would add context switches and memory, not throughput, so
+            there is no growth above the floor (I/O-bound workers sleep, CPUs idle, and
+            the pool still grows).
     """
     result = Plan(next_batch=batch)
     free = params.max_children - len(workers)
