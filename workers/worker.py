@@ -223,11 +223,11 @@ class Worker:
         try:
             epoll.register(self._wake_r, select.EPOLLIN)
             while not self.draining:
-                if self._has_capacity() and self._accept_one():
+                wanted = self._has_capacity()
+                if wanted and self._accept_one():
                     continue
                 # Level-triggered: a full (or backing-off) worker must stop watching the
                 # listener, or it would spin while connections wait for its siblings.
-                wanted = self._has_capacity()
                 if wanted != listening:
                     for listener in listeners:
                         if wanted:
@@ -236,22 +236,27 @@ class Worker:
                             epoll.unregister(listener)
                     listening = wanted
                 events = epoll.poll(self._poll_timeout())
-                now = time.monotonic()
-                self.scoreboard.heartbeat(self.spec.slot, now)
-                for fd, _ in events:
-                    if fd == self._wake_r:
-                        _drain_pipe(fd)
+                if events and all(fd != self._wake_r for fd, _ in events):
+                    continue  # a connection: serving it writes the slot (a heartbeat too)
+                # Timed out, or woken by a signal or a finished thread.
+                self.scoreboard.heartbeat(self.spec.slot, time.monotonic())
+                if events:
+                    _drain_pipe(self._wake_r)
                 if os.getppid() != self.spec.master_pid:
                     raise SystemExit(ExitCode.QUICK)
         finally:
             epoll.close()
 
     def _has_capacity(self) -> bool:
-        if time.monotonic() < self._backoff_until:
-            return False
+        if self._backoff_until:
+            if time.monotonic() < self._backoff_until:
+                return False
+            self._backoff_until = 0.0  # over: back to the clock-free check
         return self.active < self.spec.threads
 
     def _poll_timeout(self) -> float:
+        if not self._backoff_until:
+            return IDLE_WAKE
         wait = self._backoff_until - time.monotonic()
         return min(IDLE_WAKE, wait) if wait > 0 else IDLE_WAKE
 
