@@ -86,7 +86,7 @@ def duration(low: float = 0.0, *, exclusive: bool = False) -> Validator:
             raise ConfigError(name, value, allowed)
         try:
             seconds = float(value.strip()) if isinstance(value, str) else float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a huge int
             raise ConfigError(name, value, allowed) from None
         if not math.isfinite(seconds) or seconds < low or (exclusive and seconds == low):
             raise ConfigError(name, value, allowed)
@@ -107,8 +107,8 @@ def byte_size(name: str, value: Any) -> int:
     if isinstance(value, int) and value >= 0:
         return value
     if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)i?[bB]?\s*", value)
-        if match:
+        match = re.fullmatch(r"\s*(\d{1,30})\s*([kKmMgG]?)i?[bB]?\s*", value)
+        if match:  # 30 digits: far above any memory size, far below int()'s limit
             return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
     raise ConfigError(name, value, allowed)
 

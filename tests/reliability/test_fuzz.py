@@ -10,9 +10,8 @@
   or refused with a ConfigError / exit status 2 naming the setting; never another
   exception, never a traceback.
 
-Two bugs found this way have their own strict-xfail reproductions below; the general
-strategies stay clear of them (over-long digit strings, integers beyond float range)
-so that they keep finding new ones.
+Two bugs found this way (a huge integer duration, an over-long byte size) have their own
+regression tests at the end.
 """
 
 from __future__ import annotations
@@ -303,25 +302,15 @@ def test_cli_check_config_with_random_flag_values(monkeypatch: pytest.MonkeyPatc
 # --------------------------------------------------------------------------- bugs found
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "engine/config/validators.py duration(): float(value) of an int beyond float range "
-    "raises OverflowError, which is not caught (only TypeError/ValueError are): a TOML "
-    "file with graceful_timeout = 1000...0 (400 digits) crashes `engine serve` with a "
-    "traceback instead of exit status 2"
-))
 def test_a_huge_integer_duration_is_a_config_error() -> None:
+    # Found by the fuzzer: float() of an int beyond float range raised OverflowError.
     with pytest.raises(ConfigError) as caught:
         build({"graceful_timeout": 10**400})
     assert caught.value.setting == "graceful_timeout"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine/config/validators.py byte_size(): int() of a digit string longer than "
-    "Python's 4300-digit limit raises ValueError, which is not turned into a "
-    "ConfigError: `engine serve --max-worker-memory 999...9` (5000 digits) exits 1 "
-    "with a traceback instead of exit status 2"
-))
 def test_an_overlong_byte_size_is_a_config_error() -> None:
+    # Found by the fuzzer: int() of a digit string over Python's 4300-digit limit.
     status, _, err = run_main([
         "serve", "engine.examples.echo:EchoHandler", "--check-config",
         "--max-worker-memory", "9" * 5000,
