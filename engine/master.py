@@ -104,6 +104,7 @@ class WorkerSlot:
     idle_since: float | None = None
     last_requests: int = 0
     why_killed: str = ""
+    retiring: bool = False  # left on its own after max_requests
 
 
 class Master:
@@ -478,8 +479,8 @@ class Master:
 
     def drain_worker(self, worker: WorkerSlot, deadline: float) -> None:
         """Tell a worker to finish its connections and exit by *deadline*."""
-        if worker.draining:
-            return
+        if worker.kill_at is not None or (worker.draining and not worker.retiring):
+            return  # told already (a retiring worker still gets the deadline)
         worker.draining = True
         worker.kill_at = deadline
         self.scoreboard.set_draining(worker.slot)
@@ -536,7 +537,7 @@ class Master:
         self.scoreboard.clear(worker.slot)
         if worker.why_killed:
             log.warning("worker %d pid %d killed: %s", worker.slot, worker.pid, worker.why_killed)
-        elif worker.draining or self.state is not MasterState.RUNNING:
+        elif (worker.draining and not worker.retiring) or self.state is not MasterState.RUNNING:
             log.info("worker %d pid %d exited: %s", worker.slot, worker.pid, how)
         elif code == 0 and booted:
             log.info("worker %d pid %d recycled: %s", worker.slot, worker.pid, how)
@@ -572,6 +573,10 @@ class Master:
             if not worker.booted and state in (WorkerState.IDLE, WorkerState.BUSY):
                 worker.booted = True
                 self.boot_failures = 0
+            if not worker.draining and self.scoreboard.is_retiring(worker.slot):
+                # Serving its last request (max_requests): count it as leaving now, so
+                # its replacement is forked while it finishes, not after it is reaped.
+                worker.draining = worker.retiring = True
             if state == WorkerState.IDLE:
                 requests = self.scoreboard.read(worker.slot).requests
                 if worker.idle_since is None or requests != worker.last_requests:

@@ -8,6 +8,7 @@ Layout of a slot (little endian, 128 bytes, hot fields first and contiguous)::
 
     0  pid            i32     48 started        f64 (time.monotonic())
     4  state          u8      56 active         u16 (connections being served)
+    5  retiring       u8      (1: serving its last request, then it exits)
     8  request_start  f64     64 client         64s (current client, UTF-8)
     16 heartbeat      f64
     24 requests       u64
@@ -94,6 +95,14 @@ class Scoreboard:
         _BUSY.pack_into(self._map, base + 4, WorkerState.BUSY, now, now)
         _CLIENT.pack_into(self._map, base + 64, client)
         _ACTIVE.pack_into(self._map, base + 56, active)
+
+    def retiring(self, slot: int) -> None:
+        """The worker serves its last request (max_requests), then exits."""
+        _STATE.pack_into(self._map, slot * SLOT_SIZE + 5, 1)
+
+    def is_retiring(self, slot: int) -> bool:
+        """Has the worker in *slot* announced that it is serving its last request?"""
+        return bool(self._map[slot * SLOT_SIZE + 5])
 
     def client(self, slot: int, client: bytes) -> None:
         """The real client of the current connection (after a PROXY header)."""

@@ -46,6 +46,7 @@ from workers.scoreboard import Scoreboard, format_client
 # Out of file descriptors or memory: back off instead of spinning on accept().
 CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 CAPACITY_BACKOFF = 0.1
+CAPACITY_REPORT_EVERY = 10.0  # seconds between two "accept failed" lines of one worker
 # How often an idle worker wakes to write its heartbeat and check on its master.
 IDLE_WAKE = 1.0
 _PR_SET_PDEATHSIG = 1
@@ -124,6 +125,8 @@ class Worker:
         self._traffic = threading.local()
         self._tcp = False  # count bytes with TCP_INFO (set up when count_bytes is on)
         self._next_listener = 0
+        self._capacity_errors = 0
+        self._next_capacity_report = 0.0
 
     # --- life cycle ---
 
@@ -291,12 +294,8 @@ class Worker:
             return False
         except OSError as exc:
             if exc.errno in CAPACITY_ERRNOS:
-                print(
-                    f"engine: worker {self.spec.slot} pid {os.getpid()}: accept failed "
-                    f"({errno.errorcode.get(exc.errno or 0, exc.errno)}), backing off",
-                    file=sys.stderr,
-                )
                 self._backoff_until = time.monotonic() + CAPACITY_BACKOFF
+                self._report_capacity(exc)
                 return False
             return exc.errno in (errno.ECONNABORTED, errno.EPROTO)
         if self._pool is None:
@@ -320,6 +319,8 @@ class Worker:
         scoreboard, slot = self.scoreboard, self.spec.slot
         started = time.monotonic()
         scoreboard.busy(slot, started, format_client(client_address), 1)
+        if self.spec.max_requests and self.requests + 1 >= self.spec.max_requests:
+            self._announce_retirement()
         try:
             client_address = self._pipeline(request, client_address)
         finally:
@@ -330,6 +331,31 @@ class Worker:
                 self._report(client_address, now - started)
             if self.spec.max_requests and self.requests >= self.spec.max_requests:
                 self.draining = True  # recycle: the master forks a replacement
+
+    def _report_capacity(self, exc: OSError) -> None:
+        """One line per CAPACITY_REPORT_EVERY at most, with the count since the last."""
+        self._capacity_errors += 1
+        now = self._backoff_until
+        if now < self._next_capacity_report:
+            return
+        self._next_capacity_report = now + CAPACITY_REPORT_EVERY
+        count, self._capacity_errors = self._capacity_errors, 0
+        print(
+            f"engine: worker {self.spec.slot} pid {os.getpid()}: accept failed "
+            f"({errno.errorcode.get(exc.errno or 0, exc.errno)}), backing off"
+            + (f" ({count} times since the last report)" if count > 1 else ""),
+            file=sys.stderr,
+        )
+
+    def _announce_retirement(self) -> None:
+        """Before the last request: let the master fork our replacement right now.
+
+        Otherwise the replacement is forked only once we have exited and been reaped,
+        and a small pool has nobody accepting for those milliseconds.
+        """
+        self.scoreboard.retiring(self.spec.slot)
+        with contextlib.suppress(OSError):
+            os.kill(self.spec.master_pid, signal.SIGCHLD)  # a wake-up: the master reaps on it
 
     def _process(self, request: Any, client_address: Any) -> None:
         """One request on a pool thread: the pipeline, then the shared bookkeeping."""
