@@ -63,6 +63,8 @@ BUSY_TICK = 0.1
 QUIET_TICK = 1.0
 # Below this share of idle CPU time the machine counts as saturated: no pool growth.
 SATURATED_IDLE_SHARE = 0.05
+# ...unless no busy worker started its connection this recently: all hold long ones.
+TURNOVER = 0.5
 # Without signals (serve_forever in a thread) child exits are found by polling.
 NO_SIGNAL_TICK = 0.05
 
@@ -697,18 +699,24 @@ class Master:
         """
         if self.settings.pool_mode == "static":
             return False
-        busy = [
-            self.workers[v.slot].pid for v in views
-            if v.state == WorkerState.BUSY and not v.draining
-        ]
+        busy = [v for v in views if v.state == WorkerState.BUSY and not v.draining]
         spare = sum(1 for v in views if not v.draining and pool.is_spare(v))
         if len(busy) < self.cpus or spare >= self.settings.min_spare:
             return False
-        idle = self.idle_meter.idle_share(time.monotonic())
+        now = time.monotonic()
+        # Waiting connections get a worker only when one finishes its connection. If
+        # every busy worker holds a long one (keep-alive), more processes are the only
+        # way to serve them, CPU or not.
+        if not any(
+            now - self.scoreboard.read(v.slot).request_start < TURNOVER for v in busy
+        ):
+            return False
+        idle = self.idle_meter.idle_share(now)
         if idle is None or idle >= SATURATED_IDLE_SHARE:
             return False
         running_needed = (self.cpus + 1) // 2
-        return self.health.count_running(busy, running_needed) >= running_needed
+        pids = [self.workers[v.slot].pid for v in busy]
+        return self.health.count_running(pids, running_needed) >= running_needed
 
     def _connections_waiting(self, views: list[pool.WorkerView]) -> bool:
         """Is a connection (or datagram) waiting that no idle worker will take?"""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 
 from tests.apps.prefork_apps import program
-from tests.support import EngineProcess, PeakChildren, tcp_exchange
+from tests.support import EngineProcess, PeakChildren, tcp_exchange, wait_until
 
 CPUS = len(os.sched_getaffinity(0))
 
@@ -66,3 +67,34 @@ def test_cpu_bound_load_does_not_fork_past_what_the_cpus_can_run(engine_proc) ->
 def test_io_bound_load_still_grows_the_pool(engine_proc) -> None:
     peak = pool_peak(engine_proc, "PidEcho", b"SLEEP 0.015\n")
     assert peak >= 12, peak
+
+
+def test_cpu_bound_keepalive_clients_still_get_a_worker_each(engine_proc) -> None:
+    """Long connections hold their workers: waiting ones need new workers, CPU or not."""
+    engine = engine_proc(program(
+        handler="Burn", before=BURN_HANDLER + "import time\n",
+        attrs=f"workers = {CPUS}\nmax_children = 40\nmin_spare = 1\nmax_spare = 40",
+    ))
+    served: set[int] = set()
+    stop = threading.Event()
+
+    def keepalive_client(index: int) -> None:
+        with socket.create_connection(engine.address, timeout=20) as sock, \
+                sock.makefile("rb") as replies:
+            for _ in range(2_000):  # bounded; the test stops it much sooner
+                if stop.is_set():
+                    return
+                sock.sendall(b"x\n")
+                if not replies.readline():
+                    return
+                served.add(index)
+
+    threads = [threading.Thread(target=keepalive_client, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: len(served) == 12, 20, "every keep-alive client answered")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
