@@ -63,8 +63,8 @@ BUSY_TICK = 0.1
 QUIET_TICK = 1.0
 # Below this share of idle CPU time the machine counts as saturated: no pool growth.
 SATURATED_IDLE_SHARE = 0.05
-# ...unless no busy worker started its connection this recently: all hold long ones.
-TURNOVER = 0.5
+# The span over which idle time and finished connections are counted for that.
+GATE_SPAN = 0.2
 # Without signals (serve_forever in a thread) child exits are found by polling.
 NO_SIGNAL_TICK = 0.05
 
@@ -107,6 +107,7 @@ class WorkerSlot:
     last_requests: int = 0
     why_killed: str = ""
     retiring: bool = False  # left on its own after max_requests
+    gate_requests: int = 0  # its request count at the last growth-gate check
 
 
 class Master:
@@ -168,6 +169,8 @@ class Master:
         )
         self.health = HealthSampler(settings.health_interval, settings.max_worker_memory)
         self.idle_meter = IdleMeter()
+        self.gate_checked = 0.0  # when _cpu_saturated last measured
+        self.gate_saturated = False
         self.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1
         )
@@ -704,12 +707,28 @@ class Master:
         if len(busy) < self.cpus or spare >= self.settings.min_spare:
             return False
         now = time.monotonic()
+        if now - self.gate_checked < GATE_SPAN:
+            return self.gate_saturated  # counts over shorter spans are mostly noise
+        fresh = now - self.gate_checked < 3 * GATE_SPAN
+        self.gate_checked = now
+        measured = self._measure_saturation(busy, now)
+        # A first look only takes the baseline: hold growth for one span rather than
+        # fork blind (a CPU-bound burst would otherwise double the pool meanwhile).
+        self.gate_saturated = measured if fresh else True
+        return self.gate_saturated
+
+    def _measure_saturation(self, busy: list[pool.WorkerView], now: float) -> bool:
         # Waiting connections get a worker only when one finishes its connection. If
-        # every busy worker holds a long one (keep-alive), more processes are the only
-        # way to serve them, CPU or not.
-        if not any(
-            now - self.scoreboard.read(v.slot).request_start < TURNOVER for v in busy
-        ):
+        # busy workers hold long ones (keep-alive) and finish none, more processes are
+        # the only way to serve the others, CPU or not.
+        finished = 0
+        busy_slots = {view.slot for view in busy}
+        for worker in self.workers.values():  # every one, so the next delta is fresh
+            requests = self.scoreboard.read(worker.slot).requests
+            if worker.slot in busy_slots:
+                finished += max(0, requests - worker.gate_requests)
+            worker.gate_requests = requests
+        if finished * 4 < len(busy):  # fewer than one per busy worker per 4 looks
             return False
         idle = self.idle_meter.idle_share(now)
         if idle is None or idle >= SATURATED_IDLE_SHARE:
