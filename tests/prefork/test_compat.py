@@ -61,7 +61,10 @@ def test_ipv6(engine_proc) -> None:
 
 def test_udp(engine_proc) -> None:
     engine = engine_proc(
-        program(server="PreforkUDPServer", handler="PidDatagram", attrs="workers = 2")
+        # static: the answering pids must be the two seen here (a dynamic pool may
+        # fork a spare while a datagram is being answered)
+        program(server="PreforkUDPServer", handler="PidDatagram",
+                attrs="workers = 2\npool_mode = 'static'")
     )
     workers = wait_until(lambda: len(engine.workers()) == 2 and engine.workers(), 10, "pool")
     pids = {str(p.pid).encode() for p in workers}
