@@ -40,7 +40,8 @@ from engine import listeners, pidfile, pool, privileges, sdnotify, supervision, 
 from engine.config import Settings, resolved_workers
 from engine.errors import MasterFatalError
 from engine.exits import describe_exit
-from engine.health import HealthSampler, IdleMeter
+from engine.growth import GrowthGate
+from engine.health import HealthSampler
 from engine.intake import build_intake
 from engine.logs import access_logger
 from engine.proctitle import format_address, master_title, titled, worker_title
@@ -61,10 +62,6 @@ ABORT_GRACE = 1.0
 # Ticks: short while the pool is changing, long when all is quiet.
 BUSY_TICK = 0.1
 QUIET_TICK = 1.0
-# Below this share of idle CPU time the machine counts as saturated: no pool growth.
-SATURATED_IDLE_SHARE = 0.05
-# The span over which idle time and finished connections are counted for that.
-GATE_SPAN = 0.2
 # Without signals (serve_forever in a thread) child exits are found by polling.
 NO_SIGNAL_TICK = 0.05
 
@@ -107,7 +104,6 @@ class WorkerSlot:
     last_requests: int = 0
     why_killed: str = ""
     retiring: bool = False  # left on its own after max_requests
-    gate_requests: int = 0  # its request count at the last growth-gate check
 
 
 class Master:
@@ -141,7 +137,6 @@ class Master:
         )
         self.old_master = upgrade.old_master_pid()  # set when started by SIGUSR2
         self.new_master: int | None = None  # our successor, during an upgrade
-        self.handed_off = False  # the sockets live on in a new master
         self.ready = False
         self.name = settings.proc_name or _handler_name(server)
         self.scoreboard = Scoreboard(settings.max_children)
@@ -168,12 +163,7 @@ class Master:
             settings
         )
         self.health = HealthSampler(settings.health_interval, settings.max_worker_memory)
-        self.idle_meter = IdleMeter()
-        self.gate_checked = 0.0  # when _cpu_saturated last measured
-        self.gate_saturated = False
-        self.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1
-        )
+        self.growth = GrowthGate(self.health)
         self.status: StatusServer | None = None
 
     # --- the loop ---
@@ -234,11 +224,8 @@ class Master:
     def _close(self) -> None:
         """Kill what is left and release the master's resources."""
         sdnotify.notify("STOPPING=1")
-        if self.new_master is not None:
-            # Our successor serves on the same sockets: they (and their files) are its.
-            self.handed_off = True
-            if self.status is not None:
-                self.status.hand_off()
+        if self.handed_off and self.status is not None:
+            self.status.hand_off()  # its file is the successor's now
         if self.settings.pidfile:
             pidfile.remove_if_ours(self.settings.pidfile, os.getpid())
         self.kill_all()
@@ -273,6 +260,11 @@ class Master:
             self._call_service_actions()
         elif not self.workers:
             self.state = MasterState.STOPPED
+
+    @property
+    def handed_off(self) -> bool:
+        """A successor (SIGUSR2) serves on our sockets: they and their files are its."""
+        return self.new_master is not None
 
     @property
     def running(self) -> bool:
@@ -692,50 +684,22 @@ class Master:
         return views
 
     def _cpu_saturated(self, views: list[pool.WorkerView]) -> bool:
-        """Is the load CPU-bound, with no CPU time left for another worker?
+        """Should growth pause for a CPU-bound load (see :mod:`engine.growth`)?
 
-        Yes when the CPUs had no idle time since the last look, at least one worker
-        per CPU is busy, and busy workers are running rather than asleep in their
-        handlers (I/O-bound workers next to a CPU-hungry neighbour still get more
-        company). Only asked when the pool is short of spare workers, so a quiet pool
-        reads nothing from /proc.
+        Only asked when at least one worker per CPU is busy and the pool is short of
+        spare workers, so a quiet pool reads nothing from /proc.
         """
         if self.settings.pool_mode == "static":
             return False
-        busy = [v for v in views if v.state == WorkerState.BUSY and not v.draining]
+        busy = [
+            self.workers[v.slot].pid for v in views
+            if v.state == WorkerState.BUSY and not v.draining
+        ]
         spare = sum(1 for v in views if not v.draining and pool.is_spare(v))
-        if len(busy) < self.cpus or spare >= self.settings.min_spare:
+        if len(busy) < self.growth.cpus or spare >= self.settings.min_spare:
             return False
-        now = time.monotonic()
-        if now - self.gate_checked < GATE_SPAN:
-            return self.gate_saturated  # counts over shorter spans are mostly noise
-        fresh = now - self.gate_checked < 3 * GATE_SPAN
-        self.gate_checked = now
-        measured = self._measure_saturation(busy, now)
-        # A first look only takes the baseline: hold growth for one span rather than
-        # fork blind (a CPU-bound burst would otherwise double the pool meanwhile).
-        self.gate_saturated = measured if fresh else True
-        return self.gate_saturated
-
-    def _measure_saturation(self, busy: list[pool.WorkerView], now: float) -> bool:
-        # Waiting connections get a worker only when one finishes its connection. If
-        # busy workers hold long ones (keep-alive) and finish none, more processes are
-        # the only way to serve the others, CPU or not.
-        finished = 0
-        busy_slots = {view.slot for view in busy}
-        for worker in self.workers.values():  # every one, so the next delta is fresh
-            requests = self.scoreboard.read(worker.slot).requests
-            if worker.slot in busy_slots:
-                finished += max(0, requests - worker.gate_requests)
-            worker.gate_requests = requests
-        if finished * 4 < len(busy):  # fewer than one per busy worker per 4 looks
-            return False
-        idle = self.idle_meter.idle_share(now)
-        if idle is None or idle >= SATURATED_IDLE_SHARE:
-            return False
-        running_needed = (self.cpus + 1) // 2
-        pids = [self.workers[v.slot].pid for v in busy]
-        return self.health.count_running(pids, running_needed) >= running_needed
+        requests = {w.pid: self.scoreboard.read(w.slot).requests for w in self.workers.values()}
+        return self.growth.saturated(busy, requests, time.monotonic())
 
     def _connections_waiting(self, views: list[pool.WorkerView]) -> bool:
         """Is a connection (or datagram) waiting that no idle worker will take?"""

@@ -25,7 +25,6 @@ import errno
 import math
 import os
 import resource
-import selectors
 import signal
 import socket
 import subprocess
@@ -38,6 +37,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from loadtests.procio import read_first_line
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -263,22 +264,12 @@ class Engine:
 
     def _ready_line(self, timeout: float) -> bytes:
         assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        data = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in data:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise EngineError(f"{self.name}: not ready in {timeout:g}s; log:\n"
-                                      f"{self.log()}")
-                if sel.select(remaining):
-                    chunk = os.read(fd, 4096)
-                    if not chunk:
-                        break
-                    data += chunk
-        return data.split(b"\n", 1)[0]
+        try:
+            return read_first_line(self.proc.stdout.fileno(), timeout)
+        except TimeoutError:
+            raise EngineError(
+                f"{self.name}: not ready in {timeout:g}s; log:\n{self.log()}"
+            ) from None
 
     def __enter__(self) -> Engine:
         return self

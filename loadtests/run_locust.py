@@ -29,7 +29,6 @@ import contextlib
 import csv
 import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from loadtests.procio import read_first_line
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -264,21 +265,13 @@ class Engine:
             RunError: the engine exited, or said nothing, within *timeout*.
         """
         assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        data = b""
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)
-            while b"\n" not in data:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise RunError(f"the engine printed no READY line within {timeout:g}s")
-                if selector.select(remaining):
-                    chunk = os.read(fd, 4096)
-                    if not chunk:
-                        raise RunError("the engine exited before it was ready")
-                    data += chunk
-        line = data.split(b"\n", 1)[0].decode(errors="replace")
+        try:
+            first = read_first_line(self.proc.stdout.fileno(), timeout)
+        except TimeoutError:
+            raise RunError(f"the engine printed no READY line within {timeout:g}s") from None
+        if not first:
+            raise RunError("the engine exited before it was ready")
+        line = first.decode(errors="replace")
         if not line.startswith("READY "):
             raise RunError(f"expected the engine's READY line, got {line!r}")
         address = ast.literal_eval(line.removeprefix("READY "))

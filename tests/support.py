@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
 import signal
 import socket
 import subprocess
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
+
+from loadtests.procio import read_first_line
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -280,24 +281,13 @@ def _read_line_with_deadline(
     proc: subprocess.Popen[bytes], timeout: float, log_path: Path
 ) -> bytes:
     assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    data = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while b"\n" not in data:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                kill_tree(proc.pid, proc)
-                raise DeadlineExceeded(
-                    f"server did not get ready in {timeout}s; log:\n{log_path.read_text()}"
-                )
-            if sel.select(remaining):
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break
-                data += chunk
-    return data.split(b"\n", 1)[0]
+    try:
+        return read_first_line(proc.stdout.fileno(), timeout)
+    except TimeoutError:
+        kill_tree(proc.pid, proc)
+        raise DeadlineExceeded(
+            f"server did not get ready in {timeout}s; log:\n{log_path.read_text()}"
+        ) from None
 
 
 def kill_tree(

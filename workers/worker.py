@@ -124,6 +124,8 @@ class Worker:
         self._backoff_until = 0.0
         self._traffic = threading.local()
         self._tcp = False  # count bytes with TCP_INFO (set up when count_bytes is on)
+        # Where requests come from: None is the server's own get_request().
+        self._sources: tuple[socket.socket | None, ...] = (None, *spec.extra_listeners)
         self._next_listener = 0
         self._capacity_errors = 0
         self._next_capacity_report = 0.0
@@ -265,16 +267,15 @@ class Worker:
 
     def _accept_one(self) -> bool:
         """Take one request if one is waiting; return whether one was taken."""
-        extra = self.spec.extra_listeners
-        if not extra:
+        sources = self._sources
+        if len(sources) == 1:
             return self._accept_from(None)
         # Several listeners: start from a different one each time, so none starves.
-        listeners: list[socket.socket | None] = [None, *extra]
         start = self._next_listener
-        self._next_listener = (start + 1) % len(listeners)
+        self._next_listener = (start + 1) % len(sources)
         return any(
-            self._accept_from(listeners[(start + i) % len(listeners)])
-            for i in range(len(listeners))
+            self._accept_from(sources[(start + i) % len(sources)])
+            for i in range(len(sources))
         )
 
     def _accept_from(self, listener: socket.socket | None) -> bool:
@@ -335,7 +336,7 @@ class Worker:
     def _report_capacity(self, exc: OSError) -> None:
         """One line per CAPACITY_REPORT_EVERY at most, with the count since the last."""
         self._capacity_errors += 1
-        now = self._backoff_until
+        now = time.monotonic()
         if now < self._next_capacity_report:
             return
         self._next_capacity_report = now + CAPACITY_REPORT_EVERY
