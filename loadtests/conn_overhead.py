@@ -9,7 +9,7 @@ has connected, sent one line and half-closed before the timer starts, so the clo
 
 * ``floor``: ``accept()``, the handler, ``close()`` (what :mod:`loadtests.floor` does);
 * ``floor + SHUT_WR``: the same with the stdlib's ``shutdown(SHUT_WR)`` before close;
-* ``engine``: the engine's real worker step (``Worker._accept_one``) on a
+* ``engine``: the engine's real worker step (``Worker._take_waiting``) on a
   ``PreforkTCPServer``, as its default settings configure it (with the per-connection
   TCP_INFO byte count if this engine always does it, without if it is opt-in), and the
   same with the count switched the other way;
@@ -21,7 +21,7 @@ has connected, sent one line and half-closed before the timer starts, so the clo
   no lock, no per-connection TCP_INFO, one ``pack_into`` per state change and no
   per-connection formatting of the client address.
 
-It reaches into the engine's internals (``Worker._accept_one``, ``count_traffic``,
+It reaches into the engine's internals (``Worker._take_waiting``, ``count_traffic``,
 ``PreforkMixIn._engine_count_traffic``, the scoreboard layout) and may need updating
 when they change. Rounds are interleaved; medians and minima are printed.
 """
@@ -109,8 +109,8 @@ def engine_step(
     started = time.process_time()
     served = 0
     while served < count:
-        if worker._has_capacity() and worker._accept_one():
-            served += 1
+        if worker._has_capacity() and worker._take_waiting():
+            served = worker.requests
     return (time.process_time() - started) / count * 1e6
 
 

@@ -4,19 +4,20 @@ The master creates it (an anonymous ``MAP_SHARED`` mmap) before forking, so ever
 worker writes its own slot and the master reads them all without any system call.
 Writes on a worker's hot path are one or two ``struct.pack_into`` calls into memory.
 
-Layout of a slot (little endian, 128 bytes, hot fields first and contiguous)::
+Layout of a slot (little endian, 128 bytes). What a worker writes when it takes or
+finishes a connection is contiguous, so that each of those is one ``pack_into``::
 
-    0  pid            i32     48 started        f64 (time.monotonic())
-    4  state          u8      56 active         u16 (connections being served)
-    5  retiring       u8      (1: serving its last request, then it exits)
-    8  request_start  f64     64 client         64s (current client, UTF-8)
-    16 heartbeat      f64
-    24 requests       u64
-    32 bytes_in       u64
-    40 bytes_out      u64
+    0  pid            i32     32 client_port    u16 (0: client_host is the whole address)
+    4  state          u8      34 client_host    62s (UTF-8)
+    5  active         u16     96 bytes_in       u64
+    8  request_start  f64     104 bytes_out     u64
+    16 heartbeat      f64     112 started       f64 (time.monotonic())
+    24 requests       u64     120 retiring      u8 (1: serving its last request, then exits)
 
-All times are ``time.monotonic()`` values, which are comparable across processes on
-the same machine (CLOCK_MONOTONIC).
+``active`` counts the connections being served. The client is stored raw (host and
+port) and formatted by the reader, which keeps the formatting off the worker's hot
+path. All times are ``time.monotonic()`` values, which are comparable across processes
+on the same machine (CLOCK_MONOTONIC).
 """
 
 from __future__ import annotations
@@ -24,21 +25,25 @@ from __future__ import annotations
 import mmap
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from workers.protocol import WorkerState, format_address
 
 SLOT_SIZE = 128
 _PID = struct.Struct("<i")
-_BUSY = struct.Struct("<B3xdd")  # state, request_start, heartbeat
-_IDLE = struct.Struct("<B3xddQ")  # state, request_start, heartbeat, requests
+# state, active, request_start, heartbeat, requests, client_port, client_host
+_BUSY = struct.Struct("<BHxddQH62s")
+_IDLE = struct.Struct("<BHxddQ")  # state, active, request_start, heartbeat, requests
 _STATE = struct.Struct("<B")
-_HEARTBEAT = struct.Struct("<d")
-_BYTES = struct.Struct("<QQ")
-_START = struct.Struct("<dH")  # started, active
 _ACTIVE = struct.Struct("<H")
-_CLIENT = struct.Struct("64s")
-_WHOLE = struct.Struct("<iB3xddQQQdH6x64s")
+_PROGRESS = struct.Struct("<dQ")  # heartbeat, requests
+_HEARTBEAT = struct.Struct("<d")
+_CLIENT = struct.Struct("<H62s")
+_BYTES = struct.Struct("<QQ")
+_STARTED = struct.Struct("<d")
+_WHOLE = struct.Struct("<iBHxddQH62sQQdB7x")
 assert _WHOLE.size == SLOT_SIZE
+_CLIENT_OFFSET, _BYTES_OFFSET, _STARTED_OFFSET, _RETIRING_OFFSET = 32, 96, 112, 120
 
 
 @dataclass(frozen=True)
@@ -86,40 +91,54 @@ class Scoreboard:
         """A freshly forked worker claims its slot (state STARTING)."""
         base = slot * SLOT_SIZE
         _PID.pack_into(self._map, base, pid)
-        _BUSY.pack_into(self._map, base + 4, WorkerState.STARTING, 0.0, now)
-        _START.pack_into(self._map, base + 48, now, 0)
+        _IDLE.pack_into(self._map, base + 4, WorkerState.STARTING, 0, 0.0, now, 0)
+        _STARTED.pack_into(self._map, base + _STARTED_OFFSET, now)
 
-    def busy(self, slot: int, now: float, client: bytes, active: int = 1) -> None:
-        """The worker took a connection from *client*; it now serves *active* ones."""
-        base = slot * SLOT_SIZE
-        _BUSY.pack_into(self._map, base + 4, WorkerState.BUSY, now, now)
-        _CLIENT.pack_into(self._map, base + 64, client)
-        _ACTIVE.pack_into(self._map, base + 56, active)
+    def busy(self, slot: int, now: float, requests: int, active: int, client: Any) -> None:
+        """The worker took a connection from *client* (an address); it serves *active*.
+
+        *requests* is the count of connections finished so far (unchanged). One write:
+        this is on every connection's path.
+        """
+        base = slot * SLOT_SIZE + 4
+        try:  # (host, port, ...) is stored raw: the common case, no formatting here
+            _BUSY.pack_into(
+                self._map, base, WorkerState.BUSY, active, now, now, requests,
+                client[1], client[0].encode(),
+            )
+        except Exception:  # anything else (a Unix address...) is stored formatted
+            _BUSY.pack_into(
+                self._map, base, WorkerState.BUSY, active, now, now, requests,
+                0, _formatted(client),
+            )
 
     def retiring(self, slot: int) -> None:
         """The worker serves its last request (max_requests), then exits."""
-        _STATE.pack_into(self._map, slot * SLOT_SIZE + 5, 1)
+        _STATE.pack_into(self._map, slot * SLOT_SIZE + _RETIRING_OFFSET, 1)
 
     def is_retiring(self, slot: int) -> bool:
         """Has the worker in *slot* announced that it is serving its last request?"""
-        return bool(self._map[slot * SLOT_SIZE + 5])
+        return bool(self._map[slot * SLOT_SIZE + _RETIRING_OFFSET])
 
-    def client(self, slot: int, client: bytes) -> None:
+    def client(self, slot: int, client: Any) -> None:
         """The real client of the current connection (after a PROXY header)."""
-        _CLIENT.pack_into(self._map, slot * SLOT_SIZE + 64, client)
+        base = slot * SLOT_SIZE + _CLIENT_OFFSET
+        try:
+            _CLIENT.pack_into(self._map, base, client[1], client[0].encode())
+        except Exception:
+            _CLIENT.pack_into(self._map, base, 0, _formatted(client))
 
     def idle(self, slot: int, now: float, requests: int) -> None:
         """The worker finished its connections and has served *requests* in all."""
-        base = slot * SLOT_SIZE
-        _IDLE.pack_into(self._map, base + 4, WorkerState.IDLE, 0.0, now, requests)
-        _ACTIVE.pack_into(self._map, base + 56, 0)
+        _IDLE.pack_into(
+            self._map, slot * SLOT_SIZE + 4, WorkerState.IDLE, 0, 0.0, now, requests
+        )
 
     def progress(self, slot: int, now: float, requests: int, active: int) -> None:
         """A threaded worker finished one connection and still serves *active* ones."""
         base = slot * SLOT_SIZE
-        _HEARTBEAT.pack_into(self._map, base + 16, now)
-        struct.pack_into("<Q", self._map, base + 24, requests)
-        _ACTIVE.pack_into(self._map, base + 56, active)
+        _ACTIVE.pack_into(self._map, base + 5, active)
+        _PROGRESS.pack_into(self._map, base + 16, now, requests)
 
     def heartbeat(self, slot: int, now: float) -> None:
         """The worker is alive (written on idle wake-ups)."""
@@ -127,7 +146,7 @@ class Scoreboard:
 
     def add_bytes(self, slot: int, bytes_in: int, bytes_out: int) -> None:
         """Add one connection's traffic to the slot's totals."""
-        base = slot * SLOT_SIZE + 32
+        base = slot * SLOT_SIZE + _BYTES_OFFSET
         total_in, total_out = _BYTES.unpack_from(self._map, base)
         _BYTES.pack_into(self._map, base, total_in + bytes_in, total_out + bytes_out)
 
@@ -143,9 +162,10 @@ class Scoreboard:
 
     def read(self, slot: int) -> SlotRecord:
         """A copy of one slot."""
-        (pid, state, start, beat, requests, b_in, b_out, started, active, client) = (
+        (pid, state, active, start, beat, requests, port, host, b_in, b_out, started, _) = (
             _WHOLE.unpack_from(self._map, slot * SLOT_SIZE)
         )
+        text = host.rstrip(b"\0").decode("utf-8", "replace")
         return SlotRecord(
             slot=slot,
             pid=pid,
@@ -157,10 +177,10 @@ class Scoreboard:
             bytes_out=b_out,
             started=started,
             active=active,
-            client=client.rstrip(b"\0").decode("utf-8", "replace"),
+            client=format_address((text, port)) if port else text,
         )
 
 
-def format_client(address: object) -> bytes:
-    """A client address for the scoreboard: :func:`format_address`, at most 64 bytes."""
-    return format_address(address).encode("utf-8", "replace")[:64]
+def _formatted(address: object) -> bytes:
+    """A client address that is not (host, port): as :func:`format_address` writes it."""
+    return format_address(address).encode("utf-8", "replace")

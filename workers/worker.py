@@ -41,12 +41,14 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from workers.protocol import Admitter, ExitCode, ServerLike
-from workers.scoreboard import Scoreboard, format_client
+from workers.scoreboard import Scoreboard
 
 # Out of file descriptors or memory: back off instead of spinning on accept().
 CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 CAPACITY_BACKOFF = 0.1
 CAPACITY_REPORT_EVERY = 10.0  # seconds between two "accept failed" lines of one worker
+# Connections served back to back from one listener before the others get a look.
+WAITING_BATCH = 64
 # How often an idle worker wakes to write its heartbeat and check on its master.
 IDLE_WAKE = 1.0
 _PR_SET_PDEATHSIG = 1
@@ -124,8 +126,8 @@ class Worker:
         self._backoff_until = 0.0
         self._traffic = threading.local()
         self._tcp = False  # count bytes with TCP_INFO (set up when count_bytes is on)
-        # Where requests come from: None is the server's own get_request().
-        self._sources: tuple[socket.socket | None, ...] = (None, *spec.extra_listeners)
+        # Where requests come from: one callable per listener (see _make_takers).
+        self._takers = self._make_takers()
         self._next_listener = 0
         self._capacity_errors = 0
         self._next_capacity_report = 0.0
@@ -229,7 +231,7 @@ class Worker:
             epoll.register(self._wake_r, select.EPOLLIN)
             while not self.draining:
                 wanted = self._has_capacity()
-                if wanted and self._accept_one():
+                if wanted and self._take_waiting():
                     continue
                 # Level-triggered: a full (or backing-off) worker must stop watching the
                 # listener, or it would spin while connections wait for its siblings.
@@ -265,73 +267,99 @@ class Worker:
         wait = self._backoff_until - time.monotonic()
         return min(IDLE_WAKE, wait) if wait > 0 else IDLE_WAKE
 
-    def _accept_one(self) -> bool:
-        """Take one request if one is waiting; return whether one was taken."""
-        sources = self._sources
-        if len(sources) == 1:
-            return self._accept_from(None)
+    def _take_waiting(self) -> bool:
+        """Take the requests that are waiting; return whether any was taken."""
+        takers = self._takers
+        take_from = self._serve_waiting if self._pool is None else self._dispatch_one
+        if len(takers) == 1:
+            return take_from(takers[0])
         # Several listeners: start from a different one each time, so none starves.
         start = self._next_listener
-        self._next_listener = (start + 1) % len(sources)
-        return any(
-            self._accept_from(sources[(start + i) % len(sources)])
-            for i in range(len(sources))
-        )
+        self._next_listener = (start + 1) % len(takers)
+        taken = False
+        for i in range(len(takers)):
+            taken = take_from(takers[(start + i) % len(takers)]) or taken
+        return taken
 
-    def _accept_from(self, listener: socket.socket | None) -> bool:
-        """Take one request from *listener* (None: the server's own socket)."""
+    def _make_takers(self) -> tuple[Callable[[], tuple[Any, Any]], ...]:
+        """One callable per listener that returns ``(request, client_address)``."""
         server = self.server
-        try:
-            if listener is None:
-                request, client_address = server.get_request()  # user overrides apply
-            elif listener.type == socket.SOCK_DGRAM:
-                data, client_address = listener.recvfrom(
-                    getattr(server, "max_packet_size", 8192)
-                )
-                request = (data, listener)
+        takers: list[Callable[[], tuple[Any, Any]]] = [server.get_request]  # overrides apply
+        size = getattr(server, "max_packet_size", 8192)
+        for listener in self.spec.extra_listeners:
+            if listener.type == socket.SOCK_DGRAM:
+
+                def receive(listener: socket.socket = listener) -> tuple[Any, Any]:
+                    data, client_address = listener.recvfrom(size)
+                    return (data, listener), client_address
+
+                takers.append(receive)
             else:
-                request, client_address = listener.accept()
+                takers.append(listener.accept)
+        return tuple(takers)
+
+    def _accept_failed(self, exc: OSError) -> bool:
+        """Handle a failed accept; return whether to try the next connection at once."""
+        if exc.errno in CAPACITY_ERRNOS:
+            self._backoff_until = time.monotonic() + CAPACITY_BACKOFF
+            self._report_capacity(exc)
+            return False
+        # The client gave up before we took it: the next one may be fine.
+        return exc.errno in (errno.ECONNABORTED, errno.EPROTO)
+
+    def _serve_waiting(self, take: Callable[[], tuple[Any, Any]]) -> bool:
+        """``threads == 1``: serve what waits on one listener, one at a time.
+
+        This is the hot path of the default configuration: what it needs per connection
+        is looked up once per batch, and the slot is written once on each side of the
+        request. At most WAITING_BATCH connections, so that other listeners get a turn.
+        Returns whether any connection was taken.
+        """
+        busy, idle, slot = self.scoreboard.busy, self.scoreboard.idle, self.spec.slot
+        pipeline, monotonic = self._pipeline, time.monotonic
+        report, last = self.spec.on_request_done, self.spec.max_requests
+        taken = 0
+        while taken < WAITING_BATCH and not self.draining:
+            try:
+                request, client_address = take()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if self._accept_failed(exc):
+                    continue
+                break
+            taken += 1
+            started = monotonic()
+            busy(slot, started, self.requests, 1, client_address)
+            if last and self.requests + 1 >= last:
+                self._announce_retirement()
+            try:
+                client_address = pipeline(request, client_address)
+            finally:
+                self.requests += 1
+                now = monotonic()
+                idle(slot, now, self.requests)
+                if report is not None:
+                    self._report(client_address, now - started)
+                if last and self.requests >= last:
+                    self.draining = True  # recycle: the master forks a replacement
+        return taken > 0
+
+    def _dispatch_one(self, take: Callable[[], tuple[Any, Any]]) -> bool:
+        """``threads > 1``: hand one waiting request to a pool thread, if one waits."""
+        try:
+            request, client_address = take()
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
-            if exc.errno in CAPACITY_ERRNOS:
-                self._backoff_until = time.monotonic() + CAPACITY_BACKOFF
-                self._report_capacity(exc)
-                return False
-            return exc.errno in (errno.ECONNABORTED, errno.EPROTO)
-        if self._pool is None:
-            self._serve_inline(request, client_address)
-            return True
+            return self._accept_failed(exc)
+        assert self._pool is not None
         with self._lock:
             self.active += 1
-            active = self.active
-        self.scoreboard.busy(
-            self.spec.slot, time.monotonic(), format_client(client_address), active
-        )
+            active, requests = self.active, self.requests
+        self.scoreboard.busy(self.spec.slot, time.monotonic(), requests, active, client_address)
         self._pool.submit(self._process, request, client_address)
         return True
-
-    def _serve_inline(self, request: Any, client_address: Any) -> None:
-        """The one-connection-at-a-time path (threads = 1): no lock, fewest writes.
-
-        This is the hot path of the default configuration, so it avoids what only the
-        threaded path needs (a lock, shared counters).
-        """
-        scoreboard, slot = self.scoreboard, self.spec.slot
-        started = time.monotonic()
-        scoreboard.busy(slot, started, format_client(client_address), 1)
-        if self.spec.max_requests and self.requests + 1 >= self.spec.max_requests:
-            self._announce_retirement()
-        try:
-            client_address = self._pipeline(request, client_address)
-        finally:
-            self.requests += 1
-            now = time.monotonic()
-            scoreboard.idle(slot, now, self.requests)
-            if self.spec.on_request_done is not None:
-                self._report(client_address, now - started)
-            if self.spec.max_requests and self.requests >= self.spec.max_requests:
-                self.draining = True  # recycle: the master forks a replacement
 
     def _report_capacity(self, exc: OSError) -> None:
         """One line per CAPACITY_REPORT_EVERY at most, with the count since the last."""
@@ -378,7 +406,7 @@ class Worker:
             if admitted is None:
                 return client_address  # closed and logged by the intake
             if admitted[1] != client_address:  # a PROXY header named the real client
-                self.scoreboard.client(self.spec.slot, format_client(admitted[1]))
+                self.scoreboard.client(self.spec.slot, admitted[1])
             request, client_address = admitted
         try:
             if server.verify_request(request, client_address):

@@ -65,13 +65,13 @@ def scoreboard() -> Iterator[Scoreboard]:
     """
     board = Scoreboard(4)
     board.worker_started(0, 101, BASE)
-    board.busy(0, NOW - 2.0, b"10.0.0.7:51000")
+    board.busy(0, NOW - 2.0, 0, 1, ("10.0.0.7", 51000))
     board.add_bytes(0, 100, 2000)
     board.worker_started(1, 102, BASE + 4.0)
-    board.busy(1, BASE + 5.0, b"10.0.0.8:52000")
+    board.busy(1, BASE + 5.0, 4, 1, ("10.0.0.8", 52000))
     board.idle(1, BASE + 6.0, 5)
     board.worker_started(3, 103, BASE + 1.0)
-    board.busy(3, NOW - 30.0, b"[::1]:53000")
+    board.busy(3, NOW - 30.0, 0, 1, ("::1", 53000, 0, 0))
     board.set_draining(3)
     yield board
     board.close()
