@@ -14,15 +14,13 @@ has connected, sent one line and half-closed before the timer starts, so the clo
   TCP_INFO byte count if this engine always does it, without if it is opt-in), and the
   same with the count switched the other way;
 * ablations of the engine: without the TCP_INFO byte count, then also without the
-  half-close, then also without the scoreboard writes;
-* ``fast path``: a prototype of a ``threads == 1`` worker step with the same classic
-  pipeline (``verify_request`` / ``process_request`` / ``shutdown_request`` /
-  ``handle_error``) and the same busy/idle scoreboard states, but bound methods cached,
-  no lock, no per-connection TCP_INFO, one ``pack_into`` per state change and no
-  per-connection formatting of the client address.
+  half-close, then also without the scoreboard writes.
+
+(Session 2 also timed a prototype of a lean ``threads == 1`` step here; the worker now
+works that way, see ``Worker._serve_waiting``.)
 
 It reaches into the engine's internals (``Worker._take_waiting``, ``count_traffic``,
-``PreforkMixIn._engine_count_traffic``, the scoreboard layout) and may need updating
+``PreforkMixIn._engine_count_traffic``) and may need updating
 when they change. Rounds are interleaved; medians and minima are printed.
 """
 
@@ -33,7 +31,6 @@ import dataclasses
 import os
 import socket
 import statistics
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -42,7 +39,7 @@ from typing import Any
 from engine import PreforkTCPServer
 from loadtests.bench_servers import LineHandler
 from workers import worker as worker_module
-from workers.scoreboard import SLOT_SIZE, Scoreboard
+from workers.scoreboard import Scoreboard
 from workers.worker import Worker, WorkerSpec
 
 LINE = b"x" * 64 + b"\n"
@@ -114,44 +111,6 @@ def engine_step(
     return (time.process_time() - started) / count * 1e6
 
 
-_BUSY = struct.Struct("<B3xdd")  # state, request_start, heartbeat (the scoreboard's layout)
-_IDLE = struct.Struct("<B3xddQ")  # state, request_start, heartbeat, requests
-
-
-def fast_path_step(server: Server, count: int) -> float:
-    """Prototype of a lean ``threads == 1`` worker step; CPU µs per connection."""
-    server.socket.setblocking(False)
-    worker = make_worker(server, traffic=False)
-    memory: Any = worker.scoreboard._map
-    base = worker.spec.slot * SLOT_SIZE + 4
-    busy, idle = _BUSY.pack_into, _IDLE.pack_into
-    get_request, verify = server.get_request, server.verify_request
-    process, shutdown_request = server.process_request, server.shutdown_request
-    handle_error, monotonic = server.handle_error, time.monotonic
-    requests = 0
-    started = time.process_time()
-    while requests < count:
-        try:
-            request, address = get_request()
-        except (BlockingIOError, InterruptedError):
-            continue
-        now = monotonic()
-        busy(memory, base, 3, now, now)
-        try:
-            if verify(request, address):
-                try:
-                    process(request, address)
-                except Exception:
-                    handle_error(request, address)
-                    shutdown_request(request)
-            else:
-                shutdown_request(request)
-        finally:
-            requests += 1
-            idle(memory, base, 2, 0.0, monotonic(), requests)
-    return (time.process_time() - started) / count * 1e6
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run every variant in interleaved rounds and print the medians."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -178,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         "engine - TCP_INFO - SHUT_WR - scoreboard": lambda: engine_step(
             server, n, traffic=False, half_close=False, scoreboard=False
         ),
-        "fast path prototype (no TCP_INFO)": lambda: fast_path_step(server, n),
     }
     results: dict[str, list[float]] = {name: [] for name in variants}
     try:
