@@ -278,6 +278,8 @@ class Worker:
         self._next_listener = (start + 1) % len(takers)
         taken = False
         for i in range(len(takers)):
+            if self.draining or not self._has_capacity():
+                break  # a pool thread per request: the first listeners may have filled it
             taken = take_from(takers[(start + i) % len(takers)]) or taken
         return taken
 
