@@ -16,7 +16,7 @@ import contextlib
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from engine import classic, listeners
@@ -89,8 +89,6 @@ class PreforkMixIn:
 
     _master: Master | None = None
     _prefork_adopted = False  # serving a socket handed in rather than one we bound
-    # Set in each worker: records the request's traffic before it is closed.
-    _engine_count_traffic: Callable[[Any], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Validate before the base class binds, so a bad setting leaks no socket.
@@ -225,14 +223,7 @@ class PreforkMixIn:
         try:
             self.finish_request(request, client_address)  # type: ignore[attr-defined]
         finally:
-            self.shutdown_request(request)
-
-    def shutdown_request(self, request: Any) -> None:
-        """Record the request's bytes in/out for the scoreboard, then shut it down."""
-        count = self._engine_count_traffic
-        if count is not None:
-            count(request)
-        super().shutdown_request(request)  # type: ignore[misc]
+            self.shutdown_request(request)  # type: ignore[attr-defined]
 
     # --- hooks ---
 

@@ -50,6 +50,8 @@ from typing import Any
 
 import psutil
 
+from loadtests.procio import stop_group
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 LOADGEN_SOURCE = HERE / "loadgen.c"
@@ -212,21 +214,8 @@ def spawn(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
 
 
 def kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """SIGTERM the process group, SIGKILL it after *grace* seconds, reap the leader.
-
-    The group is SIGKILLed in any case once the leader is gone, so no straggler
-    (a worker, a forked child) survives.
-    """
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5.0)
+    """Stop *proc*'s process group (:func:`~loadtests.procio.stop_group`); untrack it."""
+    stop_group(proc, grace)
     with _live_lock:
         _live.discard(proc)
 

@@ -10,9 +10,8 @@ has connected, sent one line and half-closed before the timer starts, so the clo
 * ``floor``: ``accept()``, the handler, ``close()`` (what :mod:`loadtests.floor` does);
 * ``floor + SHUT_WR``: the same with the stdlib's ``shutdown(SHUT_WR)`` before close;
 * ``engine``: the engine's real worker step (``Worker._take_waiting``) on a
-  ``PreforkTCPServer``, as its default settings configure it (with the per-connection
-  TCP_INFO byte count if this engine always does it, without if it is opt-in), and the
-  same with the count switched the other way;
+  ``PreforkTCPServer``, as its default settings configure it (no per-connection
+  TCP_INFO byte count), and the same with ``count_bytes`` on;
 * ablations of the engine: without the TCP_INFO byte count, then also without the
   half-close, then also without the scoreboard writes.
 
@@ -20,14 +19,13 @@ has connected, sent one line and half-closed before the timer starts, so the clo
 works that way, see ``Worker._serve_waiting``.)
 
 It reaches into the engine's internals (``Worker._take_waiting``, ``count_traffic``,
-``PreforkMixIn._engine_count_traffic``) and may need updating
+``Worker.count_bytes_on_shutdown``) and may need updating
 when they change. Rounds are interleaved; medians and minima are printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import socket
 import statistics
@@ -38,14 +36,11 @@ from typing import Any
 
 from engine import PreforkTCPServer
 from loadtests.bench_servers import LineHandler
-from workers import worker as worker_module
 from workers.scoreboard import Scoreboard
 from workers.worker import Worker, WorkerSpec
 
 LINE = b"x" * 64 + b"\n"
 NO_SERVER: Any = None  # the floor hands its handler no server object
-# Older engines count every connection's bytes; newer ones only with count_bytes on.
-ALWAYS_COUNTS = "count_bytes" not in {f.name for f in dataclasses.fields(WorkerSpec)}
 
 
 class Server(PreforkTCPServer):
@@ -85,9 +80,10 @@ def floor_step(server: Server, count: int, half_close: bool) -> float:
 def make_worker(server: Server, traffic: bool) -> Worker:
     """A Worker object for slot 0, as the master would make it (without forking)."""
     spec = WorkerSpec(slot=0, generation=0, master_pid=os.getppid(), title="overhead")
+    server.__dict__.pop("shutdown_request", None)  # an earlier variant's wrapper
     worker = Worker(server, Scoreboard(4), spec)
-    server._engine_count_traffic = worker.count_traffic if traffic else None
-    server.__dict__.pop("shutdown_request", None)
+    if traffic:
+        worker.count_bytes_on_shutdown()  # as the worker does with count_bytes on
     return worker
 
 
@@ -117,20 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conns", type=int, default=1500, help="connections per round")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
-    if not hasattr(worker_module.Worker, "count_traffic"):
-        print("conn_overhead: this engine has no Worker.count_traffic; adapt the script",
-              file=sys.stderr)
-        return 2
     server = Server(("127.0.0.1", 0), LineHandler)
     port = server.server_address[1]
     n = args.conns
-    default = "engine (default: counts bytes)" if ALWAYS_COUNTS else "engine (default)"
-    other = "engine + TCP_INFO count" if not ALWAYS_COUNTS else "engine - TCP_INFO count"
     variants: dict[str, Callable[[], float]] = {
         "floor": lambda: floor_step(server, n, half_close=False),
         "floor + SHUT_WR": lambda: floor_step(server, n, half_close=True),
-        default: lambda: engine_step(server, n, traffic=ALWAYS_COUNTS),
-        other: lambda: engine_step(server, n, traffic=not ALWAYS_COUNTS),
+        "engine (default)": lambda: engine_step(server, n, traffic=False),
+        "engine + TCP_INFO count": lambda: engine_step(server, n, traffic=True),
         "engine - TCP_INFO - SHUT_WR": lambda: engine_step(
             server, n, traffic=False, half_close=False
         ),

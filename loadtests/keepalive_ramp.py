@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import selectors
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from loadtests.procio import stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 SERVERS = {
@@ -96,15 +96,7 @@ def measure(kind: str, clients: int, limit: float) -> list[float]:
         time.sleep(1.0)
         return first_replies(port, clients, limit)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5.0)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop_group(proc)
 
 
 def main(argv: list[str] | None = None) -> int:

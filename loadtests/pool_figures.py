@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psutil
 
+from loadtests.procio import stop_group
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = textwrap.dedent(
@@ -66,13 +68,7 @@ def engine(workers: int, gc_freeze: bool = True, ballast: int = 0) -> Iterator[t
             raise RuntimeError("engine did not start")
         yield proc.pid, int(line[1])
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_group(proc, grace=10)
         if proc.stdout is not None:
             proc.stdout.close()
 

@@ -53,6 +53,7 @@ from loadtests.reliability_support import (
     wait_for,
     zombie_children,
 )
+from loadtests.sockio import read_to_eof, recv_line
 
 # --------------------------------------------------------------------------- results
 
@@ -518,7 +519,7 @@ def graceful_stop(ctx: Context) -> Result:
                 wait_for(partial(_only_workers, eng, busy), 20, "idle workers to exit")
                 late = [_late_client(eng.address) for _ in range(8)]
                 for sock, _ in sleepers:
-                    reply = _read_line(sock, graceful_timeout + 10)
+                    reply = recv_line(sock, graceful_timeout + 10, tolerate=OSError)
                     if reply == b"SLEPT 2\n":
                         completed += 1
                         worst = max(worst, time.monotonic() - term_at)
@@ -563,7 +564,7 @@ def _sleeper(address: Any) -> tuple[socket.socket, int]:
     """A connection a worker is serving (it answered STATS): (socket, worker pid)."""
     sock = socket.create_connection(address, timeout=20)
     sock.sendall(b"STATS\n")
-    reply = _read_line(sock, 20)
+    reply = recv_line(sock, 20, tolerate=OSError)
     pid = int(reply.split(b"pid=")[1].split()[0])
     return sock, pid
 
@@ -604,18 +605,6 @@ def _late_outcome(late: tuple[socket.socket | None, str]) -> str:
         return classify(exc) + "-unanswered"
     finally:
         sock.close()
-
-
-def _read_line(sock: socket.socket, timeout: float) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    with contextlib.suppress(OSError):
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return data
 
 
 # --------------------------------------------------------------------------- soak
@@ -903,7 +892,7 @@ def hostile_client(
         sock.connect(address)
         if kind == "reset":
             sock.sendall(b"1\n")
-            if _read_line(sock, 20) != b"2\n":
+            if recv_line(sock, 20, tolerate=OSError) != b"2\n":
                 return "reset: no answer before the reset"
             sock.sendall(b"12")  # mid-request...
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -911,18 +900,18 @@ def hostile_client(
         elif kind == "half-close":
             sock.sendall(b"5\n")
             sock.shutdown(socket.SHUT_WR)
-            data = _read_all(sock)
+            data = read_to_eof(sock, tolerate=ConnectionResetError)
             if data != b"6\n":
                 return f"half-close: got {data!r}"
         elif kind == "garbage":
             noise = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
             sock.sendall(b"\xff" + noise.replace(b"\n", b"") + b"\n")
-            _read_all(sock)
+            read_to_eof(sock, tolerate=ConnectionResetError)
         elif kind == "overlong":
             with contextlib.suppress(OSError):  # the server may reset us mid-send
                 sock.sendall(b"7" * 100_000)
             with contextlib.suppress(OSError):
-                _read_all(sock)
+                read_to_eof(sock, tolerate=ConnectionResetError)
         elif kind == "never-read":
             sock.sendall(b"FLOOD 16000000\n")
             # Never read: the server's write blocks until its timeout, then it closes
@@ -933,14 +922,6 @@ def hostile_client(
         return f"{kind}: {exc!r}"
     finally:
         sock.close()
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    data = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
 
 
 def hostile(ctx: Context) -> Result:

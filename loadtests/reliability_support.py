@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from loadtests.background import Background
 from loadtests.procio import read_first_line
+from loadtests.sockio import exchange
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -601,21 +603,6 @@ def _read_reply(sock: socket.socket, expected: bytes) -> None:
         raise ValueError(f"reply {data!r}, expected {expected!r}")
 
 
-def exchange(address: Any, payload: bytes, timeout: float = 10.0) -> bytes:
-    """Connect, send *payload*, half-close, and read everything until EOF."""
-    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(address)
-        sock.sendall(payload)
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-
 def ping(address: Any, timeout: float = 5.0) -> bool:
     """One PING/PONG exchange on a new connection: did it work?"""
     try:
@@ -627,7 +614,7 @@ def ping(address: Any, timeout: float = 5.0) -> bool:
 # --------------------------------------------------------------------------- attackers
 
 
-class Slowloris:
+class Slowloris(Background):
     """*count* connections that send one byte every *interval* seconds and never a line.
 
     A connection the server closes (it times out, or sheds it) is reopened at the next
@@ -635,10 +622,13 @@ class Slowloris:
     at *max_seconds* or :meth:`stop`.
     """
 
+    join_timeout = 30.0
+
     def __init__(
         self, address: tuple[str, int], count: int, *, interval: float = 3.0,
         max_seconds: float = 60.0,
     ) -> None:
+        super().__init__(name="slowloris")
         self.address = address
         self.count = count
         self.interval = interval
@@ -648,20 +638,10 @@ class Slowloris:
         self.dropped = 0  # closed by the server
         self.connect_failures = 0
         self.bytes_sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="slowloris", daemon=True)
         self.connected = threading.Event()
 
-    def __enter__(self) -> Slowloris:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
+        super().stop()
         for i, sock in enumerate(self.socks):
             if sock is not None:
                 sock.close()
@@ -729,7 +709,7 @@ class Slowloris:
 # --------------------------------------------------------------------------- watching
 
 
-class PoolWatcher:
+class PoolWatcher(Background):
     """Sample an engine's pool in a thread: worker counts, zombies, their ages.
 
     ``peak_children`` counts every child of the master (zombies too: a zombie still
@@ -737,6 +717,7 @@ class PoolWatcher:
     """
 
     def __init__(self, engine: Engine, interval: float = 0.01) -> None:
+        super().__init__(name="pool-watcher")
         self.engine = engine
         self.interval = interval
         self.samples = 0
@@ -747,16 +728,6 @@ class PoolWatcher:
         self.empty_samples = 0  # samples that found no live worker at all
         self.pids: set[int] = set()
         self._zombie_since: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pool-watcher", daemon=True)
-
-    def __enter__(self) -> PoolWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from loadtests.bench import build_loadgen
+from loadtests.procio import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,9 +89,7 @@ def one_round(loadgen: Path, off: bool, duration: float) -> tuple[float, float]:
         replies = int(result["replies"])
         return float(result["rps"]), (cpu1 - cpu0) / max(replies, 1) * 1e6
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+        stop_group(server, grace=30)
         if server.stdout is not None:
             server.stdout.close()
 

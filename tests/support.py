@@ -19,7 +19,12 @@ from typing import Any, TypeVar
 
 import psutil
 
+from loadtests.background import Background
 from loadtests.procio import read_first_line
+
+# Tests import these from here.
+from loadtests.sockio import exchange as tcp_exchange
+from loadtests.sockio import read_to_eof, recv_line  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -48,26 +53,6 @@ def wait_until(
         delay = min(delay * 2, 0.05)
 
 
-def recv_line(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    """Read bytes up to and including a newline (or EOF), with a deadline."""
-    sock.settimeout(timeout)
-    data = bytearray()
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
-
-
-def read_to_eof(sock: socket.socket) -> bytes:
-    """Everything the peer sends until it closes (the socket's timeout applies)."""
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def connect(server: Any, payload: bytes = b"", timeout: float = 10.0) -> socket.socket:
     """A TCP client connected to *server* (anything with ``server_address``)."""
     client = socket.create_connection(server.server_address, timeout=timeout)
@@ -91,7 +76,7 @@ def open_clients(
             client.close()
 
 
-class PeakChildren:
+class PeakChildren(Background):
     """Watch, in a thread, the most child processes *pid* has at any moment.
 
     Zombies count: they are processes until reaped. Use as a context manager; read
@@ -99,41 +84,16 @@ class PeakChildren:
     """
 
     def __init__(self, pid: int) -> None:
-        import threading
-
+        super().__init__(name="peak-children")
         self.pid = pid
         self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch)
 
-    def __enter__(self) -> PeakChildren:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
+    def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.peak = max(self.peak, len(psutil.Process(self.pid).children()))
             except psutil.NoSuchProcess:
                 return
-
-
-def tcp_exchange(address: Any, payload: bytes, timeout: float = 10.0) -> bytes:
-    """Connect, send *payload*, half-close, and return everything the server sent."""
-    family = socket.AF_UNIX if isinstance(address, str) else (
-        socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    )
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(address)
-        sock.sendall(payload)
-        with contextlib.suppress(OSError):  # the server may have closed already
-            sock.shutdown(socket.SHUT_WR)
-        return read_to_eof(sock)
 
 
 def process_tree(pid: int) -> list[psutil.Process]:
@@ -325,7 +285,7 @@ def assert_no_leftovers(pids: set[int], timeout: float = 5.0) -> None:
     )
 
 
-class LoadLoop:
+class LoadLoop(Background):
     """Bounded client load in background threads: one connection per request.
 
     Each request sends a line and expects a reply line; refused connections and
@@ -345,6 +305,8 @@ class LoadLoop:
     ) -> None:
         import threading
 
+        super().__init__(clients, name="load-loop")
+        self.join_timeout = timeout + 5
         self.address = address
         self.payload = payload
         self.timeout = timeout
@@ -355,21 +317,6 @@ class LoadLoop:
         self._left = max_requests
         self._deadline = time.monotonic() + max_seconds
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def __enter__(self) -> LoadLoop:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(self.timeout + 5)
 
     @property
     def total(self) -> int:

@@ -140,13 +140,7 @@ class Worker:
         self._install_signals()
         signal.pthread_sigmask(signal.SIG_SETMASK, self.spec.signal_mask)
         if self.spec.count_bytes:
-            # Fixed per server, so decided once rather than on every request.
-            listener = self.server.socket
-            self._tcp = listener.type == socket.SOCK_STREAM and listener.family in (
-                socket.AF_INET, socket.AF_INET6
-            )
-            # PreforkMixIn.shutdown_request calls this just before closing each request.
-            self.server._engine_count_traffic = self.count_traffic  # type: ignore[attr-defined]
+            self.count_bytes_on_shutdown()
         self.scoreboard.worker_started(self.spec.slot, os.getpid(), time.monotonic())
         try:
             hook = getattr(self.server, "worker_init", None)
@@ -425,6 +419,26 @@ class Worker:
                 server.shutdown_request(request)
             raise
         return client_address
+
+    def count_bytes_on_shutdown(self) -> None:
+        """Record each request's bytes just before the server shuts it down.
+
+        The server's ``shutdown_request`` (a user's override included) is wrapped in
+        this worker only, so a server that does not count bytes pays nothing per request.
+        """
+        # Fixed per server, so decided once rather than on every request.
+        listener = self.server.socket
+        self._tcp = listener.type == socket.SOCK_STREAM and listener.family in (
+            socket.AF_INET, socket.AF_INET6
+        )
+        shutdown_request = self.server.shutdown_request
+        count_traffic = self.count_traffic
+
+        def counted_shutdown_request(request: Any) -> None:
+            count_traffic(request)
+            shutdown_request(request)
+
+        self.server.shutdown_request = counted_shutdown_request  # type: ignore[method-assign]
 
     def count_traffic(self, request: Any) -> None:
         """Record one request's bytes in/out (TCP: from the kernel, no wrapping needed)."""

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.background import Background
 from tests.cli import CLI, READY
 from tests.deploy.haproxy import HAProxy, Server, haproxy_or_skip, start_haproxy
 from tests.support import EngineProcess, alive_pids, recv_line, wait_until
@@ -81,37 +82,24 @@ def ask(address: tuple[str, int], timeout: float = 5.0) -> Outcome:
         return Outcome(started, error=f"bad reply {reply!r}")
 
 
-class Load:
+class Load(Background):
     """*clients* threads asking through haproxy, each bounded in requests and time."""
+
+    join_timeout = 15.0
 
     def __init__(self, address: tuple[str, int], *, clients: int, per_client: int,
                  max_seconds: float, interval: float = 0.0) -> None:
+        super().__init__(clients, name="haproxy-client")
         self.address = address
         self.per_client = per_client
         self.interval = interval
         self.deadline = time.monotonic() + max_seconds
         self.outcomes: list[Outcome] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True)
-                         for _ in range(clients)]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
-        assert not any(thread.is_alive() for thread in self._threads), "a client hung"
-
-    def done(self) -> bool:
-        return not any(thread.is_alive() for thread in self._threads)
+        super().stop()
+        assert self.done(), "a client hung"
 
     def snapshot(self) -> list[Outcome]:
         with self._lock:

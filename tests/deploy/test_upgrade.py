@@ -10,12 +10,12 @@ import json
 import os
 import signal
 import socket
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
+from loadtests.background import Background
 from tests.cli import CLI, READY, run_cli
 from tests.support import EngineProcess, LoadLoop, assert_no_leftovers, tcp_exchange, wait_until
 
@@ -43,23 +43,16 @@ def write_app(directory: Path, version: str) -> None:
         cached.unlink()  # same size and mtime second: do not trust the bytecode cache
 
 
-class PidfileWatch:
+class PidfileWatch(Background):
     """Reads the pidfile in a thread; counts the reads that found neither file."""
 
+    join_timeout = 5.0
+
     def __init__(self, path: Path) -> None:
+        super().__init__(name="pidfile-watch")
         self.path = path
         self.reads = 0
         self.missing = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PidfileWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
     def _run(self) -> None:
         old = Path(str(self.path) + ".oldbin")
