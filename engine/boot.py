@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine import listeners, pidfile, privileges, upgrade
+from engine import listeners, pidfile, privileges, sdnotify, upgrade
 from engine.config import Settings
 from engine.errors import ConfigError
 from engine.proctitle import format_address
@@ -43,19 +43,17 @@ def open_status(settings: Settings, snapshot: Callable[[], Snapshot]) -> StatusS
     return status
 
 
-def settle_in(
-    settings: Settings, sockets: Sequence[Any], status: StatusServer | None,
-    account: privileges.Account | None,
-) -> None:
+def settle_in(settings: Settings, sockets: Sequence[Any], status: StatusServer | None) -> None:
     """Write the pidfile, then give up root (the sockets are bound by now).
 
     Raises:
-        ConfigError: the pidfile cannot be written.
+        ConfigError: the pidfile cannot be written, or the account does not exist.
     """
     if settings.pidfile:
         pidfile.write(settings.pidfile, os.getpid())
-    if account is None:
+    if not settings.user:
         return
+    account = privileges.resolve(settings.user, settings.group)
     paths = [listeners.unix_path(sock) for sock in sockets]
     if status is not None and isinstance(status.address, str):
         paths.append(status.address)
@@ -64,3 +62,16 @@ def settle_in(
             privileges.give_to(path, account)
     privileges.switch_to(account)
     log.info("running as user %s (uid %d, gid %d)", account.name, account.uid, account.gid)
+
+
+def release(
+    settings: Settings, status: StatusServer | None, handed_off: bool
+) -> None:
+    """On the way out: tell systemd, leave or close the status endpoint, drop the pidfile."""
+    sdnotify.notify("STOPPING=1")
+    if status is not None:
+        if handed_off:
+            status.hand_off()  # its file is the successor's now
+        status.close()
+    if settings.pidfile:
+        pidfile.remove_if_ours(settings.pidfile, os.getpid())

@@ -15,12 +15,14 @@ import logging
 import os
 import random
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from engine.crashloop import SpawnBackoff, Verdict
 from engine.exits import describe_exit
+from engine.intake import build_intake
+from engine.logs import access_logger
 from engine.proctitle import worker_title
 from workers.protocol import WorkerState
 from workers.scoreboard import Scoreboard
@@ -151,7 +153,23 @@ class Children:
         if recovered:
             log.warning("%s", recovered)
         log.info("spawned worker %d pid %d (generation %d)", spec.slot, pid, generation)
+        call_hook(self.server, "worker_spawned", spec.slot, pid)
         return child
+
+    def spawn_many(
+        self, count: int, size: int, make_spec: Callable[[int, int], WorkerSpec],
+        generation: int, now: float,
+    ) -> int:
+        """Fork up to *count* workers into free slots below *size*; return how many.
+
+        Stops at the first failed fork: one failure (and one log line) per backoff step.
+        """
+        spawned = 0
+        for slot, _ in zip(self.free_slots(size), range(count), strict=False):
+            if self.spawn(make_spec(slot, generation), generation, now) is None:
+                break
+            spawned += 1
+        return spawned
 
     # --- signals ---
 
@@ -159,6 +177,16 @@ class Children:
         """Send *signum* to one worker (gone already is fine)."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signum)
+
+    def signal_all(self, signum: int) -> None:
+        """Send *signum* to every worker."""
+        for child in self:
+            self.signal(child, signum)
+
+    def drain_all(self, deadline: float) -> None:
+        """Tell every worker to finish and exit by *deadline* (graceful stop)."""
+        for child in self:
+            self.drain(child, deadline)
 
     def drain(self, child: Child, deadline: float) -> None:
         """Tell a worker to finish its connections and exit by *deadline*."""
@@ -175,6 +203,20 @@ class Children:
             self.signal(child, signal.SIGQUIT)
             child.draining = True
             child.kill_at = now + ABORT_GRACE
+
+    def recycle(self, children: Iterable[Child], reason: str, deadline: float) -> None:
+        """Drain *children* to be replaced (logged as recycled for *reason*)."""
+        for child in children:
+            child.recycling = reason
+            self.drain(child, deadline)
+
+    def abort_hung(
+        self, hung: Iterable[tuple[Child, str, str]], now: float, skip: Container[Child] = ()
+    ) -> None:
+        """Abort each (child, why, client) found hung, except those in *skip*."""
+        for child, why, client in hung:
+            if child not in skip:
+                self.abort(child, why, client, now)
 
     def abort(self, child: Child, why: str, client: str, now: float) -> None:
         """A hung worker: ask for its traceback (SIGABRT), SIGKILL it shortly after."""
@@ -253,6 +295,7 @@ class Children:
             stopping=stopping,
         )
         how = describe_exit(status)
+        code = os.waitstatus_to_exitcode(status)
         if kind is ExitKind.KILLED:
             log.warning("worker %d pid %d killed: %s", child.slot, child.pid, child.why_killed)
         elif kind in (ExitKind.EXITED, ExitKind.RECYCLED):
@@ -260,7 +303,8 @@ class Children:
             log.info("worker %d pid %d %s%s: %s", child.slot, child.pid, kind.value, detail, how)
         else:
             log.warning("worker %d pid %d %s: %s", child.slot, child.pid, kind.value, how)
-        return Exit(child, kind, os.waitstatus_to_exitcode(status), how)
+        call_hook(self.server, "worker_exited", child.slot, child.pid, code)
+        return Exit(child, kind, code, how)
 
     def _report(self, verdict: Verdict) -> None:
         if verdict.fatal:
@@ -270,6 +314,17 @@ class Children:
             log.error("%s", verdict.message)
         else:
             log.warning("%s", verdict.message)
+
+
+def call_hook(server: Any, name: str, *args: Any) -> None:
+    """Run the server's hook *name*, if it has one; its failure is logged, never fatal."""
+    hook = getattr(server, name, None)
+    if hook is None:
+        return
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("hook %s raised", getattr(hook, "__name__", hook))
 
 
 def describe_fork_error(exc: OSError) -> str:
@@ -295,6 +350,19 @@ class SpecFactory:
         self.intake = intake
         self.access_log = access_log
         self.close_fds = close_fds  # the master's own fds, known once its loop is set up
+
+    @classmethod
+    def for_server(
+        cls, server: Any, settings: Any, name: str, close_fds: Callable[[], tuple[int, ...]]
+    ) -> SpecFactory:
+        """Build the intake now, before any fork or privilege drop (key files may be
+        root's alone). The CLI sets ``_engine_request_done``; otherwise ``access_log``
+        builds the access-log callback."""
+        return cls(
+            settings, name=name, extra_listeners=tuple(getattr(server, "extra_listeners", ())),
+            intake=build_intake(settings, server), close_fds=close_fds,
+            access_log=getattr(server, "_engine_request_done", None) or access_logger(settings),
+        )
 
     def __call__(self, slot: int, generation: int) -> WorkerSpec:
         settings = self.settings

@@ -8,12 +8,22 @@ new connection, or until the timeout, and returns the commands read (signal numb
 
 from __future__ import annotations
 
+import contextlib
 import selectors
-from collections.abc import Sequence
+import signal
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from engine.status import StatusServer
-from engine.wakeup import WakeupFd
+from engine.wakeup import WakeupFd, captured_signals
+
+# The signals the master handles (the master maps each to a command).
+HANDLED_SIGNALS = (
+    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
+    signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD,
+)
+# Blocked across fork: ours, plus those a worker ignores but whose default would kill it.
+FORK_BLOCKED_SIGNALS = (*HANDLED_SIGNALS, signal.SIGWINCH)
 
 
 class MasterEvents:
@@ -30,16 +40,25 @@ class MasterEvents:
         self.signals = False  # signals reach the wakeup fd (serve_forever in the main thread)
         self.quick_interrupt = False  # SIGINT had Python's default handler before ours
 
+    @contextlib.contextmanager
+    def signals_captured(self) -> Iterator[None]:
+        """Route the handled signals to the wakeup fd while the block runs (main thread)."""
+        with captured_signals(self.wakeup, HANDLED_SIGNALS) as previous:
+            self.signals = bool(previous)
+            self.quick_interrupt = previous.get(signal.SIGINT) is signal.default_int_handler
+            yield
+
     @property
     def fds(self) -> tuple[int, ...]:
         """The master's own descriptors, which a worker closes after fork."""
         status = (self.status.fileno(),) if self.status is not None else ()
         return (*self.wakeup.fds, self.selector.fileno(), *status)
 
-    def add_status(self, status: StatusServer) -> None:
-        """Answer status clients from the master's loop."""
+    def add_status(self, status: StatusServer | None) -> None:
+        """Answer status clients from the master's loop (None: no status endpoint)."""
         self.status = status
-        self.selector.register(status, selectors.EVENT_READ)
+        if status is not None:
+            self.selector.register(status, selectors.EVENT_READ)
 
     def watch_listeners(self, wanted: bool) -> None:
         """Wake on new connections (or stop doing so)."""

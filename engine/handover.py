@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from engine import pidfile, sdnotify, upgrade
 from engine.errors import ConfigError
 from engine.exits import describe_exit
+from engine.status import StatusServer
 
 log = logging.getLogger("engine.master")
 
@@ -65,14 +66,23 @@ class Handover:
         return None
 
     def start(
-        self, listeners: Sequence[socket.socket], status: socket.socket | None,
+        self, listeners: Sequence[socket.socket], status: StatusServer | None,
         blocked: Sequence[int],
     ) -> None:
-        """SIGUSR2: fork and exec the new master on our sockets (signals *blocked*)."""
+        """SIGUSR2: fork and exec the new master on our sockets (signals *blocked*).
+
+        Refused (logged) while another upgrade is under way, from either side.
+        """
+        refusal = self.refusal()
+        if refusal is not None:
+            log.warning("%s", refusal)
+            return
         moved = bool(self.pidfile) and pidfile.set_aside(str(self.pidfile), os.getpid())
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         try:
-            self.new_master = upgrade.start_new_master(listeners, status)
+            self.new_master = upgrade.start_new_master(
+                listeners, status.listener if status is not None else None
+            )
         except OSError as exc:
             log.error("upgrade failed: cannot fork: %s", exc)
             if moved:
@@ -83,11 +93,11 @@ class Handover:
         log.info("upgrade: started new master pid %d: %s", self.new_master,
                  " ".join(upgrade.command_line()))
 
-    def check_ready(self, booted: int, target: int) -> bool:
+    def check_ready(self, booted: int, target: int, status: StatusServer | None = None) -> bool:
         """Once *booted* workers reach *target*: READY=1, and stop the master we replace.
 
-        Returns True when this call stopped an old master (the caller then claims the
-        status endpoint's file).
+        Returns True when this call stopped an old master; the *status* endpoint's file
+        is then claimed (the old master leaves it to us).
         """
         if self.ready or booted < target:
             return False
@@ -101,6 +111,8 @@ class Handover:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.old_master, signal.SIGTERM)
         self.old_master = None
+        if status is not None:
+            status.claim()
         return True
 
     def reap_successor(self) -> None:

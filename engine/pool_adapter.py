@@ -174,6 +174,21 @@ class PoolAdapter:
 
     # --- how long to sleep ---
 
+    def sleep(
+        self, tick: Tick, children: Sequence[Child], *, running: bool, ready: bool,
+        spawn_at: float, signals: bool, health_due: float,
+    ) -> tuple[float, bool]:
+        """The master's timeout until its next turn, and whether a connection wakes it."""
+        backing_off = tick.now < spawn_at
+        changing = self.is_changing(tick, children, running=running, ready=ready,
+                                    backing_off=backing_off)
+        watch = self.wants_listener(tick, children, running=running,
+                                    can_spawn=not backing_off, changing=changing)
+        deadlines = [health_due, *([spawn_at] if backing_off else [])]
+        timeout = self.next_timeout(tick, children, changing=changing, signals=signals,
+                                    other_deadlines=deadlines)
+        return timeout, watch
+
     def is_changing(self, tick: Tick, children: Sequence[Child], *, running: bool,
                     ready: bool, backing_off: bool) -> bool:
         """Is the pool moving (a short tick), or quiet (sleep until the next deadline)?"""
