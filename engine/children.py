@@ -288,12 +288,12 @@ class Children:
         del self.by_slot[child.slot]
         record = self.scoreboard.read(child.slot)  # what the worker last said
         self.scoreboard.clear(child.slot)
-        kind = classify_exit(
-            child,
-            booted=record.booted or record.state in (WorkerState.IDLE, WorkerState.BUSY),
-            retiring=record.retiring,
-            stopping=stopping,
-        )
+        if not child.booted and (
+            record.booted or record.state in (WorkerState.IDLE, WorkerState.BUSY)
+        ):
+            self.mark_booted(child)  # booted (and served, maybe) between two looks
+        kind = classify_exit(child, booted=child.booted, retiring=record.retiring,
+                             stopping=stopping)
         how = describe_exit(status)
         code = os.waitstatus_to_exitcode(status)
         if kind is ExitKind.KILLED:
