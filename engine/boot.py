@@ -15,6 +15,7 @@ from typing import Any
 from engine import listeners, pidfile, privileges, sdnotify, upgrade
 from engine.config import Settings
 from engine.errors import ConfigError
+from engine.handover import Handover
 from engine.proctitle import format_address
 from engine.status import Snapshot, StatusServer
 
@@ -64,13 +65,13 @@ def settle_in(settings: Settings, sockets: Sequence[Any], status: StatusServer |
     log.info("running as user %s (uid %d, gid %d)", account.name, account.uid, account.gid)
 
 
-def release(
-    settings: Settings, status: StatusServer | None, handed_off: bool
-) -> None:
-    """On the way out: tell systemd, leave or close the status endpoint, drop the pidfile."""
+def release(settings: Settings, status: StatusServer | None, handover: Handover) -> None:
+    """On the way out: tell systemd, leave or close the status endpoint, drop the pidfile
+    and the socket files taken over in an upgrade."""
     sdnotify.notify("STOPPING=1")
+    handover.release_files()
     if status is not None:
-        if handed_off:
+        if handover.handed_off:
             status.hand_off()  # its file is the successor's now
         status.close()
     if settings.pidfile:

@@ -21,7 +21,7 @@ import signal
 import socket
 from collections.abc import Sequence
 
-from engine import pidfile, sdnotify, upgrade
+from engine import listeners, pidfile, sdnotify, upgrade
 from engine.errors import ConfigError
 from engine.exits import describe_exit
 from engine.status import StatusServer
@@ -38,11 +38,17 @@ class HandoverState(enum.Enum):
 class Handover:
     """One master's side of the upgrade, and its first-boot readiness (sd_notify)."""
 
-    def __init__(self, old_master: int | None, pidfile_path: str | None) -> None:
+    def __init__(
+        self, old_master: int | None, pidfile_path: str | None,
+        sockets: Sequence[socket.socket] = (),
+    ) -> None:
         self.old_master = old_master  # the master we replace (started by SIGUSR2)
         self.new_master: int | None = None  # our successor, during an upgrade
         self.pidfile = pidfile_path
         self.ready = False  # our first workers serve
+        self.took_over = False  # we stopped the master we replace
+        # The Unix socket files the old master created: ours once we take over.
+        self.adopted_files = _socket_files(sockets) if old_master is not None else {}
 
     @property
     def state(self) -> HandoverState:
@@ -111,9 +117,23 @@ class Handover:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.old_master, signal.SIGTERM)
         self.old_master = None
+        self.took_over = True
         if status is not None:
             status.claim()
         return True
+
+    def release_files(self) -> None:
+        """On the way out: remove the socket files we took over, unless handed on again.
+
+        The master that created them left them to us; a failed new master (never took
+        over) leaves them to the old one, which still serves on them.
+        """
+        if not self.took_over or self.handed_off:
+            return
+        for path, inode in self.adopted_files.items():
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == inode:  # not replaced by another server since
+                    os.unlink(path)
 
     def reap_successor(self) -> None:
         """Our successor died (at any moment of its start): keep serving, fix the pidfile."""
@@ -129,6 +149,17 @@ class Handover:
         log.error("upgrade failed: new master %d %s; still serving", dead, describe_exit(status))
         if self.pidfile:
             restore_pidfile(str(self.pidfile), os.getpid(), dead)
+
+
+def _socket_files(sockets: Sequence[socket.socket]) -> dict[str, int]:
+    """The filesystem Unix sockets among *sockets*: path -> inode of the file now."""
+    files = {}
+    for sock in sockets:
+        path = listeners.unix_path(sock)
+        if path:
+            with contextlib.suppress(OSError):
+                files[path] = os.stat(path).st_ino
+    return files
 
 
 def restore_pidfile(path: str, pid: int, dead_successor: int) -> None:

@@ -72,7 +72,7 @@ class Master:
         self.health = HealthSampler(settings.health_interval, settings.max_worker_memory)
         self.pool = PoolAdapter(settings, scoreboard, GrowthGate(self.health))
         self.pool.watch(self.events.listener_fds)
-        self.handover = Handover(upgrade.old_master_pid(), settings.pidfile)
+        self.handover = Handover(upgrade.old_master_pid(), settings.pidfile, sockets)
         self.specs = SpecFactory.for_server(server, settings, self.name, lambda: self.events.fds)
 
     # --- the loop ---
@@ -243,7 +243,7 @@ class Master:
 
     def _close(self) -> None:
         """Kill what is left and release the master's resources."""
-        boot.release(self.settings, self.events.status, self.handed_off)
+        boot.release(self.settings, self.events.status, self.handover)
         self.kill_all()
         self.events.close()
         self.pool.scoreboard.close()
