@@ -28,7 +28,8 @@ FATAL_BOOT_FAILURES = 5
 
 def backoff_delay(failures: int, cap: float) -> float:
     """The wait after the *failures*-th failure in a row (1, 2, ...)."""
-    return min(BACKOFF_BASE * 2.0 ** max(failures - 1, 0), cap)
+    # The exponent is bounded: a loop that runs for days must not overflow a float.
+    return min(BACKOFF_BASE * 2.0 ** min(max(failures - 1, 0), 64), cap)
 
 
 @dataclass(frozen=True)
