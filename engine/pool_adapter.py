@@ -29,6 +29,7 @@ BUSY_TICK = 0.1
 NO_SIGNAL_TICK = 0.05
 # A hang deadline is acted on just after it passes, not just before.
 HANG_SLACK = 0.001
+_SERVING = (WorkerState.IDLE, WorkerState.BUSY)
 
 
 @dataclass
@@ -90,7 +91,9 @@ class PoolAdapter:
             record = tick.records.get(child.slot)
             if record is None:
                 continue
-            if not child.booted and record.booted:
+            # The worker's own word; IDLE or BUSY also mean it is past worker_init (a
+            # worker class that does not write the flag is still judged right).
+            if not child.booted and (record.booted or record.state in _SERVING):
                 booted.append(child)
             if not child.draining and record.retiring:
                 # Serving its last request (max_requests): count it as leaving now, so
