@@ -11,6 +11,7 @@ import time
 import pytest
 
 from engine.children import (
+    ABORT_GRACE,
     Child,
     Children,
     Exit,
@@ -114,5 +115,59 @@ def test_kill_all_reaps_a_live_worker(no_leaks) -> None:
         (exit,) = table.kill_all()
         assert exit.kind is ExitKind.EXITED and exit.code == -signal.SIGKILL
         assert not table
+    finally:
+        scoreboard.close()
+
+
+def _stubborn(scoreboard: Scoreboard, slot: int) -> int:
+    """A real booted child that ignores SIGTERM: only the drain deadline's SIGKILL ends it."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            scoreboard.worker_started(slot, os.getpid(), time.monotonic())
+            scoreboard.worker_booted(slot)
+            os.write(ready_w, b"x")
+            signal.pause()
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.read(ready_r, 1)  # its SIGTERM disposition is set
+    os.close(ready_r)
+    return pid
+
+
+def test_drain_then_kill_at_the_deadline(no_leaks) -> None:
+    scoreboard = Scoreboard(1)
+    try:
+        table = Children(server=object(), scoreboard=scoreboard)
+        worker = Child(0, _stubborn(scoreboard, 0), 0, 0.0, booted=True)
+        table.by_slot[0] = worker
+        table.drain(worker, deadline=100.0)
+        assert worker.draining and worker.kill_at == 100.0
+        assert scoreboard.read(0).state.name == "DRAINING"
+        table.drain(worker, deadline=50.0)  # told already: the first deadline holds
+        assert worker.kill_at == 100.0
+        assert table.enforce_kill_deadlines(99.0, quick=False) == []
+        assert table.reap(99.0, stopping=False) == []  # SIGTERM ignored: still there
+        assert table.enforce_kill_deadlines(100.0, quick=False) == [worker]
+        (exit,) = _reap_all(table)
+        assert exit.kind is ExitKind.EXITED and exit.code == -signal.SIGKILL
+    finally:
+        scoreboard.close()
+
+
+def test_hung_worker_is_aborted_then_killed(no_leaks) -> None:
+    scoreboard = Scoreboard(1)
+    try:
+        table = Children(server=object(), scoreboard=scoreboard)
+        worker = Child(0, _stubborn(scoreboard, 0), 0, 0.0, booted=True)
+        table.by_slot[0] = worker
+        table.abort_hung([(worker, "busy for 9s > request_timeout 5s", "10.0.0.1:1")], 10.0)
+        assert worker.why_killed and worker.kill_at == 10.0 + ABORT_GRACE
+        (exit,) = _reap_all(table)  # SIGABRT's default action ends it
+        assert exit.kind is ExitKind.KILLED and exit.code == -signal.SIGABRT
+        assert table.backoff.boot_failures == 0
     finally:
         scoreboard.close()
