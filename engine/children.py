@@ -302,7 +302,8 @@ class Children:
             detail = f" ({child.recycling})" if child.recycling else ""
             log.info("worker %d pid %d %s%s: %s", child.slot, child.pid, kind.value, detail, how)
         else:
-            log.warning("worker %d pid %d %s: %s", child.slot, child.pid, kind.value, how)
+            when = " (before it booted)" if kind is ExitKind.BOOT_FAILED else ""
+            log.warning("worker %d pid %d died: %s%s", child.slot, child.pid, how, when)
         call_hook(self.server, "worker_exited", child.slot, child.pid, code)
         return Exit(child, kind, code, how)
 

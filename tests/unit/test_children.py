@@ -4,6 +4,7 @@ forked children that write their slot and exit as told (no master, no loop)."""
 from __future__ import annotations
 
 import errno
+import faulthandler
 import os
 import signal
 import time
@@ -126,6 +127,7 @@ def _stubborn(scoreboard: Scoreboard, slot: int) -> int:
     if pid == 0:
         try:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            faulthandler.disable()  # pytest's: SIGABRT would dump a traceback into the output
             scoreboard.worker_started(slot, os.getpid(), time.monotonic())
             scoreboard.worker_booted(slot)
             os.write(ready_w, b"x")
