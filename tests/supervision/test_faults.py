@@ -104,7 +104,7 @@ def test_crash_loop_after_serving_backs_off_and_recovers(engine_proc, tmp_path: 
     with socket.create_connection(engine.address, timeout=30) as waiting:
         waiting.sendall(b"queued\n")
         broken.unlink()
-        assert recv_line(waiting).endswith(b"queued\n")
+        assert recv_line(waiting, timeout=40).endswith(b"queued\n")  # within a 30 s step
     wait_until(lambda: "crash loop over" in engine.log(), 10, "the recovery logged")
     assert "no worker could boot" not in engine.log()
 
