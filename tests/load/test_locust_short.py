@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support import ROOT, alive_pids, wait_until
+from tests.kit import ROOT, alive_pids, wait_until
 
 pytestmark = pytest.mark.slow
 
