@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import CLI, READY, run_cli
-from tests.support import EngineProcess
+from tests.kit import CLI, READY, EngineProcess, run_cli
 
 ECHO = "engine.examples.echo:EchoHandler"
 
