@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import listeners, pidfile, pool, privileges, sdnotify, supervision, upgrade, watchdog
+from engine.capacity import CapacityMonitor, observe_master  # issue 12: capacity
 from engine.config import Settings, resolved_workers
 from engine.errors import MasterFatalError
 from engine.exits import describe_exit
@@ -165,6 +166,7 @@ class Master:
         self.health = HealthSampler(settings.health_interval, settings.max_worker_memory)
         self.growth = GrowthGate(self.health)
         self.status: StatusServer | None = None
+        self.capacity = CapacityMonitor()  # issue 12: listen queue, max children reached
 
     # --- the loop ---
 
@@ -254,6 +256,7 @@ class Master:
             self._check_ready()
         if self.health.due(now):
             supervision.check_health(self, now)
+        observe_master(self, now)  # issue 12: accept queues, pool full, the warning
         self._enforce_deadlines(now)
         if self.state is MasterState.RUNNING:
             self.manage_workers(now)

@@ -79,6 +79,30 @@ _COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
 ]
 
 
+def _capacity_lines(master: Mapping[str, Any], listeners: Any) -> list[str]:
+    """PHP-FPM's "listen queue" and "max children reached", when the master reports them."""
+    if "max_children_reached" not in master:
+        return []  # an engine from before these counters
+    state = "FULL: every connection slot busy" if master.get("pool_full") else "not full"
+    if master.get("clients_waiting"):
+        state += ", clients waiting"
+    lines = [
+        f"pool {state}; max children reached {_plain(master.get('max_children_reached'))} "
+        "times"
+    ]
+    for listener in listeners if isinstance(listeners, list) else []:
+        if not isinstance(listener, Mapping):
+            continue
+        queued = listener.get("queued")
+        if queued is None:
+            queue = "queue not reported by this system"
+        else:
+            queue = (f"queue {queued} (max {_plain(listener.get('max_queued'))}, "
+                     f"backlog {_plain(listener.get('backlog'))})")
+        lines.append(f"listener {_plain(listener.get('address'))}: {queue}")
+    return lines
+
+
 def format_status(data: Mapping[str, Any]) -> str:
     """The status JSON as a summary line and one row per worker; missing values are ``-``."""
     master = data.get("master") or {}
@@ -97,6 +121,7 @@ def format_status(data: Mapping[str, Any]) -> str:
         f"workers (max {_plain(master.get('max_children'))}), master RSS "
         f"{_size(master.get('rss'))}",
         f"{len(workers)} workers" + (f": {summary}" if summary else ""),
+        *_capacity_lines(master, data.get("listeners")),
         "",
     ]
     table = [[heading for heading, *_ in _COLUMNS]]

@@ -62,4 +62,5 @@ def status_snapshot(master: Master) -> dict[str, Any]:
     return build_snapshot(
         info, records, master.health.latest, time.monotonic(),
         master_health=master.health.master_latest,
+        capacity=master.capacity.snapshot(),  # issue 12
     )
