@@ -29,7 +29,11 @@ def test_full_pool_shows_queue_and_warns(engine_proc: Callable[..., EngineProces
              "health_interval = 0.2\nrequest_queue_size = 16")
     engine = engine_proc(program(attrs=attrs))
     wait_until(lambda: os.path.exists(sock_path), 10, "status socket")
-    before = status(sock_path)["master"]
+    # null until the master's first look at its listeners, then 0: nobody waits yet.
+    before = wait_until(
+        lambda: (m := status(sock_path)["master"])["listen_queue"] is not None and m,
+        10, "a first reading of the accept queue",
+    )
     assert before["max_children_reached"] == 0 and before["listen_queue"] == 0
 
     with socket.create_connection(engine.address, timeout=5) as held:
