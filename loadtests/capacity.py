@@ -177,6 +177,8 @@ class Row:
     server_cores: float = 0.0
     client_cores: float = 0.0
     other_cores: float = 0.0
+    softirq_cores: float = 0.0
+    other_top: str = ""  # the other processes that used the most CPU, in cores
     cpu_per_req_us: float = 0.0
     noisy: bool = False
     attempts: int = 1
@@ -294,34 +296,74 @@ def own_cpu() -> float:
     return times.user + times.system
 
 
+def other_processes(exclude: set[int]) -> dict[tuple[int, float], tuple[str, float]]:
+    """CPU seconds so far of every process not in *exclude*, by (pid, create time)."""
+    seen = {}
+    for proc in psutil.process_iter(["name", "cpu_times", "create_time"]):
+        info = proc.info
+        if proc.pid in exclude or info.get("cpu_times") is None:
+            continue
+        times = info["cpu_times"]
+        seen[proc.pid, info.get("create_time") or 0.0] = (
+            info.get("name") or "?", float(times.user + times.system))
+    return seen
+
+
+def tree_pids(pid: int) -> set[int]:
+    """*pid* and its descendants."""
+    try:
+        root = psutil.Process(pid)
+        return {pid, *(p.pid for p in root.children(recursive=True))}
+    except psutil.Error:
+        return {pid}
+
+
 class CpuWindow:
-    """CPU used over a window by the server tree, the client, this harness and the rest."""
+    """CPU used over a window by the server tree, the client, this harness and the rest.
+
+    The rest is the machine's busy time (``/proc/stat``) less the others; the processes
+    that used the most of it are named from a psutil scan at each end of the window.
+    """
 
     def __init__(self, server_pid: int, client: psutil.Process | None) -> None:
         self.server_pid, self.client = server_pid, client
+        self.exclude = {os.getpid(), client.pid if client else -1, *tree_pids(server_pid)}
+        self.others0 = other_processes(self.exclude)
         self.t0 = time.monotonic()
         self.server0, _ = tree_cpu(server_pid)
         self.client0 = process_cpu(client)
         self.own0 = own_cpu()
-        self.ticks0 = machine_ticks()[0]
+        self.ticks0 = machine_ticks()
 
     def close(self, row: Row) -> None:
         """Fill *row*'s window and CPU figures (cores: CPU seconds per second)."""
-        ticks1 = machine_ticks()[0]
+        ticks1 = machine_ticks()
         server1, _ = tree_cpu(self.server_pid)
         client1 = process_cpu(self.client)
         own1 = own_cpu()
         window = time.monotonic() - self.t0
         hz = os.sysconf("SC_CLK_TCK")
-        machine = (ticks1 - self.ticks0) / hz
+        # softirq time (the loopback TCP work of this very test, mostly) is charged to
+        # no process: leave it out of the "other load", report it on its own.
+        softirq = (ticks1[1] - self.ticks0[1]) / hz
+        machine = (ticks1[0] - self.ticks0[0]) / hz - softirq
         server, client, own = server1 - self.server0, client1 - self.client0, own1 - self.own0
         row.window_s = window
         if window > 0:
             row.server_cores = server / window
             row.client_cores = client / window
             row.other_cores = max(0.0, machine - server - client - own) / window
+            row.softirq_cores = softirq / window
         if row.replies:
             row.cpu_per_req_us = server / row.replies * 1e6
+        self.exclude |= tree_pids(self.server_pid)  # workers forked during the window
+        used = []
+        for key, (name, cpu) in other_processes(self.exclude).items():
+            delta = cpu - self.others0.get(key, (name, 0.0))[1]
+            if delta > 0.01 * window:
+                used.append((delta, f"{name}[{key[0]}]"))
+        used.sort(reverse=True)
+        row.other_top = ", ".join(f"{name} {delta / window:.2f}" for delta, name in used[:3])
 
 
 # --------------------------------------------------------------------------- one cell
@@ -548,7 +590,7 @@ def capacity_table(chosen: dict[tuple[str, str, int], Row], opts: Options) -> li
                 lines.append(f"| {label} | {n:,} | - | - | - | - | - | - | - | - | - "
                              f"| {row.note} |")
                 continue
-            note = "noisy machine" if row.noisy else ""
+            note = f"noisy machine: {row.other_top}" if row.noisy else ""
             lines.append(
                 f"| {label} | {n:,} | {row.served:,}/{n:,} | {_ms(row.p50_us)} "
                 f"| {_ms(row.p99_us)} | {_mb(row.pss_bytes)} | {row.procs} | {row.threads} "
@@ -577,7 +619,7 @@ def http_table(chosen: dict[tuple[str, str, int], Row], opts: Options) -> list[s
             f"| {label} | {row.served}/{opts.http_clients} | {row.rps:,.0f} "
             f"| {row.cpu_per_req_us:.0f} | {_ms(row.p99_us)} | {row.procs} "
             f"| {_mb(row.pss_bytes)} | {row.other_cores:.2f} "
-            f"| {'noisy machine' if row.noisy else ''} |"
+            f"| {f'noisy machine: {row.other_top}' if row.noisy else ''} |"
         )
     return lines
 
@@ -601,7 +643,8 @@ def report(
         f"answered for every line they sent in the window, each within {opts.timeout:g} s "
         "and before their next line was due. PSS is the sum over the server's process "
         "tree in the middle of the window. \"Other load\" is the CPU, in cores, used by "
-        "everything on the machine except the server, the client and the harness; "
+        "everything on the machine except the server, the client, the harness and "
+        "the kernel's softirq work (mostly this loopback traffic, in the JSON); "
         f"rounds above {opts.noise:g} cores were run again (up to {opts.retries} times).",
         "",
         *capacity_table(chosen, opts),
@@ -809,7 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif row.noisy:
             notes.append(f"- round {row.round}, {row.server}, {row.kind} N={row.clients}: "
                          f"still noisy after {row.attempts} attempts "
-                         f"(other load {row.other_cores:.2f} cores).")
+                         f"(other load {row.other_cores:.2f} cores: {row.other_top}).")
     opts.out.mkdir(parents=True, exist_ok=True)
     plotted = opts.plot and plot(opts.out / "capacity.png", chosen, opts)
     section = report(chosen, opts, targets, env, notes, command.strip(),
@@ -846,11 +889,11 @@ def _progress(row: Row) -> str:
     if row.kind == "http":
         return (f"round {row.round} http     {row.server:15} {row.served}/{row.clients} "
                 f"{row.rps:9,.0f} req/s {row.cpu_per_req_us:6.0f} µs/req "
-                f"other {row.other_cores:.2f}")
+                f"other {row.other_cores:.2f} {row.other_top}")
     return (f"round {row.round} capacity {row.server:15} N={row.clients:<6} served "
             f"{row.served}/{row.clients} p50 {_ms(row.p50_us)} p99 {_ms(row.p99_us)} ms "
             f"PSS {_mb(row.pss_bytes)} MB procs {row.procs} threads {row.threads} "
-            f"client {row.client_cores:.2f} other {row.other_cores:.2f}")
+            f"client {row.client_cores:.2f} other {row.other_cores:.2f} {row.other_top}")
 
 
 if __name__ == "__main__":
