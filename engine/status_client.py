@@ -79,28 +79,31 @@ _COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
 ]
 
 
-def _capacity_lines(master: Mapping[str, Any], listeners: Any) -> list[str]:
-    """PHP-FPM's "listen queue" and "max children reached", when the master reports them."""
+def _capacity_summary(master: Mapping[str, Any], listeners: Any) -> str:
+    """PHP-FPM's "listen queue" and "max children reached", appended to the workers line.
+
+    Empty for an engine from before these counters. On the same line, not new ones:
+    scripts that read the table by line number keep working.
+    """
     if "max_children_reached" not in master:
-        return []  # an engine from before these counters
-    state = "FULL: every connection slot busy" if master.get("pool_full") else "not full"
-    if master.get("clients_waiting"):
-        state += ", clients waiting"
-    lines = [
-        f"pool {state}; max children reached {_plain(master.get('max_children_reached'))} "
-        "times"
-    ]
-    for listener in listeners if isinstance(listeners, list) else []:
-        if not isinstance(listener, Mapping):
-            continue
-        queued = listener.get("queued")
-        if queued is None:
-            queue = "queue not reported by this system"
+        return ""
+    parts = []
+    if master.get("pool_full"):
+        parts.append("POOL FULL" + (", clients waiting" if master.get("clients_waiting") else ""))
+    parts.append(f"max children reached {_plain(master.get('max_children_reached'))}")
+    entries = [e for e in listeners if isinstance(e, Mapping)] if isinstance(
+        listeners, list) else []
+    queues = []
+    for entry in entries:
+        name = f"{_plain(entry.get('address'))} " if len(entries) > 1 else ""
+        if entry.get("queued") is None:
+            queues.append(f"{name}not reported")
         else:
-            queue = (f"queue {queued} (max {_plain(listener.get('max_queued'))}, "
-                     f"backlog {_plain(listener.get('backlog'))})")
-        lines.append(f"listener {_plain(listener.get('address'))}: {queue}")
-    return lines
+            queues.append(f"{name}{entry['queued']} (max {_plain(entry.get('max_queued'))}, "
+                          f"backlog {_plain(entry.get('backlog'))})")
+    if queues:
+        parts.append("listen queue " + ", ".join(queues))
+    return "; " + "; ".join(parts)
 
 
 def format_status(data: Mapping[str, Any]) -> str:
@@ -120,8 +123,8 @@ def format_status(data: Mapping[str, Any]) -> str:
         f"{_plain(master.get('generation'))}, target {_plain(master.get('target'))} "
         f"workers (max {_plain(master.get('max_children'))}), master RSS "
         f"{_size(master.get('rss'))}",
-        f"{len(workers)} workers" + (f": {summary}" if summary else ""),
-        *_capacity_lines(master, data.get("listeners")),
+        f"{len(workers)} workers" + (f": {summary}" if summary else "")
+        + _capacity_summary(master, data.get("listeners")),
         "",
     ]
     table = [[heading for heading, *_ in _COLUMNS]]
