@@ -192,11 +192,13 @@ class ListenerSample:
 
 @dataclass(frozen=True)
 class PoolLoad:
-    """What the pool can still take: live serving workers, their limit, free slots.
+    """What the pool can still take: its workers, their limit, and free slots.
 
-    *limit* is the most workers the pool policy will run by itself (``workers`` in a
-    static pool, ``max_children`` otherwise); *free_slots* counts connections the
-    serving workers could still take (a starting worker counts as free).
+    *workers* counts live worker processes, draining ones included (they count
+    against ``max_children`` too); *limit* is the most the pool policy runs by itself
+    (``workers`` in a static pool, ``max_children`` otherwise); *free_slots* counts
+    connections the serving workers could still take (a starting worker counts as
+    free: it takes connections in a moment).
     """
 
     workers: int
@@ -205,7 +207,7 @@ class PoolLoad:
 
     @property
     def full(self) -> bool:
-        """Every slot of every worker is busy and the pool will not grow."""
+        """Every slot of every serving worker is busy and the pool will not grow."""
         return self.workers >= self.limit and self.free_slots <= 0
 
 
@@ -213,16 +215,18 @@ def pool_load(
     workers: Iterable[tuple[WorkerState, int, bool]], slots_per_worker: int, limit: int
 ) -> PoolLoad:
     """A :class:`PoolLoad` from ``(state, active connections, draining)`` per worker."""
-    serving = free = 0
+    live = free = 0
     for state, active, draining in workers:
-        if draining or state in (WorkerState.EMPTY, WorkerState.DRAINING):
+        if state == WorkerState.EMPTY:
             continue
-        serving += 1
+        live += 1
+        if draining or state == WorkerState.DRAINING:
+            continue  # finishing its connections: takes no new one
         if state == WorkerState.BUSY:
             free += max(slots_per_worker - active, 0)
-        else:  # idle, or starting: it will take connections in a moment
+        else:  # idle, or starting
             free += slots_per_worker
-    return PoolLoad(serving, limit, free)
+    return PoolLoad(live, limit, free)
 
 
 @dataclass
@@ -314,7 +318,8 @@ def _warning(
         elif sample.queued is None and sample.waiting:
             waits.append(f"clients waiting on {sample.name}")
     text = (
-        f"pool full: all {load.workers} workers busy with no free connection slot; "
+        f"pool full: {load.workers} worker{'s' if load.workers != 1 else ''} (the limit) "
+        "and no free connection slot; "
         f"{', '.join(waits)}; clients wait until a slot frees up. {advice}"
     )
     if held_back:

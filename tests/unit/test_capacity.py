@@ -147,9 +147,11 @@ def test_pool_load_counts_free_connection_slots() -> None:
     assert pool_load([(busy, 4, False), (busy, 4, False)], 4, 2).full
     # Below the limit the pool can still grow: not full, even with every slot busy.
     assert not pool_load([(busy, 1, False)], 1, 2).full
-    # Draining workers neither serve nor count.
-    load = pool_load([(busy, 1, False), (idle, 0, True), (WorkerState.DRAINING, 0, False)], 1, 1)
-    assert load == PoolLoad(1, 1, 0) and load.full
+    # Draining workers take no connection but count against the limit.
+    rows = [(busy, 1, False), (idle, 0, True), (WorkerState.DRAINING, 0, False)]
+    assert pool_load(rows, 1, 3) == PoolLoad(3, 3, 0) and pool_load(rows, 1, 3).full
+    assert not pool_load(rows, 1, 4).full
+    assert pool_load([(WorkerState.EMPTY, 0, False)], 1, 1) == PoolLoad(0, 1, 0)
 
 
 # --- the monitor: counters and the warning, with a fake clock ---
@@ -186,7 +188,8 @@ def test_no_warning_unless_the_pool_is_full_and_clients_wait() -> None:
     assert monitor.warnings == 0
     line = monitor.observe(2.0, [waiting(3)], FULL, ADVICE)
     assert line is not None and monitor.clients_waiting
-    assert "all 4 workers busy" in line and "3 waiting on 127.0.0.1:8000 (backlog 2048)" in line
+    assert "4 workers (the limit) and no free connection slot" in line
+    assert "3 waiting on 127.0.0.1:8000 (backlog 2048)" in line
     assert ADVICE in line
 
 
