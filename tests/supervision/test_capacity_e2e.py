@@ -8,12 +8,17 @@ log the warning that names the setting to raise.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 import socket
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+from engine.config import Settings
 from tests.apps.prefork_apps import program
 from tests.support import EngineProcess, open_clients, recv_line, tcp_exchange, wait_until
 
@@ -23,10 +28,27 @@ def status(path: str) -> dict[str, Any]:
     return data
 
 
-def test_full_pool_shows_queue_and_warns(engine_proc: Callable[..., EngineProcess]) -> None:
+HAS_GEVENT_WORKER = (
+    "worker_class" in {f.name for f in dataclasses.fields(Settings)}
+    and importlib.util.find_spec("gevent") is not None
+)
+SYNC = ("", "raise workers (now 1, static pool), or set threads for handlers that wait "
+        "on I/O; for many mostly idle connections, --worker-class gevent.")
+GEVENT = ("worker_class = 'gevent'\nworker_connections = 1\n",
+          "raise worker_connections (now 1) or raise workers (now 1, static pool)")
+
+
+@pytest.mark.parametrize("worker_class,advice", [
+    pytest.param(*SYNC, id="sync"),
+    pytest.param(*GEVENT, id="gevent", marks=pytest.mark.skipif(
+        not HAS_GEVENT_WORKER, reason="no gevent worker class in this engine yet")),
+])
+def test_full_pool_shows_queue_and_warns(
+    engine_proc: Callable[..., EngineProcess], worker_class: str, advice: str
+) -> None:
     sock_path = f"/tmp/engine-capacity-{os.getpid()}.sock"
     attrs = (f"workers = 1\npool_mode = 'static'\nstatus_bind = 'unix:{sock_path}'\n"
-             "health_interval = 0.2\nrequest_queue_size = 16")
+             f"health_interval = 0.2\nrequest_queue_size = 16\n{worker_class}")
     engine = engine_proc(program(attrs=attrs))
     wait_until(lambda: os.path.exists(sock_path), 10, "status socket")
     # null until the master's first look at its listeners, then 0: nobody waits yet.
@@ -57,7 +79,7 @@ def test_full_pool_shows_queue_and_warns(engine_proc: Callable[..., EngineProces
             wait_until(lambda: "pool full" in engine.log(), 10, "the warning in the log")
             line = next(ln for ln in engine.log().splitlines() if "pool full" in ln)
             assert "WARNING" in line and "waiting on 127.0.0.1:" in line
-            assert "raise workers (now 1, static pool)" in line and "gevent" in line
+            assert advice in line
             # Nobody waiting was refused: they are served once the slot frees up.
             held.close()
             for client in waiting:
