@@ -71,7 +71,7 @@ class Master:
         )
         self.health = HealthSampler(settings.health_interval, settings.max_worker_memory)
         self.pool = PoolAdapter(settings, scoreboard, GrowthGate(self.health))
-        self.pool.watch(self.events.listener_fds)
+        self.pool.watch(self.events.listener_socks)
         self.handover = Handover(upgrade.old_master_pid(), settings.pidfile, sockets)
         self.specs = SpecFactory.for_server(server, settings, self.name, lambda: self.events.fds)
 
@@ -186,7 +186,7 @@ class Master:
 
     def _observe(self, tick: Tick) -> None:
         """Boots and idle times; once the first workers serve, readiness (and hand-over)."""
-        for child in self.pool.observe(tick, self.children):
+        for child in self.pool.observe(tick, self.children, self.running):
             self.children.mark_booted(child)
         if not self.handover.ready and self.running:
             booted = sum(1 for c in self.children if c.booted and not c.draining)
@@ -239,7 +239,7 @@ class Master:
             generation=pool.generation, target=pool.target, started=self.started,
             crash_loop=self.children.backoff.status(now))
         records = [pool.scoreboard.read(slot) for slot in sorted(self.children.by_slot)]
-        return supervision.status_snapshot(info, records, self.health, now)
+        return supervision.status_snapshot(info, records, self.health, now, pool.capacity)
 
     def _close(self) -> None:
         """Kill what is left and release the master's resources."""

@@ -10,11 +10,13 @@ and the size of a reload in progress, and the growth rate limit.
 from __future__ import annotations
 
 import select
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from engine import pool, watchdog
+from engine.capacity import CapacityMonitor, observe_pool
 from engine.children import Child
 from engine.config import Settings, resolved_workers
 from engine.growth import GrowthGate
@@ -58,11 +60,15 @@ class PoolAdapter:
         self.batch = 1
         self.next_growth = 0.0
         self.probe = select.poll()  # zero-timeout readiness check of the listeners
+        self.capacity = CapacityMonitor()  # listen queue, max children reached
+        self.listeners: list[socket.socket] = []
 
-    def watch(self, fds: Iterable[int]) -> None:
-        """Listeners whose pending connections count as "waiting" (ondemand, bursts)."""
-        for fd in fds:
-            self.probe.register(fd, select.POLLIN)
+    def watch(self, listeners: Sequence[socket.socket]) -> None:
+        """Listeners whose pending connections count as "waiting" (ondemand, bursts),
+        and whose accept queues the capacity counters read."""
+        self.listeners = list(listeners)
+        for listener in self.listeners:
+            self.probe.register(listener.fileno(), select.POLLIN)
 
     # --- commands ---
 
@@ -84,8 +90,12 @@ class PoolAdapter:
         """Read every live worker's slot, once."""
         return Tick(now, {c.slot: self.scoreboard.read(c.slot) for c in children})
 
-    def observe(self, tick: Tick, children: Iterable[Child]) -> list[Child]:
-        """Update retiring flags and idle times; return the workers that booted since."""
+    def observe(self, tick: Tick, children: Iterable[Child], running: bool = True) -> list[Child]:
+        """Update retiring flags, idle times and (while the pool runs) the capacity
+        counters; return the workers that booted since."""
+        children = list(children)
+        if running:
+            self._observe_capacity(tick, children, self.listeners)
         booted = []
         for child in children:
             record = tick.records.get(child.slot)
@@ -106,6 +116,17 @@ class PoolAdapter:
             else:
                 child.idle_since = None
         return booted
+
+    def _observe_capacity(
+        self, tick: Tick, children: Iterable[Child], listeners: Iterable[socket.socket]
+    ) -> None:
+        """Feed this tick's records and the listeners' accept queues to the monitor."""
+        rows = [
+            (record.state, record.active, child.draining)
+            for child in children
+            if (record := tick.records.get(child.slot)) is not None
+        ]
+        observe_pool(self.capacity, self.settings, self.target, rows, listeners, tick.now)
 
     def hung(self, tick: Tick, children: Iterable[Child]) -> list[tuple[Child, str, str]]:
         """Workers past request_timeout or worker_timeout: (child, why, client)."""

@@ -86,6 +86,7 @@ def build_snapshot(
     now: float,
     *,
     master_health: WorkerHealth | None = None,
+    capacity: Mapping[str, Any] | None = None,
 ) -> Snapshot:
     """The status document: the master, then every non-EMPTY scoreboard slot.
 
@@ -94,6 +95,10 @@ def build_snapshot(
     reading means nothing outside this machine. The master's own health comes from
     *master_health*, or else from ``health[master["pid"]]``. Worker health fields are
     ``None`` for a worker not sampled yet. *now* is ``time.monotonic()``.
+
+    *capacity* is :meth:`engine.capacity.CapacityMonitor.snapshot`: its counters go
+    into ``master`` (with ``listen_queue``, the connections waiting on all listeners,
+    ``None`` if no listener reports it) and its listeners become ``listeners``.
     """
     master_out = dict(master)
     started = master_out.pop("started", None)
@@ -128,7 +133,18 @@ def build_snapshot(
             "heartbeat_age": _seconds(now - record.heartbeat) if record.heartbeat > 0 else None,
             **_health_fields(health.get(record.pid)),
         })
-    return {"master": master_out, "workers": workers}
+    snapshot: Snapshot = {"master": master_out, "workers": workers}
+    if capacity is not None:
+        listeners = [dict(entry) for entry in capacity.get("listeners", ())]
+        known = [entry["queued"] for entry in listeners if entry.get("queued") is not None]
+        master_out.update({
+            "listen_queue": sum(known) if known else None,
+            "max_children_reached": capacity.get("max_children_reached", 0),
+            "pool_full": bool(capacity.get("pool_full")),
+            "clients_waiting": bool(capacity.get("clients_waiting")),
+        })
+        snapshot["listeners"] = listeners
+    return snapshot
 
 
 def _seconds(value: float) -> float:
@@ -251,6 +267,23 @@ def render_prometheus(snapshot: Snapshot) -> str:
            "previous health sample, percent of one core.").add(master.get("cpu_percent"))
     family("engine_master_open_fds", "gauge", "File descriptors open in the master."
            ).add(master.get("open_fds"))
+
+    family("engine_max_children_reached_total", "counter", "Times the pool became full: "
+           "every worker busy with no free connection slot and the pool at its limit "
+           "(PHP-FPM's max children reached).").add(master.get("max_children_reached"))
+    family("engine_pool_full", "gauge", "1 while every connection slot of the pool is "
+           "busy and the pool cannot grow.").add(master.get("pool_full"))
+    queue = family("engine_listen_queue", "gauge", "Connections waiting in the "
+                   "listener's accept queue (Linux TCP and Unix stream sockets).")
+    queue_max = family("engine_listen_queue_max", "gauge", "Most connections seen "
+                       "waiting in the listener's accept queue since the master started.")
+    backlog = family("engine_listen_backlog", "gauge", "Limit of the listener's accept "
+                     "queue (listen backlog, capped by net.core.somaxconn).")
+    for listener in snapshot.get("listeners", ()):
+        address = listener.get("address", "")
+        queue.add(listener.get("queued"), listener=address)
+        queue_max.add(listener.get("max_queued"), listener=address)
+        backlog.add(listener.get("backlog"), listener=address)
 
     counts = family("engine_workers", "gauge", "Worker processes by scoreboard state.")
     for counted in COUNTED_STATES:

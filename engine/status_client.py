@@ -79,6 +79,33 @@ _COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
 ]
 
 
+def _capacity_summary(master: Mapping[str, Any], listeners: Any) -> str:
+    """PHP-FPM's "listen queue" and "max children reached", appended to the workers line.
+
+    Empty for an engine from before these counters. On the same line, not new ones:
+    scripts that read the table by line number keep working.
+    """
+    if "max_children_reached" not in master:
+        return ""
+    parts = []
+    if master.get("pool_full"):
+        parts.append("POOL FULL" + (", clients waiting" if master.get("clients_waiting") else ""))
+    parts.append(f"max children reached {_plain(master.get('max_children_reached'))}")
+    entries = [e for e in listeners if isinstance(e, Mapping)] if isinstance(
+        listeners, list) else []
+    queues = []
+    for entry in entries:
+        name = f"{_plain(entry.get('address'))} " if len(entries) > 1 else ""
+        if entry.get("queued") is None:
+            queues.append(f"{name}not reported")
+        else:
+            queues.append(f"{name}{entry['queued']} (max {_plain(entry.get('max_queued'))}, "
+                          f"backlog {_plain(entry.get('backlog'))})")
+    if queues:
+        parts.append("listen queue " + ", ".join(queues))
+    return "; " + "; ".join(parts)
+
+
 def format_status(data: Mapping[str, Any]) -> str:
     """The status JSON as a summary line and one row per worker; missing values are ``-``."""
     master = data.get("master") or {}
@@ -96,7 +123,8 @@ def format_status(data: Mapping[str, Any]) -> str:
         f"{_plain(master.get('generation'))}, target {_plain(master.get('target'))} "
         f"workers (max {_plain(master.get('max_children'))}), master RSS "
         f"{_size(master.get('rss'))}",
-        f"{len(workers)} workers" + (f": {summary}" if summary else ""),
+        f"{len(workers)} workers" + (f": {summary}" if summary else "")
+        + _capacity_summary(master, data.get("listeners")),
         "",
     ]
     table = [[heading for heading, *_ in _COLUMNS]]

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from engine.capacity import CapacityMonitor
 from engine.children import Child
 from engine.config import Settings
 from engine.health import HealthSampler
@@ -69,7 +70,9 @@ def master_info(
 
 
 def status_snapshot(
-    info: Mapping[str, Any], records: Sequence[SlotRecord], health: HealthSampler, now: float
+    info: Mapping[str, Any], records: Sequence[SlotRecord], health: HealthSampler, now: float,
+    capacity: CapacityMonitor | None = None,
 ) -> Snapshot:
     """The status document served by :class:`~engine.status.StatusServer`."""
-    return build_snapshot(info, records, health.latest, now, master_health=health.master_latest)
+    return build_snapshot(info, records, health.latest, now, master_health=health.master_latest,
+                          capacity=capacity.snapshot() if capacity is not None else None)
