@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine import __version__, listeners, logs, privileges, tls
+from engine import __version__, listeners, logs, privileges, safefiles, tls
 from engine.config import SECTIONS, Resolved, cli_flag, env_var, registry, resolve
 from engine.config.docs import flag_usage, format_value, is_boolean, is_list
 from engine.config.settings import Settings, class_attr_names, resolved_workers
@@ -352,8 +352,9 @@ def run_serve(args: argparse.Namespace, handler_path: str, demo: bool = False) -
         raise ConfigError("udp", True, "false for the demo, a stream protocol")
     # Settings that need the system to check (accounts, certificates): fail before
     # binding anything. The master builds the real TLS context again, before forking.
-    if settings.user:
-        privileges.resolve(settings.user, settings.group)
+    account = privileges.resolve(settings.user, settings.group) if settings.user else None
+    # Root opens the pidfile, logs and socket files: refuse paths others could redirect.
+    safefiles.check_paths(settings, *((account.uid, account.gid) if account else (None, None)))
     if settings.certfile:
         tls.build_context(settings)
     if settings.umask is not None:

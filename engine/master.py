@@ -45,6 +45,7 @@ from engine.health import HealthSampler
 from engine.intake import build_intake
 from engine.logs import access_logger
 from engine.proctitle import format_address, master_title, titled, worker_title
+from engine.safefiles import check_paths, warn_left_behind
 from engine.status import StatusServer
 from engine.wakeup import WAKE, WakeupFd, captured_signals
 from workers.protocol import ExitCode, WorkerState
@@ -135,6 +136,10 @@ class Master:
         self.account = (
             privileges.resolve(settings.user, settings.group) if settings.user else None
         )
+        # issue 17: while root, refuse pidfile/log/socket paths others could redirect.
+        check_paths(settings, *(
+            (self.account.uid, self.account.gid) if self.account else (None, None)
+        ))
         self.old_master = upgrade.old_master_pid()  # set when started by SIGUSR2
         self.new_master: int | None = None  # our successor, during an upgrade
         self.ready = False
@@ -220,6 +225,8 @@ class Master:
             privileges.switch_to(self.account)
             log.info("running as user %s (uid %d, gid %d)", self.account.name,
                      self.account.uid, self.account.gid)
+            # issue 13 item 12: say now which files this user cannot remove at exit.
+            warn_left_behind(self.settings.pidfile, paths)
 
     def _close(self) -> None:
         """Kill what is left and release the master's resources."""

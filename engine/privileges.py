@@ -84,4 +84,4 @@ def switch_to(account: Account) -> None:
 def give_to(path: str, account: Account) -> None:
     """Make a file the master created (a Unix socket) the account's, so it can remove it."""
     with contextlib.suppress(OSError):
-        os.chown(path, account.uid, account.gid)
+        os.chown(path, account.uid, account.gid, follow_symlinks=False)
