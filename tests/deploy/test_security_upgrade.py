@@ -1,0 +1,158 @@
+"""A SIGUSR2 upgrade runs nothing from the working directory (issue 17, point 3).
+
+The engine is started as ``python -m engine serve`` from a directory every user can
+write (sticky, as /tmp). Once it serves, an attacker plants ``engine/__main__.py``
+there. The upgrade must run the installed engine (the marker is never written), from
+``/``, and still find the user's handler module and the relative paths it was given.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engine import pidfile
+from tests.cli import READY
+from tests.support import (
+    ROOT,
+    EngineProcess,
+    _read_line_with_deadline,
+    assert_no_leftovers,
+    kill_tree,
+    reap,
+    tcp_exchange,
+    wait_until,
+)
+
+HANDLER = '''
+import os
+from engine.classic import StreamRequestHandler
+
+
+class Versioned(StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(b"{version} %d %s" % (os.getpid(), line))
+'''
+
+PLANTED = '''
+import pathlib
+pathlib.Path({marker!r}).write_text("planted code ran as uid %d\\n" % __import__("os").getuid())
+'''
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A sticky directory every user can write, like /tmp (root's, outside pytest's)."""
+    path = Path(tempfile.mkdtemp(prefix="engine-cwd-", dir="/tmp"))
+    path.chmod(0o1777)
+    yield path
+    shutil.rmtree(path)
+
+
+def write_handler(directory: Path, version: str) -> None:
+    (directory / "cwdapp.py").write_text(HANDLER.format(version=version))
+    shutil.rmtree(directory / "__pycache__", ignore_errors=True)
+
+
+def start_in(directory: Path, args: list[str]) -> EngineProcess:
+    """``python -m engine ARGS`` started in *directory*; waits for its READY line."""
+    log_path = directory / "run" / "stderr.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+    env.update(READY, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", *args], cwd=directory, env=env,
+            stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    line = _read_line_with_deadline(proc, 20, log_path)
+    assert line.startswith(b"READY "), (line, log_path.read_text())
+    engine = EngineProcess(proc, eval(line[len(b"READY "):].decode()), log_path)
+    engine.snapshot()
+    return engine
+
+
+def test_upgrade_runs_nothing_planted_in_the_working_directory(shared_dir: Path) -> None:
+    run = shared_dir / "run"
+    run.mkdir()  # root's 0755: the pidfile and status socket live here
+    write_handler(shared_dir, "v1")
+    (shared_dir / "engine.toml").write_text('workers = 1\npool_mode = "static"\n')
+    marker = run / "marker"
+    # Relative paths throughout: they are resolved against the start directory.
+    engine = start_in(shared_dir, [
+        "serve", "cwdapp:Versioned", "--config", "engine.toml", "--bind", "127.0.0.1:0",
+        "--pidfile", "run/engine.pid", "--status-bind", "unix:run/status.sock",
+    ])
+    new: int | None = None
+    try:
+        assert psutil.Process(engine.pid).cwd() == "/"  # the master left the directory
+        assert pidfile.read(str(run / "engine.pid")) == engine.pid
+        assert tcp_exchange(engine.address, b"hi\n").startswith(b"v1 ")
+        # The attacker plants a package named engine where the master was started.
+        planted = shared_dir / "engine"
+        planted.mkdir()
+        (planted / "__init__.py").write_text(PLANTED.format(marker=str(marker)))
+        (planted / "__main__.py").write_text(PLANTED.format(marker=str(marker)))
+        (planted / "cli.py").write_text(PLANTED.format(marker=str(marker)))
+        write_handler(shared_dir, "v2")  # the new release of the user's own module
+        engine.signal(signal.SIGUSR2)
+        assert engine.wait(timeout=30) == 0, engine.log()  # the old master handed over
+        assert not marker.exists(), marker.read_text()
+        new = pidfile.read(str(run / "engine.pid"))
+        assert new is not None and new != engine.pid, engine.log()
+        engine.seen_pids.add(new)
+        assert psutil.Process(new).cwd() == "/"
+        assert tcp_exchange(engine.address, b"hi\n").startswith(b"v2 ")  # found in the dir
+        assert (run / "status.sock").exists()
+        workers = {c.pid for c in psutil.Process(new).children()}
+        os.kill(new, signal.SIGTERM)
+        _, status = os.waitpid(new, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert_no_leftovers(workers | {new})
+        assert not (run / "engine.pid").exists()
+        assert not marker.exists()
+        assert "Traceback" not in engine.log()
+    finally:
+        kill_tree(engine.pid, engine.proc)
+        if engine.proc.stdout is not None:
+            engine.proc.stdout.close()
+        if new is not None:  # in the old master's process group: killed above
+            reap([new])
+
+
+def test_chdir_setting_and_a_missing_directory(shared_dir: Path, tmp_path: Path) -> None:
+    run = shared_dir / "run"
+    run.mkdir()
+    write_handler(shared_dir, "v1")
+    engine = start_in(shared_dir, [
+        "serve", "cwdapp:Versioned", "--bind", "127.0.0.1:0", "--workers", "1",
+        "--chdir", "run",
+    ])
+    try:
+        assert psutil.Process(engine.pid).cwd() == str(run)
+        assert tcp_exchange(engine.address, b"hi\n").startswith(b"v1 ")
+        engine.signal(signal.SIGTERM)
+        assert engine.wait() == 0
+    finally:
+        kill_tree(engine.pid, engine.proc)
+        if engine.proc.stdout is not None:
+            engine.proc.stdout.close()
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "engine.examples.echo:EchoHandler",
+         "--bind", "127.0.0.1:0", "--chdir", "no/such/dir"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"invalid setting chdir='{tmp_path}/no/such/dir'" in result.stderr
+    assert "Traceback" not in result.stderr
