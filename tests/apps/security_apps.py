@@ -20,3 +20,11 @@ class Leaky(StreamRequestHandler):
             if line.strip() == b"leak":
                 LEAK.append(b"x" * (8 * 1024 * 1024))
             self.wfile.write(b"%d %s" % (os.getpid(), line))
+
+
+class Timeout(StreamRequestHandler):
+    """Answers each line with the socket timeout the connection was given."""
+
+    def handle(self) -> None:
+        for _ in self.rfile:
+            self.wfile.write(b"%r\n" % (self.connection.gettimeout(),))
