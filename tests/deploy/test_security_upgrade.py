@@ -30,7 +30,6 @@ from tests.support import (
     kill_tree,
     reap,
     tcp_exchange,
-    wait_until,
 )
 
 HANDLER = '''
