@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.listeners import UPGRADE_FDS_VARIABLE
-from engine.workdir import BASE_VARIABLE
+from engine.workdir import BASE_VARIABLE, absolute
 
 UPGRADE_FROM_VARIABLE = "ENGINE_UPGRADE_FROM"
 STATUS_FD_VARIABLE = "ENGINE_STATUS_FD"
@@ -42,7 +42,7 @@ class Entry:
 _entry: Entry | None = None
 
 
-def remember_entry(entry: Entry) -> None:
+def remember_entry(entry: Entry | None) -> None:
     """Record the ``engine`` command's arguments for a later SIGUSR2 re-exec."""
     global _entry
     _entry = entry
@@ -71,7 +71,7 @@ def _bootstrap(entry: Entry) -> str:
 
     It empties the current directory out of ``sys.path`` before anything is imported
     (``-c`` puts ``''`` first on every Python; ``-P`` exists only from 3.11), makes
-    relative ``PYTHONPATH`` entries absolute against the base directory, appends the
+    any relative entry absolute against the base directory, appends the
     directory the handler came from (after the installed packages, so a module
     planted there cannot stand in for engine or a library), then runs the command.
     """
@@ -104,6 +104,13 @@ def new_master_environment() -> dict[str, str]:
     environment = dict(os.environ)
     if _entry is not None:
         environment[BASE_VARIABLE] = _entry.base
+        # Python makes PYTHONPATH entries absolute against the current directory, which
+        # is chdir now: resolve relative ones against the base, and drop empty ones.
+        if environment.get("PYTHONPATH"):
+            environment["PYTHONPATH"] = os.pathsep.join(
+                absolute(item, _entry.base)
+                for item in environment["PYTHONPATH"].split(os.pathsep) if item
+            )
     return environment
 
 

@@ -155,3 +155,53 @@ def test_chdir_setting_and_a_missing_directory(shared_dir: Path, tmp_path: Path)
     assert result.returncode == 2, result.stderr
     assert f"invalid setting chdir='{tmp_path}/no/such/dir'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- the re-exec command line, as plain data ---
+
+
+def test_interpreter_options_stop_at_the_program() -> None:
+    from engine.upgrade import interpreter_options
+
+    assert interpreter_options(["python", "-m", "engine", "serve"]) == []
+    assert interpreter_options(["python", "-X", "dev", "-W", "error", "-u", "-m", "engine"]) == [
+        "-X", "dev", "-W", "error", "-u",
+    ]
+    assert interpreter_options(["python", "-O", "/usr/bin/engine", "-X", "x"]) == ["-O"]
+    assert interpreter_options(["python", "-mengine", "serve"]) == []
+    assert interpreter_options(["python", "-c", "code", "-O"]) == []
+
+
+def test_cli_re_exec_keeps_the_working_directory_off_sys_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bootstrap, run for real from a directory holding a planted engine package."""
+    from engine import upgrade
+
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{os.pathsep}relative")
+
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "engine" / "__init__.py").write_text("raise SystemExit('planted')\n")
+    entry = upgrade.Entry(("--version",), base="/srv/app", handler_directory="/srv/app")
+    upgrade.remember_entry(entry)
+    try:
+        argv, env = upgrade.command_line(), upgrade.new_master_environment()
+    finally:
+        upgrade.remember_entry(None)
+    assert env["PYTHONPATH"] == f"{ROOT}{os.pathsep}/srv/app/relative"
+    assert env["ENGINE_BASE_DIR"] == "/srv/app"
+    assert argv[0] == sys.executable and argv[-1] == "--version"
+    code = argv[argv.index("-c") + 1]
+    assert "\n" not in code  # one line in the log
+    probe = code.replace("from engine.cli import main; sys.exit(main())", "print(sys.path)")
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+        env=env, timeout=30,
+    )
+    path = eval(result.stdout)
+    assert "" not in path and str(tmp_path) not in path
+    assert path[-1] == "/srv/app" and "/srv/app/relative" in path
+    assert str(ROOT) in path
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
+                            env=env, timeout=30)
+    assert result.returncode == 0 and result.stdout.startswith("engine "), result
