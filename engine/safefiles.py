@@ -171,23 +171,34 @@ def check_paths(settings: object, uid: int | None, gid: int | None) -> None:
 def open_append(path: str, mode: int = 0o640) -> int:
     """Open *path* for appending, creating it (*mode*) if needed; return the fd.
 
-    A symlink at *path* is refused (``O_NOFOLLOW``), and so is anything but a regular
-    file with a single link (a hard link to another file would make us write there).
+    While privileged, a symlink at *path* is refused (``O_NOFOLLOW``), and so is a
+    regular file with more than one link (a hard link to another file would make root
+    write there) and anything but a file, a pipe or a character device. An
+    unprivileged process may write only what its user may anyway, so ``/dev/stdout``
+    and the like keep working there.
 
     Raises:
-        OSError: cannot be opened, or is not a plain file.
+        OSError: cannot be opened, or (privileged) is not a plain file.
     """
+    privileged = is_privileged()
+    flags = _OPEN_APPEND if privileged else _OPEN_APPEND & ~os.O_NOFOLLOW
     try:
-        fd = os.open(path, _OPEN_APPEND, mode)
+        fd = os.open(path, flags, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise OSError(errno.ELOOP, "is a symbolic link, not followed", path) from None
+            raise OSError(
+                errno.ELOOP, "is a symbolic link, which root does not follow (for stderr, "
+                "leave it unset or give '-')", path,
+            ) from None
         raise
+    if not privileged:
+        return fd
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        if info.st_nlink != 1:
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISCHR(info.st_mode)
+                or stat.S_ISFIFO(info.st_mode)):  # /dev/null and pipes are fine
+            raise OSError(errno.EINVAL, "not a regular file, a pipe or /dev/null", path)
+        if stat.S_ISREG(info.st_mode) and info.st_nlink != 1:
             raise OSError(errno.EMLINK, "has other hard links, not written", path)
     except BaseException:
         os.close(fd)
