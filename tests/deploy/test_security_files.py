@@ -220,3 +220,48 @@ def test_no_warning_when_the_service_user_owns_the_directory(
     assert engine.wait() == 0
     assert "will stay behind" not in engine.log() and "cannot remove" not in engine.log()
     assert list(directory.iterdir()) == []
+
+
+def test_group_writable_directory_is_trusted_only_for_root_or_the_service_group(
+    tmp_path: Path,
+) -> None:
+    from engine.safefiles import Trusted, unsafe_reason
+
+    assert NOBODY is not None
+    directory = tmp_path / "group"
+    directory.mkdir(mode=0o770)
+    directory.chmod(0o770)
+    service = Trusted.for_service(NOBODY.pw_uid, NOBODY.pw_gid)
+    os.chown(directory, 0, NOBODY.pw_gid)
+    assert unsafe_reason(str(directory / "engine.pid"), service) is None
+    assert "writable by group" in str(
+        unsafe_reason(str(directory / "engine.pid"), Trusted.for_service(None, None))
+    )
+    os.chown(directory, 0, 0)
+    assert unsafe_reason(str(directory / "engine.pid"), Trusted.for_service(None, None)) is None
+
+
+def test_an_unprivileged_process_is_not_checked(tmp_path: Path) -> None:
+    """Only root's opens are at stake: as nobody, a shared directory is not refused."""
+    from engine.safefiles import Trusted, check_path
+
+    assert NOBODY is not None
+    shared = writable_by_all(tmp_path)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY.pw_gid)
+            os.setuid(NOBODY.pw_uid)
+            check_path("pidfile", str(shared / "engine.pid"), Trusted.for_service(None, None))
+            os.write(write_end, b"accepted")
+        except Exception as exc:
+            os.write(write_end, repr(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    assert answer == b"accepted"
