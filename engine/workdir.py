@@ -39,14 +39,33 @@ def base_directory() -> str:
     handed = os.environ.pop(BASE_VARIABLE, "")
     if handed and os.path.isabs(handed):
         return handed
-    return os.getcwd()
+    return logical_cwd()
+
+
+def logical_cwd() -> str:
+    """The current directory as the shell named it (``$PWD``) when that is where we are.
+
+    With a deploy that swaps a symlink (``/srv/app/current`` -> a new release), ``$PWD``
+    keeps the link's name, so an upgrade looks through the link again and finds the
+    new release, where ``os.getcwd()`` would name the old release's directory.
+    """
+    here = os.getcwd()
+    logical = os.environ.get("PWD", "")
+    if logical and os.path.isabs(logical) and logical != here:
+        try:
+            if os.path.samefile(logical, here):
+                return logical
+        except OSError:
+            pass
+    return here
 
 
 def absolute(path: str, base: str) -> str:
     """*path* made absolute against *base* (``-``, stderr, stays as it is)."""
     if path == "-" or os.path.isabs(path):
         return path
-    return os.path.normpath(os.path.join(base, path))
+    # No normpath: `..` after a symlink must mean what the kernel makes of it.
+    return os.path.join(base, path)
 
 
 def _absolute_address(spec: str, base: str) -> str:

@@ -63,11 +63,12 @@ def write_handler(directory: Path, version: str) -> None:
     shutil.rmtree(directory / "__pycache__", ignore_errors=True)
 
 
-def start_in(directory: Path, args: list[str]) -> EngineProcess:
-    """``python -m engine ARGS`` started in *directory*; waits for its READY line."""
-    log_path = directory / "run" / "stderr.log"
+def start_in(directory: Path, args: list[str], log_path: Path | None = None) -> EngineProcess:
+    """``python -m engine ARGS`` started in *directory* (as a shell would, with $PWD);
+    waits for its READY line."""
+    log_path = log_path or directory / "run" / "stderr.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
-    env.update(READY, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env.update(READY, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", PWD=str(directory))
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine", *args], cwd=directory, env=env,
@@ -155,6 +156,44 @@ def test_chdir_setting_and_a_missing_directory(shared_dir: Path, tmp_path: Path)
     assert result.returncode == 2, result.stderr
     assert f"invalid setting chdir='{tmp_path}/no/such/dir'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_upgrade_follows_a_swapped_release_symlink(shared_dir: Path) -> None:
+    """A deploy that points ``current`` at a new release, then SIGUSR2: the new master
+    imports the new release's module (the start directory is taken as $PWD named it)."""
+    for release in ("1", "2"):
+        (shared_dir / release).mkdir()
+        write_handler(shared_dir / release, f"v{release}")
+    current = shared_dir / "current"
+    current.symlink_to(shared_dir / "1")
+    run = shared_dir / "run"
+    run.mkdir()
+    engine = start_in(current, [
+        "serve", "cwdapp:Versioned", "--bind", "127.0.0.1:0", "--workers", "1",
+        "--pool-mode", "static", "--pidfile", "../run/engine.pid",
+    ], log_path=run / "stderr.log")
+    new: int | None = None
+    try:
+        assert tcp_exchange(engine.address, b"hi\n").startswith(b"v1 ")
+        assert pidfile.read(str(run / "engine.pid")) == engine.pid
+        swap = shared_dir / "current.new"
+        swap.symlink_to(shared_dir / "2")
+        swap.replace(current)  # the atomic deploy: `current` now names release 2
+        engine.signal(signal.SIGUSR2)
+        assert engine.wait(timeout=30) == 0, engine.log()
+        new = pidfile.read(str(run / "engine.pid"))
+        assert new is not None and new != engine.pid
+        engine.seen_pids.add(new)
+        assert tcp_exchange(engine.address, b"hi\n").startswith(b"v2 ")
+        os.kill(new, signal.SIGTERM)
+        _, status = os.waitpid(new, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        kill_tree(engine.pid, engine.proc)
+        if engine.proc.stdout is not None:
+            engine.proc.stdout.close()
+        if new is not None:
+            reap([new])
 
 
 # --- the re-exec command line, as plain data ---
