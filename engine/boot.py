@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine import listeners, pidfile, privileges, sdnotify, upgrade
+from engine import listeners, pidfile, privileges, safefiles, sdnotify, upgrade
 from engine.config import Settings
 from engine.errors import ConfigError
 from engine.handover import Handover
@@ -23,11 +23,15 @@ log = logging.getLogger("engine.master")
 
 
 def open_status(settings: Settings, snapshot: Callable[[], Snapshot]) -> StatusServer | None:
-    """Open the status endpoint (or adopt the one a previous master handed over).
+    """Check the files start-up creates, then open the status endpoint (or adopt the one a
+    previous master handed over): the first thing a master does.
 
     Raises:
-        ConfigError: ``status_bind`` is malformed or its address cannot be listened on.
+        ConfigError: a pidfile, log or socket path another user could redirect (while
+            root); ``status_bind`` is malformed or its address cannot be listened on.
     """
+    account = privileges.resolve(settings.user, settings.group) if settings.user else None
+    safefiles.check_paths(settings, *((account.uid, account.gid) if account else (None, None)))
     handed_in = upgrade.handed_in_status_socket()
     if settings.status_bind is None:
         if handed_in is not None:
@@ -63,6 +67,7 @@ def settle_in(settings: Settings, sockets: Sequence[Any], status: StatusServer |
             privileges.give_to(path, account)
     privileges.switch_to(account)
     log.info("running as user %s (uid %d, gid %d)", account.name, account.uid, account.gid)
+    safefiles.warn_left_behind(settings.pidfile, paths)  # what this user cannot remove
 
 
 def release(settings: Settings, status: StatusServer | None, handover: Handover) -> None:

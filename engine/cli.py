@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine import __version__, listeners, logs, privileges, tls
+from engine import __version__, listeners, logs, privileges, safefiles, tls, upgrade, workdir
 from engine.config import SECTIONS, Resolved, cli_flag, env_var, registry, resolve
 from engine.config.docs import flag_usage, format_value, is_boolean, is_list
 from engine.config.settings import Settings, class_attr_names, resolved_workers
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return run_status(args)
         handler_path = args.handler if args.command == "serve" else DEMO_HANDLER
-        return run_serve(args, handler_path, demo=args.command == "demo")
+        return run_serve(args, handler_path, demo=args.command == "demo", arguments=arguments)
     except ConfigError as exc:
         return _fail(str(exc), ExitStatus.USAGE)
     except HandlerError as exc:
@@ -205,8 +205,11 @@ def _fail(message: str, status: int) -> int:
 # --- serve ---
 
 
-def import_handler(path: str) -> type:
+def import_handler(path: str, search_cwd: bool = True) -> type:
     """Import ``MODULE:CLASS`` (CLASS may be dotted) and return the class.
+
+    With *search_cwd*, the current directory is searched first, as ``python -m``
+    does; a master re-executed by an upgrade passes False (see :mod:`engine.upgrade`).
 
     Raises:
         HandlerError: the path is malformed, the module or attribute does not exist,
@@ -219,7 +222,7 @@ def import_handler(path: str) -> type:
         )
     # Like `python -m`, find modules in the current directory even when run as the
     # console script (whose sys.path[0] is the script's directory).
-    if os.getcwd() not in sys.path and "" not in sys.path:
+    if search_cwd and os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         target: Any = importlib.import_module(module_name)
@@ -340,20 +343,36 @@ def open_sockets(settings: Settings) -> list[socket.socket]:
     return opened
 
 
-def run_serve(args: argparse.Namespace, handler_path: str, demo: bool = False) -> int:
-    """``engine serve`` (and ``engine demo``): resolve, check, bind, serve."""
-    resolved = resolve(setting_values(args), config_path=args.config)
-    handler = import_handler(handler_path)
+def run_serve(
+    args: argparse.Namespace, handler_path: str, demo: bool = False,
+    arguments: Sequence[str] = (),
+) -> int:
+    """``engine serve`` (and ``engine demo``): resolve, check, bind, serve.
+
+    *arguments* (the command's own, as given) are what a SIGUSR2 upgrade re-executes.
+    """
+    # Relative paths are resolved against the start directory, then the master leaves
+    # it for `chdir` (issue 17: an upgrade must not run code from there).
+    upgraded = workdir.BASE_VARIABLE in os.environ
+    base = workdir.base_directory()
+    config = workdir.absolute(args.config, base) if args.config else None
+    resolved = resolve(setting_values(args), config_path=config)
+    handler = import_handler(handler_path, search_cwd=not upgraded)
     if args.check_config:
         print(render_resolved(resolved, handler_path))
         return ExitStatus.OK
-    settings = resolved.settings
+    settings = workdir.with_absolute_paths(resolved.settings, base)
+    workdir.change_to(settings.chdir)
+    upgrade.remember_entry(upgrade.Entry(
+        tuple(arguments), base, workdir.module_directory(handler_path.partition(":")[0], base)
+    ))
     if demo and settings.udp:
         raise ConfigError("udp", True, "false for the demo, a stream protocol")
     # Settings that need the system to check (accounts, certificates): fail before
     # binding anything. The master builds the real TLS context again, before forking.
-    if settings.user:
-        privileges.resolve(settings.user, settings.group)
+    account = privileges.resolve(settings.user, settings.group) if settings.user else None
+    # Root opens the pidfile, logs and socket files: refuse paths others could redirect.
+    safefiles.check_paths(settings, *((account.uid, account.gid) if account else (None, None)))
     if settings.certfile:
         tls.build_context(settings)
     if settings.umask is not None:

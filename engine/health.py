@@ -16,6 +16,12 @@ is sampled over a few consecutive loop turns instead of stalling the master.
 Nothing here raises because a worker went away between the master's reap and the
 sample: ``NoSuchProcess``, ``ZombieProcess`` and ``AccessDenied`` are expected and
 tolerated (the pid is skipped, or the one field that was denied is ``None``).
+
+Under ``--user`` every process is non-dumpable (:mod:`engine.privileges`): the
+unprivileged master still reads its workers' ``statm`` and ``stat`` (RSS, CPU,
+threads), which the kernel keeps world-readable, but not their ``smaps_rollup`` or
+``fd``, so ``uss`` and ``open_fds`` of workers are ``None`` there. RSS is what
+``max_worker_memory`` compares, so recycling is unaffected.
 """
 
 from __future__ import annotations

@@ -125,15 +125,30 @@ def open_listener(spec: str, settings: Settings) -> socket.socket:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if settings.reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
         if family == socket.AF_UNIX and settings.socket_mode is not None:
-            os.chmod(address, settings.socket_mode)
+            _bind_with_mode(sock, address, settings.socket_mode)
+        else:
+            sock.bind(address)
         if not settings.udp:
             sock.listen(settings.request_queue_size)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _bind_with_mode(sock: socket.socket, path: str, mode: int) -> None:
+    """Bind a Unix socket whose file gets *mode* from its creation.
+
+    bind() gives the file the socket inode's mode minus the umask: set both, rather
+    than chmod the path afterwards, which would follow a symlink swapped in meanwhile.
+    """
+    os.fchmod(sock.fileno(), mode)
+    previous = os.umask(0)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(previous)
 
 
 def remove_stale_socket(path: str, sock_type: int) -> None:

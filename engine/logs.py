@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from engine import safefiles
 from engine.config.settings import Settings
 from workers.protocol import format_address
 
@@ -75,11 +76,20 @@ class RoleFormatter(logging.Formatter):
 
 
 class ReopenableFileHandler(logging.FileHandler):
-    """A file handler (append mode) that :func:`reopen_logs` can reopen."""
+    """A file handler (append mode) that :func:`reopen_logs` can reopen.
+
+    The file is opened without following a symlink and must be a plain file with one
+    link (:func:`engine.safefiles.open_append`): it is opened as root at start.
+    """
 
     def __init__(self, path: str) -> None:
         super().__init__(path, mode="a", encoding="utf-8")
         _file_handlers.add(self)
+
+    def _open(self) -> Any:
+        """The stream, opened with O_NOFOLLOW (logging's own open follows symlinks)."""
+        fd = safefiles.open_append(self.baseFilename)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
 
     def close(self) -> None:
         """Close the file; a closed handler is not reopened any more."""
@@ -93,7 +103,7 @@ class ReopenableFileHandler(logging.FileHandler):
             OSError: the file cannot be opened; the old stream stays in use.
         """
         # The handler owns the new stream and closes it: no context manager here.
-        stream = open(self.baseFilename, "a", encoding=self.encoding)  # noqa: SIM115
+        stream = self._open()
         # setStream flushes and swaps under the handler's lock, so a record is never
         # written half to the old file and half to the new one.
         old = self.setStream(stream)

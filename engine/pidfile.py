@@ -4,26 +4,34 @@ The running master's pid is in ``PATH``. During an upgrade the old master rename
 file to ``PATH.oldbin`` and the new master writes ``PATH``; whichever master exits
 removes the file that holds its own pid, and an old master whose successor failed
 renames ``PATH.oldbin`` back.
+
+The file is written while the master may still be root: through a ``mkstemp`` file
+in the same directory, renamed into place, and read without following symlinks
+(:mod:`engine.safefiles`). Every operation that fails is logged: after ``--user`` the
+master may no longer be able to rename or remove the file (see docs/security.md).
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 
 import psutil
 
+from engine import safefiles
 from engine.errors import ConfigError
 
 OLD_SUFFIX = ".oldbin"
 
+log = logging.getLogger("engine.master")
+
 
 def read(path: str) -> int | None:
     """The pid in *path*, or None when there is no file or no pid in it."""
+    text = safefiles.read_small(path, 64)
     try:
-        with open(path, encoding="ascii") as file:
-            return int(file.read().strip())
-    except (OSError, ValueError):
+        return int(text.strip()) if text is not None else None
+    except ValueError:
         return None
 
 
@@ -39,14 +47,9 @@ def write(path: str, pid: int) -> None:
             "pidfile", path, f"a file no running process holds (pid {other} is running: "
             "is another engine using it?)",
         )
-    temporary = f"{path}.{pid}.tmp"
     try:
-        with open(temporary, "w", encoding="ascii") as file:
-            file.write(f"{pid}\n")
-        os.replace(temporary, path)
+        safefiles.replace_contents(path, f"{pid}\n")
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
         raise ConfigError("pidfile", path, f"a writable path ({exc.strerror or exc})") from None
 
 
@@ -54,17 +57,26 @@ def remove_if_ours(path: str, pid: int) -> None:
     """Remove *path* and *path*.oldbin where they hold *pid* (on the way out)."""
     for candidate in (path, path + OLD_SUFFIX):
         if read(candidate) == pid:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(candidate)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove the pidfile %s: %s; it stays behind",
+                            candidate, exc.strerror or exc)
 
 
 def set_aside(path: str, pid: int) -> bool:
     """Rename our *path* to *path*.oldbin for the new master; True if renamed."""
     if read(path) != pid:
+        log.warning("upgrade: the pidfile %s does not hold this master's pid %d; "
+                    "not renaming it to %s", path, pid, OLD_SUFFIX)
         return False
     try:
         os.replace(path, path + OLD_SUFFIX)
-    except OSError:
+    except OSError as exc:
+        log.warning("upgrade: cannot rename the pidfile %s to %s: %s", path,
+                    path + OLD_SUFFIX, exc.strerror or exc)
         return False
     return True
 
@@ -72,5 +84,8 @@ def set_aside(path: str, pid: int) -> bool:
 def restore(path: str, pid: int) -> None:
     """Put *path*.oldbin back as *path* (the new master did not take over)."""
     if read(path + OLD_SUFFIX) == pid and read(path) in (None, pid):
-        with contextlib.suppress(OSError):
+        try:
             os.replace(path + OLD_SUFFIX, path)
+        except OSError as exc:
+            log.warning("cannot rename %s back to the pidfile %s: %s", path + OLD_SUFFIX,
+                        path, exc.strerror or exc)

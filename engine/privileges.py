@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import grp
 import os
 import pwd
 from dataclasses import dataclass
 
 from engine.errors import ConfigError
-
-_PR_SET_DUMPABLE = 4
 
 
 @dataclass(frozen=True)
@@ -77,13 +74,14 @@ def switch_to(account: Account) -> None:
         os.setgroups([account.gid])
     os.setgid(account.gid)
     os.setuid(account.uid)
-    # Changing ids makes the process non-dumpable: /proc/<pid> becomes root's, and
-    # the master (now unprivileged) could not read its workers' memory or fds.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
+    # Changing ids has made the process non-dumpable, and it stays so: no process of
+    # the service user may ptrace it or read its /proc/PID/mem, environ, smaps or fd
+    # (the TLS private key is in its memory). The master still reads its workers'
+    # statm and stat (RSS, CPU), which stay world-readable; USS and open fds, which
+    # need smaps and fd, are reported as unknown (see engine.health).
 
 
 def give_to(path: str, account: Account) -> None:
     """Make a file the master created (a Unix socket) the account's, so it can remove it."""
     with contextlib.suppress(OSError):
-        os.chown(path, account.uid, account.gid)
+        os.chown(path, account.uid, account.gid, follow_symlinks=False)

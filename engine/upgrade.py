@@ -1,9 +1,9 @@
 """The zero-downtime upgrade (SIGUSR2): a master re-executes itself, sockets and all.
 
-The old master forks a child that execs the same command line (``sys.orig_argv``:
-new code and new config are read afresh) with the listening descriptors left open
-and their numbers in ``ENGINE_LISTEN_FDS``, and its own pid in
-``ENGINE_UPGRADE_FROM``. The new master adopts the sockets instead of binding
+The old master forks a child that execs the same command (:func:`command_line`: new
+code and new config are read afresh, and nothing from the working directory) with the
+listening descriptors left open and their numbers in ``ENGINE_LISTEN_FDS``, and its
+own pid in ``ENGINE_UPGRADE_FROM``. The new master adopts the sockets instead of binding
 (:mod:`engine.listeners`), forks its workers and, once they serve, sends SIGTERM to
 the old master, which drains its workers and exits. The listening sockets stay open
 throughout, in both masters: connections queue in the kernel and no client is refused.
@@ -17,16 +17,101 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from engine.listeners import UPGRADE_FDS_VARIABLE
+from engine.workdir import BASE_VARIABLE, absolute
 
 UPGRADE_FROM_VARIABLE = "ENGINE_UPGRADE_FROM"
 STATUS_FD_VARIABLE = "ENGINE_STATUS_FD"
 
 
+# Interpreter options that take a value (``-W error``), when splitting sys.orig_argv.
+_OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """How the ``engine`` command re-executes itself (set by the CLI at start)."""
+
+    arguments: tuple[str, ...]  # the command's arguments, as given (sys.argv[1:])
+    base: str  # the directory relative paths are resolved from (engine.workdir)
+    handler_directory: str | None  # where the handler module was found, if in base
+
+
+_entry: Entry | None = None
+
+
+def remember_entry(entry: Entry | None) -> None:
+    """Record the ``engine`` command's arguments for a later SIGUSR2 re-exec."""
+    global _entry
+    _entry = entry
+
+
+def interpreter_options(argv: Sequence[str]) -> list[str]:
+    """The interpreter's own options in *argv* (``sys.orig_argv``): ``-X dev``, ``-O``...
+
+    Everything from ``-m``, ``-c``, ``-`` or the script name on is left out.
+    """
+    options: list[str] = []
+    items = iter(argv[1:])
+    for item in items:
+        if item in ("-m", "-c", "-") or not item.startswith("-"):
+            break
+        if item.startswith(("-m", "-c")):  # -mengine, -cCODE
+            break
+        options.append(item)
+        if item in _OPTIONS_WITH_VALUE:
+            options.append(next(items, ""))
+    return options
+
+
+def _bootstrap(entry: Entry) -> str:
+    """The ``-c`` program of a re-executed ``engine`` master.
+
+    It empties the current directory out of ``sys.path`` before anything is imported
+    (``-c`` puts ``''`` first on every Python; ``-P`` exists only from 3.11), makes
+    any relative entry absolute against the base directory, appends the
+    directory the handler came from (after the installed packages, so a module
+    planted there cannot stand in for engine or a library), then runs the command.
+    """
+    extra = [entry.handler_directory] if entry.handler_directory else []
+    return (  # one line: it shows in the log and in ps
+        "import os, sys; "
+        f"sys.path[:] = [os.path.join({entry.base!r}, p) for p in sys.path if p] + {extra!r}; "
+        "from engine.cli import main; sys.exit(main())"
+    )
+
+
 def command_line() -> list[str]:
-    """How this process was started: the interpreter, its options and arguments."""
-    return [sys.executable, *sys.orig_argv[1:]]
+    """The command line of a new master.
+
+    For the ``engine`` command: the same interpreter and options, running the CLI
+    through a ``-c`` bootstrap that keeps the working directory off ``sys.path``
+    (whether it was started as ``python -m engine`` or as the console script). For
+    other programs (a library server): how this process was started.
+    """
+    if _entry is None:
+        return [sys.executable, *sys.orig_argv[1:]]
+    return [
+        sys.executable, *interpreter_options(sys.orig_argv), "-c", _bootstrap(_entry),
+        *_entry.arguments,
+    ]
+
+
+def new_master_environment() -> dict[str, str]:
+    """The environment of a new master: ours, plus the base directory for the CLI."""
+    environment = dict(os.environ)
+    if _entry is not None:
+        environment[BASE_VARIABLE] = _entry.base
+        # Python makes PYTHONPATH entries absolute against the current directory, which
+        # is chdir now: resolve relative ones against the base, and drop empty ones.
+        if environment.get("PYTHONPATH"):
+            environment["PYTHONPATH"] = os.pathsep.join(
+                absolute(item, _entry.base)
+                for item in environment["PYTHONPATH"].split(os.pathsep) if item
+            )
+    return environment
 
 
 def start_new_master(
@@ -41,7 +126,7 @@ def start_new_master(
         OSError: fork failed.
     """
     argv = command_line()
-    environment = dict(os.environ)
+    environment = new_master_environment()
     environment[UPGRADE_FDS_VARIABLE] = ",".join(str(s.fileno()) for s in listeners)
     environment[UPGRADE_FROM_VARIABLE] = str(os.getpid())
     inherited = list(listeners)

@@ -106,6 +106,12 @@ class Settings:
         "with `user`, they are also given to that user.",
         "deploy", v.optional(v.file_mode), class_attr=False, metavar="MODE",
     )
+    chdir: str = setting(
+        "/", "Directory the engine command changes to at start, once relative paths "
+        "(config, pidfile, logs, sockets, certificates) are made absolute and the handler "
+        "is imported; a SIGUSR2 upgrade re-executes from it (see docs/security.md).",
+        "deploy", v.text, class_attr=False, metavar="DIR",
+    )
     # --- tls ---
     certfile: str | None = setting(
         None, "Serve TLS with this PEM certificate (chain); needs keyfile unless the key is "
@@ -157,9 +163,9 @@ class Settings:
         "allow_from.", "clients", v.cidr_list, metavar="CIDR",
     )
     client_timeout: float | None = setting(
-        None, "Socket timeout set on every accepted connection before the handler runs "
-        "(a handler's own `timeout` attribute overrides it). Off by default, as in "
-        "socketserver.",
+        30.0, "Socket timeout set on every accepted connection before the handler runs "
+        "(a handler's own `timeout` attribute overrides it): a client silent this long "
+        "no longer holds a worker. `off` (or `none`) turns it off, as in socketserver.",
         "clients", v.optional(v.duration(0.0, exclusive=True)), metavar="SECONDS",
     )
     # --- pool ---

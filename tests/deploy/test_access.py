@@ -92,8 +92,8 @@ def test_client_timeout_ends_an_idle_connection(engine_proc: Start) -> None:
 
 
 def test_without_client_timeout_an_idle_connection_stays_open(engine_proc: Start) -> None:
-    # The control for the test above: the timeout is the setting's doing.
-    engine = serve(engine_proc)
+    # The control for the test above: the timeout is the setting's doing (30 s by default).
+    engine = serve(engine_proc, "--client-timeout", "off")
     with socket.create_connection(engine.address, timeout=10) as idle:
         assert recv_line(idle)
         idle.settimeout(1.0)

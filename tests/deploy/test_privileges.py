@@ -64,7 +64,7 @@ def test_master_and_workers_drop_to_nobody_after_binding_port_below_1024(
     info = os.stat(unix)
     assert (info.st_uid, info.st_gid) == (nobody.pw_uid, nobody.pw_gid)
     assert stat.S_IMODE(info.st_mode) == 0o660
-    # The unprivileged master can still watch its workers (they stay dumpable).
+    # The unprivileged master can still watch its workers (statm and stat stay readable).
 
     def sampled() -> bool:
         result = run_cli(["status", "--status-bind", f"unix:{status}", "--json"])

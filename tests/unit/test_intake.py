@@ -429,7 +429,7 @@ def stream_server(**attributes: Any) -> Any:
 
 
 def test_nothing_enabled_means_no_intake() -> None:
-    assert build_intake(build({}), stream_server()) is None
+    assert build_intake(build({"client_timeout": None}), stream_server()) is None
     udp = SimpleNamespace(socket_type=socket.SOCK_DGRAM)
     assert build_intake(build({"client_timeout": 5}), udp) is None
 

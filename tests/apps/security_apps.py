@@ -1,0 +1,30 @@
+"""Handlers for the security tests (tests/deploy/test_security*.py)."""
+
+from __future__ import annotations
+
+import os
+
+from engine.classic import StreamRequestHandler
+
+LEAK: list[bytes] = []
+
+
+class Leaky(StreamRequestHandler):
+    """Each ``leak`` line keeps 8 MiB more (touched): a memory leak on purpose.
+
+    Answers ``pid line``; any other line is only echoed after the pid.
+    """
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            if line.strip() == b"leak":
+                LEAK.append(b"x" * (8 * 1024 * 1024))
+            self.wfile.write(b"%d %s" % (os.getpid(), line))
+
+
+class Timeout(StreamRequestHandler):
+    """Answers each line with the socket timeout the connection was given."""
+
+    def handle(self) -> None:
+        for _ in self.rfile:
+            self.wfile.write(b"%r\n" % (self.connection.gettimeout(),))
