@@ -33,7 +33,7 @@ from engine import __version__, listeners, logs, privileges, tls
 from engine.config import SECTIONS, Resolved, cli_flag, env_var, registry, resolve
 from engine.config.docs import flag_usage, format_value, is_boolean, is_list
 from engine.config.settings import Settings, class_attr_names, resolved_workers
-from engine.config.validators import file_mode
+from engine.config.validators import duration, file_mode
 from engine.errors import ConfigError, ExitStatus, MasterFatalError
 from engine.prefork import (
     PreforkMixIn,
@@ -53,6 +53,8 @@ DEMO_HANDLER = "engine.examples.demo:DemoHandler"
 READY_VARIABLE = "ENGINE_READY_LINE"
 EXIT_INTERRUPTED = 128 + 2  # the shell's status for "killed by SIGINT"
 COMMANDS = ("demo", "serve", "status")
+# `engine status --timeout`: a duration as the settings' are (not a setting itself).
+STATUS_TIMEOUT_VALIDATOR = duration(0.0, exclusive=True)
 
 
 class HandlerError(Exception):
@@ -159,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--prometheus", action="store_true", help="print the Prometheus text exposition",
     )
     status.add_argument(
-        "--timeout", type=float, default=STATUS_TIMEOUT, metavar="SECONDS",
+        "--timeout", default=STATUS_TIMEOUT, metavar="SECONDS",
         help=f"give up after this long [default: {STATUS_TIMEOUT:g}]",
     )
     _add_config_arguments(status, check=False)
@@ -483,9 +485,10 @@ def run_status(args: argparse.Namespace) -> int:
             "status_bind", None, "the address of a running engine's status endpoint: pass "
             f"--status-bind unix:PATH or 127.0.0.1:PORT, or set {env_var('status_bind')}",
         )
+    timeout = STATUS_TIMEOUT_VALIDATOR("timeout", args.timeout)
     kind = "prometheus" if args.prometheus else "json"
     try:
-        body = fetch_status(settings.status_bind, kind, args.timeout)
+        body = fetch_status(settings.status_bind, kind, timeout)
     except OSError as exc:
         return _fail(
             f"cannot read the status endpoint at {settings.status_bind}: "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -76,10 +77,15 @@ def optional(inner: Validator, none_words: Sequence[str] = ("", "none", "off")) 
     return check
 
 
+# The longest duration: beyond it a timeout no longer fits the kernel's and Python's
+# clocks (select(), settimeout() take at most ~292 years in nanoseconds).
+DURATION_MAX = 1e9
+
+
 def duration(low: float = 0.0, *, exclusive: bool = False) -> Validator:
-    """A number of seconds (int or float) above *low*."""
+    """A number of seconds (int or float) above *low*, at most DURATION_MAX."""
     sign = ">" if exclusive else ">="
-    allowed = f"a number of seconds {sign} {low:g}"
+    allowed = f"a number of seconds {sign} {low:g} and <= {DURATION_MAX:g}"
 
     def check(name: str, value: Any) -> float:
         if isinstance(value, bool):
@@ -88,7 +94,8 @@ def duration(low: float = 0.0, *, exclusive: bool = False) -> Validator:
             seconds = float(value.strip()) if isinstance(value, str) else float(value)
         except (TypeError, ValueError, OverflowError):  # OverflowError: a huge int
             raise ConfigError(name, value, allowed) from None
-        if not math.isfinite(seconds) or seconds < low or (exclusive and seconds == low):
+        if not math.isfinite(seconds) or seconds < low or (exclusive and seconds == low) \
+                or seconds > DURATION_MAX:
             raise ConfigError(name, value, allowed)
         return seconds
 
@@ -127,10 +134,10 @@ def choice(*choices: str) -> Validator:
 
 
 def text(name: str, value: Any) -> str:
-    """A non-empty string."""
-    if isinstance(value, str) and value.strip():
+    """A non-empty string (without NUL: every text setting ends up as a path or a C string)."""
+    if isinstance(value, str) and value.strip() and "\0" not in value:
         return value.strip()
-    raise ConfigError(name, value, "a non-empty string")
+    raise ConfigError(name, value, "a non-empty string without NUL characters")
 
 
 def log_level(name: str, value: Any) -> str:
@@ -145,16 +152,32 @@ def log_level(name: str, value: Any) -> str:
     raise ConfigError(name, value, "one of " + ", ".join(levels))
 
 
+# A Unix socket path is bound through sockaddr_un.sun_path: 108 bytes on Linux,
+# including the final NUL.
+UNIX_PATH_MAX = 107
+
+
 def bind_address(name: str, value: Any) -> str:
     """HOST:PORT, [IPv6]:PORT or unix:PATH."""
     allowed = "HOST:PORT, [IPV6]:PORT or unix:PATH (port 0-65535)"
-    if not isinstance(value, str):
+    if not isinstance(value, str) or "\0" in value:
         raise ConfigError(name, value, allowed)
     spec = value.strip()
     if spec.startswith("unix:") and len(spec) > len("unix:"):
+        try:
+            size = len(os.fsencode(spec[len("unix:"):]))
+        except UnicodeError:
+            raise ConfigError(name, value, allowed) from None
+        if size > UNIX_PATH_MAX:
+            raise ConfigError(
+                name, value, f"unix:PATH with a PATH of at most {UNIX_PATH_MAX} bytes"
+            )
         return spec
-    match = re.fullmatch(r"(\[[0-9A-Fa-f:.%\w]+\]|[^\[\]:]*):(\d{1,5})", spec)
-    if not match or int(match.group(2)) > 65535:
+    # The host is an IP literal or a DNS name (ASCII: the resolver is asked at bind).
+    match = re.fullmatch(
+        r"(\[[0-9A-Fa-f:.]+(%[\w.-]+)?\]|[A-Za-z0-9._-]*):(\d{1,5})", spec, re.ASCII
+    )
+    if not match or int(match.group(3)) > 65535:
         raise ConfigError(name, value, allowed)
     return spec
 

@@ -142,3 +142,31 @@ def test_sigterm_before_serving_is_not_lost(engine_proc: Callable[..., EnginePro
     )
     engine.signal(signal.SIGTERM)
     assert engine.wait(timeout=30) == 0
+
+
+# --- bad input from outside: bytes, wrong kinds of file, out-of-range options (#13.8) ---
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["serve", ECHO], ["serve", ECHO, "--check-config"], ["status"]],
+    ids=["serve", "check-config", "status"],
+)
+def test_a_config_file_that_is_not_utf8_exits_2(tmp_path: Path, command: list[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b"\xff\xfe x")
+    result = run_cli([*command, "--config", str(path)])
+    assert_usage_error(result, "invalid setting config=", "UTF-8")
+
+
+@pytest.mark.parametrize("timeout", ["-1", "nan", "inf", "1e400", "0", "soon"])
+def test_status_timeout_out_of_range_exits_2(timeout: str) -> None:
+    result = run_cli(["status", "--status-bind", "127.0.0.1:9", "--timeout", timeout])
+    assert_usage_error(result, "timeout")
+
+
+def test_a_nul_in_a_toml_path_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "nul.toml"
+    path.write_text('log_file = "engine\\u0000.log"\n')
+    result = run_cli(["serve", ECHO, "--bind", "127.0.0.1:0", "--config", str(path)])
+    assert_usage_error(result, "invalid setting log_file=")

@@ -160,3 +160,29 @@ def test_unreadable_or_broken_files(tmp_path: Path) -> None:
     assert error.setting == "config" and "valid TOML" in error.allowed
     error = config_error(env={}, config_path=tmp_path)  # a directory
     assert error.setting == "config"
+
+
+# --- config files that are not text files (#13.8) ---
+
+
+@pytest.mark.timeout(10)  # a FIFO read without care blocks for ever
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device", "huge", "not-utf8", "nul"])
+def test_a_config_path_that_is_no_toml_text_file_is_named(tmp_path: Path, kind: str) -> None:
+    import os
+
+    path: Path | str = tmp_path / "engine.toml"
+    if kind == "directory":
+        path = tmp_path
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path = "/dev/zero"
+    elif kind == "huge":
+        Path(path).write_text("# padding\n" * 200_000)
+    elif kind == "not-utf8":
+        Path(path).write_bytes(b"\xff\xfe x")
+    else:
+        path = "engine\0.toml"
+    error = config_error(env={}, config_path=path)
+    assert error.setting == "config"
+    assert str(error).startswith("invalid setting config=")

@@ -146,3 +146,30 @@ def test_parse_bind() -> None:
     assert v.parse_bind(":80") == (socket.AF_INET, ("0.0.0.0", 80))
     assert v.parse_bind("[::1]:81") == (socket.AF_INET6, ("::1", 81))
     assert v.parse_bind("unix:/run/a.sock") == (socket.AF_UNIX, "/run/a.sock")
+
+
+# --- values that passed validation and then failed (or crashed) at start (#13.8) ---
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["unix:/" + "x" * 107, "h\u00e9te:80", "exa mple:80", "*:80", "\udcff:80", "a\0b:80",
+     "unix:/tmp/a\0b"],
+)
+def test_bind_addresses_that_cannot_be_bound_are_refused(spec: str) -> None:
+    rejects(v.bind_address, spec)
+
+
+def test_the_longest_unix_path_is_accepted() -> None:
+    spec = "unix:/" + "x" * 106
+    assert v.bind_address("bind", spec) == spec
+
+
+@pytest.mark.parametrize("value", ["a\0b", "\0"])
+def test_text_with_nul_is_refused(value: str) -> None:
+    rejects(v.text, value, "NUL")
+
+
+@pytest.mark.parametrize("value", [1e10, "1e10", 10**12])
+def test_durations_beyond_the_clocks_are_refused(value: Any) -> None:
+    rejects(v.duration(0.0), value, "<= 1e+09")
