@@ -346,18 +346,11 @@ def run_serve(args: argparse.Namespace, handler_path: str, demo: bool = False) -
     """``engine serve`` (and ``engine demo``): resolve, check, bind, serve."""
     resolved = resolve(setting_values(args), config_path=args.config)
     handler = import_handler(handler_path)
+    settings = resolved.settings
+    check_with_the_system(settings, demo)
     if args.check_config:
         print(render_resolved(resolved, handler_path))
         return ExitStatus.OK
-    settings = resolved.settings
-    if demo and settings.udp:
-        raise ConfigError("udp", True, "false for the demo, a stream protocol")
-    # Settings that need the system to check (accounts, certificates): fail before
-    # binding anything. The master builds the real TLS context again, before forking.
-    if settings.user:
-        privileges.resolve(settings.user, settings.group)
-    if settings.certfile:
-        tls.build_context(settings)
     if settings.umask is not None:
         os.umask(settings.umask)  # before any file is created: logs, sockets, pidfile
     access = _open_logs(settings)
@@ -393,6 +386,23 @@ def run_serve(args: argparse.Namespace, handler_path: str, demo: bool = False) -
                     _unlink_if_ours(path, inode)
     log.info("stopped" if not server.handed_off else "stopped; the new master serves")
     return ExitStatus.OK
+
+
+def check_with_the_system(settings: Settings, demo: bool = False) -> None:
+    """The checks that need the system (accounts, certificates), before binding.
+
+    ``--check-config`` runs them too, so it refuses what the start would refuse. The
+    master builds the real TLS context again, before forking.
+
+    Raises:
+        ConfigError: naming the setting.
+    """
+    if demo and settings.udp:
+        raise ConfigError("udp", True, "false for the demo, a stream protocol")
+    if settings.user:
+        privileges.resolve(settings.user, settings.group)
+    if settings.certfile:
+        tls.build_context(settings)
 
 
 def _open_logs(settings: Settings) -> logs.AccessLog | None:

@@ -246,7 +246,7 @@ class Settings:
     status_bind: str | None = setting(
         None, "Serve live status (JSON and Prometheus text) on this address: "
         "unix:PATH or 127.0.0.1:PORT. Off by default.",
-        "supervision", v.optional(v.bind_address), metavar="ADDRESS",
+        "supervision", v.optional(v.status_address), metavar="ADDRESS",
     )
     # --- logging ---
     log_level: str = setting(
@@ -307,6 +307,23 @@ def resolved_workers(settings: Settings) -> int:
     return min(default, settings.max_children)
 
 
+def check_stream_only(s: Settings, datagram: bool) -> None:
+    """Settings that apply to stream connections only are unset on a datagram server.
+
+    ``udp`` says so for the CLI; a ``PreforkUDPServer`` subclass says so by its class
+    (engine/intake.py calls this with ``datagram=True``).
+    """
+    if not datagram:
+        return
+    stream_only = {"proxy_protocol": s.proxy_protocol, "certfile": s.certfile}
+    for name, value in stream_only.items():
+        if value:
+            raise ConfigError(
+                name, value,
+                "unset with udp or a datagram server (it applies to stream connections)",
+            )
+
+
 def check_consistency(s: Settings) -> None:
     """Cross-setting rules; each failure names the setting to change."""
     if s.workers == 0 and s.pool_mode != "ondemand":
@@ -315,12 +332,7 @@ def check_consistency(s: Settings) -> None:
         raise ConfigError(
             "workers", s.workers, f"at most max_children ({s.max_children})"
         )
-    stream_only = {
-        "proxy_protocol": s.proxy_protocol, "certfile": s.certfile,
-    }
-    for name, value in stream_only.items():
-        if s.udp and value:
-            raise ConfigError(name, value, "unset with udp (it applies to stream connections)")
+    check_stream_only(s, datagram=s.udp)
     if s.keyfile and not s.certfile:
         raise ConfigError("keyfile", s.keyfile, "used with certfile")
     if s.tls_verify_client != "none" and not s.ca_certs:

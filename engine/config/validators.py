@@ -182,6 +182,31 @@ def bind_address(name: str, value: Any) -> str:
     return spec
 
 
+LOOPBACK_ONLY = (
+    "unix:PATH or a loopback HOST:PORT (127.0.0.1, ::1 or localhost); the status "
+    "endpoint has no authentication, so put a proxy in front of it to expose it"
+)
+
+
+def status_address(name: str, value: Any) -> str:
+    """unix:PATH, or a loopback HOST:PORT (the status endpoint has no authentication)."""
+    import ipaddress
+
+    spec = bind_address(name, value)
+    if spec.startswith("unix:"):
+        return spec
+    host = parse_bind(spec)[1][0]
+    if host.lower() == "localhost":
+        return spec  # the status server binds it as 127.0.0.1, with no resolver call
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        raise ConfigError(name, value, LOOPBACK_ONLY) from None
+    if not ip.is_loopback:
+        raise ConfigError(name, value, LOOPBACK_ONLY)
+    return spec
+
+
 def bind_list(name: str, value: Any) -> tuple[str, ...]:
     """One or more bind addresses (a list, or a comma-separated string)."""
     items = value.split(",") if isinstance(value, str) else value

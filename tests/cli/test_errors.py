@@ -170,3 +170,24 @@ def test_a_nul_in_a_toml_path_exits_2(tmp_path: Path) -> None:
     path.write_text('log_file = "engine\\u0000.log"\n')
     result = run_cli(["serve", ECHO, "--bind", "127.0.0.1:0", "--config", str(path)])
     assert_usage_error(result, "invalid setting log_file=")
+
+
+# --- --check-config and the start agree: every rule is checked by both (#13.10) ---
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--status-bind", "0.0.0.0:9100"], ["invalid setting status_bind='0.0.0.0:9100'",
+                                             "loopback"]),
+        (["--status-bind", "[::]:9100"], ["invalid setting status_bind=", "loopback"]),
+        (["--user", "no-such-user-here"], ["invalid setting user='no-such-user-here'"]),
+        (["--certfile", "/nonexistent/cert.pem"], ["invalid setting certfile="]),
+    ],
+)
+def test_check_config_refuses_what_the_start_refuses(
+    args: list[str], fragments: list[str]
+) -> None:
+    for check in (["--check-config"], []):
+        result = run_cli(["serve", ECHO, "--bind", "127.0.0.1:0", *args, *check])
+        assert_usage_error(result, *fragments)

@@ -186,3 +186,36 @@ def test_a_config_path_that_is_no_toml_text_file_is_named(tmp_path: Path, kind: 
     error = config_error(env={}, config_path=path)
     assert error.setting == "config"
     assert str(error).startswith("invalid setting config=")
+
+
+# --- every rule in the registry (#13.10, #15.4) ---
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0:9100", ":9100", "192.0.2.10:9100", "[::]:9100",
+                                  "example.com:9100"])
+def test_status_bind_must_be_loopback_in_the_registry(bind: str) -> None:
+    from engine.config import build
+
+    with pytest.raises(ConfigError) as info:
+        build({"status_bind": bind})
+    assert info.value.setting == "status_bind" and "loopback" in info.value.allowed
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1:9100", "localhost:0", "[::1]:9100",
+                                  "unix:/run/engine-status.sock"])
+def test_loopback_status_binds_are_accepted(bind: str) -> None:
+    from engine.config import build
+
+    assert build({"status_bind": bind}).status_bind == bind
+
+
+def test_stream_only_settings_are_one_rule_for_udp_and_datagram_servers() -> None:
+    from engine.config.settings import check_stream_only
+
+    with pytest.raises(ConfigError) as info:
+        resolve({"udp": True, "proxy_protocol": True}, env={})
+    assert info.value.setting == "proxy_protocol"
+    with pytest.raises(ConfigError) as info:
+        check_stream_only(Settings(certfile="c.pem"), datagram=True)
+    assert info.value.setting == "certfile"
+    check_stream_only(Settings(certfile="c.pem"), datagram=False)
