@@ -21,15 +21,18 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import inspect
 import json
 import logging
 import os
 import socket
+import socketserver
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine import __version__, listeners, logs, privileges, tls
+from engine import __version__, classic, listeners, logs, privileges, tls
 from engine.config import SECTIONS, Resolved, cli_flag, env_var, registry, resolve
 from engine.config.docs import flag_usage, format_value, is_boolean, is_list
 from engine.config.settings import Settings, class_attr_names, resolved_workers
@@ -193,6 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_serve(args, handler_path, demo=args.command == "demo")
     except ConfigError as exc:
         return _fail(str(exc), ExitStatus.USAGE)
+    except HandlerImportError as exc:
+        # The user's module failed: the first line says so, the traceback says where.
+        status = _fail(str(exc), ExitStatus.USAGE)
+        traceback.print_exception(exc.error, file=sys.stderr)
+        return status
     except HandlerError as exc:
         return _fail(str(exc), ExitStatus.USAGE)
     except KeyboardInterrupt:
@@ -229,7 +237,11 @@ def import_handler(path: str) -> type:
         missing = exc.name or ""
         if module_name == missing or module_name.startswith(missing + "."):
             raise HandlerError(f"cannot import handler {path!r}: {exc}") from None
-        raise  # the module exists but one of its own imports fails: show the traceback
+        raise HandlerImportError(path, exc) from exc  # one of the module's own imports
+    except (ValueError, TypeError) as exc:  # "a\udcff", "..x": not a module name at all
+        raise HandlerError(f"cannot import handler {path!r}: {exc}") from None
+    except Exception as exc:  # the user's module raised: say so, then show where
+        raise HandlerImportError(path, exc) from exc
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
@@ -240,7 +252,42 @@ def import_handler(path: str) -> type:
             ) from None
     if not isinstance(target, type):
         raise HandlerError(f"handler {path!r} is not a class: {target!r}")
+    check_handler_class(path, target)
     return target
+
+
+def check_handler_class(path: str, cls: type) -> None:
+    """Refuse a class that cannot be a request handler, before anything is served.
+
+    A handler is instantiated as ``cls(request, client_address, server)``, as by
+    socketserver; any class whose constructor accepts that call is taken.
+
+    Raises:
+        HandlerError: *cls* is a server class, or its constructor does not take
+            ``(request, client_address, server)``.
+    """
+    advice = "a socketserver.BaseRequestHandler subclass, e.g. engine.examples.echo:EchoHandler"
+    if issubclass(cls, (socketserver.BaseServer, classic.BaseServer)):
+        raise HandlerError(
+            f"handler {path!r} is a server class, not a request handler: give {advice}"
+        )
+    try:
+        inspect.signature(cls).bind(None, None, None)
+    except (TypeError, ValueError):  # ValueError: no signature (dict, int...)
+        raise HandlerError(
+            f"handler {path!r} is not a request handler: {cls.__qualname__}() does not "
+            f"take (request, client_address, server); give {advice}"
+        ) from None
+
+
+class HandlerImportError(HandlerError):
+    """The handler's module raised while being imported (the user's code failed)."""
+
+    def __init__(self, path: str, error: BaseException) -> None:
+        super().__init__(
+            f"cannot import handler {path!r}: {type(error).__name__}: {error}"
+        )
+        self.error = error
 
 
 class CommandLineServer(PreforkMixIn):

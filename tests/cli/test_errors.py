@@ -4,6 +4,7 @@ and --check-config's precedence report."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli import CLI, READY, run_cli
-from tests.support import EngineProcess
+from tests.support import ROOT, EngineProcess
 
 ECHO = "engine.examples.echo:EchoHandler"
 
@@ -191,3 +192,44 @@ def test_check_config_refuses_what_the_start_refuses(
     for check in (["--check-config"], []):
         result = run_cli(["serve", ECHO, "--bind", "127.0.0.1:0", *args, *check])
         assert_usage_error(result, *fragments)
+
+
+# --- a handler that is not one is refused before serving (#13.11) ---
+
+
+@pytest.mark.parametrize(
+    ("handler", "fragment"),
+    [
+        ("builtins:dict", "'builtins:dict' is not a request handler"),
+        ("collections:OrderedDict", "is not a request handler"),
+        ("engine:PreforkTCPServer", "is a server class, not a request handler"),
+        ("engine.examples.demo:MAX_LINE", "is not a class"),
+        ("engine.examples.nothing_here:Handler", "cannot import handler"),
+    ],
+)
+def test_a_handler_that_is_not_a_request_handler_exits_2(handler: str, fragment: str) -> None:
+    for check in (["--check-config"], []):
+        result = run_cli(["serve", handler, "--bind", "127.0.0.1:0", *check])
+        assert_usage_error(result, fragment)
+        assert "serving" not in result.stderr
+
+
+def test_a_handler_module_that_raises_on_import_exits_2_with_a_clear_first_line(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "broken_handler_module.py").write_text(
+        "raise RuntimeError('the database is not configured')\n"
+    )
+    result = run_cli(
+        ["serve", "broken_handler_module:Handler", "--bind", "127.0.0.1:0"],
+        env={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"},
+    )
+    assert result.returncode == 2, result
+    first = result.stderr.splitlines()[0]
+    assert first == (
+        "engine: error: cannot import handler 'broken_handler_module:Handler': "
+        "RuntimeError: the database is not configured"
+    ), result.stderr
+    # The user's own code failed: the traceback that follows says where.
+    assert "the database is not configured" in result.stderr.splitlines()[-1]
+    assert "serving" not in result.stderr
