@@ -25,11 +25,13 @@ import inspect
 import json
 import logging
 import os
+import signal
 import socket
 import socketserver
 import sys
+import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from engine import __version__, classic, listeners, logs, privileges, tls
@@ -193,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return run_status(args)
         handler_path = args.handler if args.command == "serve" else DEMO_HANDLER
-        return run_serve(args, handler_path, demo=args.command == "demo")
+        with interruptible():
+            return run_serve(args, handler_path, demo=args.command == "demo")
     except ConfigError as exc:
         return _fail(str(exc), ExitStatus.USAGE)
     except HandlerImportError as exc:
@@ -205,6 +208,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), ExitStatus.USAGE)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED  # quietly: the user asked for it
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in the block, however the process was started.
+
+    A process started with SIGINT ignored (a shell's background job, ``nohup``) keeps
+    it ignored, and Python then installs no KeyboardInterrupt handler: the master, which
+    stops quickly on SIGINT, would exit 0 instead of 130. The command's own handler
+    makes SIGINT mean the same thing wherever it runs; the previous one is restored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _fail(message: str, status: int) -> int:

@@ -197,6 +197,12 @@ class EngineProcess:
         return self.proc.wait(timeout=timeout)
 
 
+def default_sigint() -> None:
+    """In a child before exec: SIGINT to its default, so Python turns it into
+    KeyboardInterrupt even when the test runner was started with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_engine(
     code: str,
     *,
@@ -225,6 +231,7 @@ def start_engine(
             stdin=subprocess.DEVNULL,
             env=full_env,
             start_new_session=True,
+            preexec_fn=default_sigint,  # whatever the runner inherited (#13.13)
         )
     assert proc.stdout is not None
     line = _read_line_with_deadline(proc, ready_timeout, log_path)
