@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument(
         "--timeout", default=STATUS_TIMEOUT, metavar="SECONDS",
-        help=f"give up after this long [default: {STATUS_TIMEOUT:g}]",
+        help=f"give up after this long: seconds, or 500ms, 2s... [default: {STATUS_TIMEOUT:g}]",
     )
     _add_config_arguments(status, check=False)
     add_setting_arguments(status, only=["status_bind"])

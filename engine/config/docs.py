@@ -32,6 +32,12 @@ Every setting can be given four ways. From highest precedence to lowest:
 4. **defaults**, below, which are also the class attributes of `PreforkMixIn`
    (settings marked *class attribute*), overridable in a subclass.
 
+**Durations** (the settings of type `float` below, in seconds, and `engine status
+--timeout`) take a plain number of seconds (`30`, `0.5`) or one number with a unit:
+`250ms`, `30s`, `5m`, `1h` (units are case-insensitive), from every source: `--graceful-timeout 5m`,
+`ENGINE_IDLE_TIMEOUT=250ms`, `request_timeout = "1h"` in TOML, or a class attribute
+`worker_timeout = "30s"`. `--check-config` shows them in seconds.
+
 `engine serve --check-config` prints the resolved value of every setting and where it
 came from. An invalid value, from any source, stops the command with exit status 2 and
 a message naming the setting, the value and what is allowed.

@@ -82,16 +82,37 @@ def optional(inner: Validator, none_words: Sequence[str] = ("", "none", "off")) 
 DURATION_MAX = 1e9
 
 
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(
+    r"\s*(?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*(?P<unit>ms|s|m|h)?\s*",
+    re.ASCII | re.IGNORECASE,
+)
+
+
 def duration(low: float = 0.0, *, exclusive: bool = False) -> Validator:
-    """A number of seconds (int or float) above *low*, at most DURATION_MAX."""
+    """A duration above *low*, at most DURATION_MAX: seconds, or a number with a unit.
+
+    ``30`` and ``30s`` are 30 seconds; ``250ms``, ``5m`` and ``1h`` are what they say
+    (one number and one unit; units are case-insensitive).
+    """
     sign = ">" if exclusive else ">="
-    allowed = f"a number of seconds {sign} {low:g} and <= {DURATION_MAX:g}"
+    allowed = (
+        f"a number of seconds {sign} {low:g} and <= {DURATION_MAX:g}, or a number with "
+        "a unit: ms, s, m, h (e.g. 250ms, 30s, 5m, 1h)"
+    )
 
     def check(name: str, value: Any) -> float:
         if isinstance(value, bool):
             raise ConfigError(name, value, allowed)
         try:
-            seconds = float(value.strip()) if isinstance(value, str) else float(value)
+            if isinstance(value, str):
+                match = _DURATION.fullmatch(value)
+                if match is None:
+                    raise ValueError(value)
+                unit = _DURATION_UNITS[(match.group("unit") or "").lower()]
+                seconds = float(match.group("number")) * unit
+            else:
+                seconds = float(value)
         except (TypeError, ValueError, OverflowError):  # OverflowError: a huge int
             raise ConfigError(name, value, allowed) from None
         if not math.isfinite(seconds) or seconds < low or (exclusive and seconds == low) \

@@ -173,3 +173,36 @@ def test_text_with_nul_is_refused(value: str) -> None:
 @pytest.mark.parametrize("value", [1e10, "1e10", 10**12])
 def test_durations_beyond_the_clocks_are_refused(value: Any) -> None:
     rejects(v.duration(0.0), value, "<= 1e+09")
+
+
+# --- durations with units (#13.14) ---
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("250ms", 0.25), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), (" 1.5 h ", 5400.0),
+     ("2H", 7200.0), ("0.5", 0.5), ("10", 10.0), ("1e3ms", 1.0), ("90S", 90.0)],
+)
+def test_durations_take_an_optional_unit(raw: str, seconds: float) -> None:
+    assert v.duration(0.0)("t", raw) == seconds
+
+
+@pytest.mark.parametrize("raw", ["5 minutes", "1h30m", "ms", "5x", "-1s", "1e400ms", "5mm",
+                                 "nanms", "infh"])
+def test_durations_with_bad_units_are_refused(raw: str) -> None:
+    rejects(v.duration(0.0), raw, "ms, s, m, h")
+
+
+def test_durations_with_units_from_every_source(tmp_path: Any) -> None:
+    from engine import cli
+    from engine.config import build, resolve
+
+    config = tmp_path / "engine.toml"
+    config.write_text('graceful_timeout = "5m"\n')
+    settings = resolve(
+        {"request_timeout": "1h"}, env={"ENGINE_IDLE_TIMEOUT": "250ms"}, config_path=config,
+    ).settings
+    assert (settings.graceful_timeout, settings.request_timeout, settings.idle_timeout) == (
+        300.0, 3600.0, 0.25)
+    assert build({"worker_timeout": "30s"}).worker_timeout == 30.0  # a class attribute
+    assert cli.STATUS_TIMEOUT_VALIDATOR("timeout", "500ms") == 0.5  # engine status --timeout
