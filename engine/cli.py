@@ -37,7 +37,7 @@ from typing import Any
 from engine import __version__, classic, listeners, logs, privileges, tls
 from engine.config import SECTIONS, Resolved, cli_flag, env_var, registry, resolve
 from engine.config.docs import flag_usage, format_value, is_boolean, is_list
-from engine.config.settings import Settings, class_attr_names, resolved_workers
+from engine.config.settings import Settings, choices, class_attr_names, resolved_workers
 from engine.config.validators import duration, file_mode
 from engine.errors import ConfigError, ExitStatus, MasterFatalError
 from engine.prefork import (
@@ -102,9 +102,17 @@ def add_setting_arguments(
             options["action"] = argparse.BooleanOptionalAction
         else:
             options["metavar"] = flag_usage(field).split(" ", 1)[1]
+            words = choices(field.name)
+            if words is not None:  # from the setting's Literal type
+                options["choices"], options["type"] = words, _word
             if is_list(field):
                 options["action"] = "append"
         group.add_argument(cli_flag(field.name), **options)
+
+
+def _word(text: str) -> str:
+    """A choice as the validators read it: case and surrounding blanks do not count."""
+    return text.strip().lower()
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, check: bool = True) -> None:

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from engine.config import validators
-from engine.config.settings import SECTIONS, cli_flag, env_var, registry
+from engine.config.settings import SECTIONS, choices, cli_flag, env_var, registry
 
 HEADER = """\
 # Settings
@@ -82,6 +82,9 @@ def _cell(text: str) -> str:
 
 
 def _type_name(field: dataclasses.Field[Any]) -> str:
+    words = choices(field.name)
+    if words is not None:  # a Literal type: its values are what a user writes
+        return " | ".join(f'"{word}"' for word in words)
     return str(field.type)  # the annotation as written (postponed evaluation)
 
 

@@ -142,7 +142,7 @@ def byte_size(name: str, value: Any) -> int:
 
 
 def choice(*choices: str) -> Validator:
-    """One of a fixed set of words (case-insensitive)."""
+    """One of a fixed set of words (case-insensitive): a Literal type's values."""
     allowed = "one of " + ", ".join(choices)
 
     def check(name: str, value: Any) -> str:
@@ -151,6 +151,7 @@ def choice(*choices: str) -> Validator:
         raise ConfigError(name, value, allowed)
 
     check.__doc__ = allowed
+    check.choices = choices  # type: ignore[attr-defined]
     return check
 
 
@@ -161,16 +162,20 @@ def text(name: str, value: Any) -> str:
     raise ConfigError(name, value, "a non-empty string without NUL characters")
 
 
-def log_level(name: str, value: Any) -> str:
-    """A logging level name: debug, info, warning, error, critical."""
-    levels = ("debug", "info", "warning", "error", "critical")
-    if isinstance(value, str) and value.strip().lower() in levels:
-        return value.strip().lower()
-    if isinstance(value, int) and not isinstance(value, bool):
-        named = logging.getLevelName(value)
-        if isinstance(named, str) and named.lower() in levels:
-            return named.lower()
-    raise ConfigError(name, value, "one of " + ", ".join(levels))
+def log_level(*levels: str) -> Validator:
+    """A logging level name among *levels* (case-insensitive), or its number (20)."""
+    words = choice(*levels)
+
+    def check(name: str, value: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            named = logging.getLevelName(value)
+            if isinstance(named, str) and named.lower() in levels:
+                return named.lower()
+        return str(words(name, value))
+
+    check.__doc__ = words.__doc__ + " (or a level number, e.g. 20)"  # type: ignore[operator]
+    check.choices = levels  # type: ignore[attr-defined]
+    return check
 
 
 # A Unix socket path is bound through sockaddr_un.sun_path: 108 bytes on Linux,

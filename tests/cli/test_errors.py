@@ -37,7 +37,7 @@ def assert_usage_error(result: object, *fragments: str) -> None:
         ([], {}, 'max_children = "x"\n', ["invalid setting max_children='x'", "from file "]),
         ([], {}, "max_childs = 3\n", ["invalid setting max_childs=3", "unknown key"]),
         ([], {}, "[engine]\nworkers = 2\n", ["invalid setting engine=", "top level"]),
-        (["--pool-mode", "elastic"], {}, None, ["pool_mode='elastic'", "one of static"]),
+        ([], {"ENGINE_POOL_MODE": "elastic"}, None, ["pool_mode='elastic'", "one of static"]),
         (["--bind", "localhost"], {}, None, ["bind='localhost'", "HOST:PORT"]),
         (["--workers", "0"], {}, None, ["workers=0", "ondemand"]),
         (["--bind", "127.0.0.1:0", "--keyfile", "k.pem"], {}, None,
@@ -90,6 +90,11 @@ def test_argparse_errors_exit_2() -> None:
     assert result.returncode == 2 and "MODULE:CLASS" in result.stderr
     result = run_cli(["serve", ECHO, "--no-such-flag"])
     assert result.returncode == 2 and "unrecognized arguments" in result.stderr
+    # Choice settings are argparse choices (from their Literal types).
+    result = run_cli(["serve", ECHO, "--pool-mode", "elastic"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "argument --pool-mode: invalid choice: 'elastic' (choose from 'static', " \
+        "'dynamic', 'ondemand')" in result.stderr
 
 
 def test_check_config_shows_precedence_and_sources(tmp_path: Path) -> None:

@@ -108,10 +108,11 @@ def test_text() -> None:
 
 
 def test_log_level() -> None:
-    assert v.log_level("x", "WARNING") == "warning"
-    assert v.log_level("x", logging.DEBUG) == "debug"
+    log_level = v.log_level("debug", "info", "warning", "error", "critical")
+    assert log_level("x", "WARNING") == "warning"
+    assert log_level("x", logging.DEBUG) == "debug"
     for bad in ("verbose", 5, True, None):
-        rejects(v.log_level, bad, "debug", "critical")
+        rejects(log_level, bad, "debug", "critical")
 
 
 @pytest.mark.parametrize(
