@@ -80,7 +80,7 @@ class Settings:
     )
     proc_name: str | None = setting(
         None, "Name shown in process titles (default: the handler class name).",
-        "server", v.optional(v.text), metavar="NAME",
+        "server", v.optional(v.utf8_text), metavar="NAME",
     )
     request_queue_size: int = setting(
         2048, "Listen backlog: connections waiting while every worker is busy.",
@@ -137,7 +137,7 @@ class Settings:
     )
     tls_ciphers: str | None = setting(
         None, "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults).",
-        "tls", v.optional(v.text), metavar="CIPHERS",
+        "tls", v.optional(v.utf8_text), metavar="CIPHERS",
     )
     # --- clients ---
     handshake_timeout: float = setting(

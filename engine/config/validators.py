@@ -162,6 +162,20 @@ def text(name: str, value: Any) -> str:
     raise ConfigError(name, value, "a non-empty string without NUL characters")
 
 
+def utf8_text(name: str, value: Any) -> str:
+    """A non-empty string in UTF-8 (a name shown in titles and status, an OpenSSL string).
+
+    Paths may hold any bytes (argv and the environment carry the ones that are not
+    UTF-8 as surrogates); these settings may not.
+    """
+    checked = text(name, value)
+    try:
+        checked.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(name, value, "a non-empty string in UTF-8") from None
+    return checked
+
+
 def log_level(*levels: str) -> Validator:
     """A logging level name among *levels* (case-insensitive), or its number (20)."""
     words = choice(*levels)
@@ -294,10 +308,18 @@ def file_mode(name: str, value: Any) -> int:
     return number
 
 
+# uid_t and gid_t are 32 bits; (uid_t)-1 means "no change" to setuid(), so it is no id.
+MAX_ID = 2**32 - 2
+
+
 def account(name: str, value: Any) -> str:
     """A user or group: a name or a numeric id (checked against the system at start)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    allowed = f"a user or group name, or a numeric id from 0 to {MAX_ID}"
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
         return str(value)
     if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?", value.strip()):
-        return value.strip()
-    raise ConfigError(name, value, "a user or group name, or a numeric id")
+        word = value.strip()
+        if word.isdigit() and (len(word) > 10 or int(word) > MAX_ID):
+            raise ConfigError(name, value, allowed)
+        return word
+    raise ConfigError(name, value, allowed)

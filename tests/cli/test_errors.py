@@ -54,6 +54,11 @@ def assert_usage_error(result: object, *fragments: str) -> None:
          ["invalid setting log_file='/nonexistent/dir/engine.log'", "No such file"]),
         (["--bind", "127.0.0.1:0"], {"ENGINE_ACCESS_LOG": "/nonexistent/dir/a.log"}, None,
          ["invalid setting access_log=", "opened for appending"]),
+        # Found by hand: a process title, a status document and OpenSSL need UTF-8.
+        (["--bind", "127.0.0.1:0"], {"ENGINE_PROC_NAME": os.fsdecode(b"caf\xe9")}, None,
+         ["invalid setting proc_name=", "UTF-8"]),
+        (["--bind", "127.0.0.1:0"], {"ENGINE_TLS_CIPHERS": os.fsdecode(b"\xffRSA")}, None,
+         ["invalid setting tls_ciphers=", "UTF-8"]),
     ],
 )
 def test_bad_settings_exit_2_naming_the_setting(
@@ -238,3 +243,27 @@ def test_a_handler_module_that_raises_on_import_exits_2_with_a_clear_first_line(
     # The user's own code failed: the traceback that follows says where.
     assert "the database is not configured" in result.stderr.splitlines()[-1]
     assert "serving" not in result.stderr
+
+
+def test_a_group_id_beyond_uid_t_exits_2_before_serving() -> None:
+    # Found by hand: --check-config passed, the start died in os.initgroups().
+    for check in (["--check-config"], []):
+        result = run_cli(["serve", ECHO, "--bind", "127.0.0.1:0", "--user", "root",
+                          "--group", "99999999999999999999", *check])
+        assert_usage_error(result, "invalid setting group='99999999999999999999'")
+
+
+def test_bytes_that_are_not_utf8_in_argv_and_env_do_not_break_the_start(
+    engine_proc: Callable[..., EngineProcess], tmp_path: Path,
+) -> None:
+    # Found by hand: the master died in setproctitle.getproctitle() (argv not UTF-8).
+    # A path may hold any bytes but NUL.
+    pidfile = os.fsdecode(bytes(tmp_path) + b"/engine\xff.pid")
+    engine = engine_proc(
+        CLI, args=["serve", ECHO, "--bind", "127.0.0.1:0", "--workers", "1",
+                   "--pidfile", pidfile],
+        env={**READY, "ENGINE_ACCESS_LOG": os.fsdecode(bytes(tmp_path) + b"/a\xff.log")},
+    )
+    engine.signal(signal.SIGTERM)
+    assert engine.wait(timeout=30) == 0
+    assert "Traceback" not in engine.log()

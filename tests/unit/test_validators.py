@@ -207,3 +207,14 @@ def test_durations_with_units_from_every_source(tmp_path: Any) -> None:
         300.0, 3600.0, 0.25)
     assert build({"worker_timeout": "30s"}).worker_timeout == 30.0  # a class attribute
     assert cli.STATUS_TIMEOUT_VALIDATOR("timeout", "500ms") == 0.5  # engine status --timeout
+
+
+@pytest.mark.parametrize("value", ["4294967295", "99999999999999999999", 2**32, 2**64])
+def test_numeric_ids_beyond_uid_t_are_refused(value: Any) -> None:
+    # Found by hand: accepted, then os.initgroups() raised OverflowError at start.
+    rejects(v.account, value, "4294967294")
+
+
+def test_the_largest_numeric_id_is_accepted() -> None:
+    assert v.account("group", "4294967294") == "4294967294"
+    assert v.account("group", 0) == "0"
