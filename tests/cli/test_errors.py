@@ -7,13 +7,15 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.cli import CLI, READY, run_cli
-from tests.support import ROOT, EngineProcess
+from tests.support import ROOT, EngineProcess, kill_tree
 
 ECHO = "engine.examples.echo:EchoHandler"
 
@@ -267,3 +269,58 @@ def test_bytes_that_are_not_utf8_in_argv_and_env_do_not_break_the_start(
     engine.signal(signal.SIGTERM)
     assert engine.wait(timeout=30) == 0
     assert "Traceback" not in engine.log()
+
+
+# --- the hand-over variables (systemd, SIGUSR2 upgrade) with odd values (#13.8) ---
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999", "\u00b2", "3,x", "-1"])
+def test_odd_handed_in_descriptors_exit_2(value: str) -> None:
+    result = run_cli(["serve", ECHO, "--bind", "127.0.0.1:0"], env={"ENGINE_LISTEN_FDS": value})
+    assert_usage_error(result, "LISTEN_FDS")
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [{"ENGINE_STATUS_FD": "\u00b2"}, {"ENGINE_STATUS_FD": "99999999999999999999"},
+     {"ENGINE_UPGRADE_FROM": "\u00b2"}, {"ENGINE_UPGRADE_FROM": "9" * 30}],
+    ids=["status-fd-superscript", "status-fd-huge", "upgrade-from-superscript",
+         "upgrade-from-huge"],
+)
+def test_odd_upgrade_variables_are_ignored(
+    engine_proc: Callable[..., EngineProcess], variables: dict[str, str]
+) -> None:
+    # Found by hand: int() of "²" (str.isdigit() is true) and a descriptor beyond C long
+    # were tracebacks; a stale or foreign value must not stop the start.
+    engine = engine_proc(
+        CLI, args=["serve", ECHO, "--bind", "127.0.0.1:0", "--workers", "1"],
+        env={**READY, **variables},
+    )
+    engine.signal(signal.SIGTERM)
+    assert engine.wait(timeout=30) == 0
+    assert "Traceback" not in engine.log()
+
+
+def test_a_huge_systemd_socket_count_exits_2() -> None:
+    # LISTEN_FDS is read only when LISTEN_PID is ours: the wrapper sets both, then
+    # becomes the engine. Memory is capped so the unfixed code fails fast (MemoryError)
+    # instead of listing a billion descriptors.
+    wrapper = (
+        "import os, resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1000000000')\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'engine', *sys.argv[1:]])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", wrapper, "serve", ECHO, "--bind", "127.0.0.1:0"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        kill_tree(proc.pid, proc)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert_usage_error(result, "invalid setting LISTEN_FDS='1000000000'")
