@@ -93,3 +93,12 @@ def test_one_cpu_count_honours_the_affinity_mask() -> None:
     )
     workers, usable, growth, machine = map(int, result.stdout.split())
     assert (workers, usable, growth) == (1, 1, 1), (result.stdout, machine)
+
+
+def test_every_choice_validator_has_its_literal_type() -> None:
+    # A new choice setting declared as `str` with v.choice(...) fails here: declare a
+    # Literal alias next to PoolMode and derive the validator from it.
+    for field in registry():
+        words = getattr(field.metadata["validator"], "choices", None)
+        if words is not None:
+            assert choices(field.name) == tuple(words), field.name
