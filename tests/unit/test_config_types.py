@@ -102,3 +102,19 @@ def test_every_choice_validator_has_its_literal_type() -> None:
         words = getattr(field.metadata["validator"], "choices", None)
         if words is not None:
             assert choices(field.name) == tuple(words), field.name
+
+
+def test_a_class_attribute_duration_with_a_unit() -> None:
+    import engine
+    from engine.examples.echo import EchoHandler
+
+    class Server(engine.PreforkTCPServer):
+        graceful_timeout = "5m"
+        request_timeout = "250ms"
+
+    server = Server(("127.0.0.1", 0), EchoHandler)
+    try:
+        settings = server.prefork_settings()
+    finally:
+        server.server_close()
+    assert (settings.graceful_timeout, settings.request_timeout) == (300.0, 0.25)
