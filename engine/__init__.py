@@ -18,8 +18,7 @@ from engine.prefork import (
     PreforkUnixDatagramServer,
     PreforkUnixStreamServer,
 )
-
-__version__ = "0.1.0"
+from engine.version import __version__ as __version__
 
 __all__ = [
     *_classic_all,

@@ -50,7 +50,8 @@ from typing import Any
 
 import psutil
 
-from loadtests.procio import stop_group
+from tests.kit import processes
+from tests.kit.net import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -214,8 +215,8 @@ def spawn(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
 
 
 def kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """Stop *proc*'s process group (:func:`~loadtests.procio.stop_group`); untrack it."""
-    stop_group(proc, grace)
+    """Stop *proc*'s process group (:func:`tests.kit.processes.kill_group`); untrack it."""
+    processes.kill_group(proc.pid, proc, grace=grace)
     with _live_lock:
         _live.discard(proc)
 
@@ -225,10 +226,7 @@ def kill_everything() -> None:
     with _live_lock:
         procs = list(_live)
     for proc in procs:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            proc.wait(5.0)
+        processes.kill_group(proc.pid, proc, term_first=False)
         with _live_lock:
             _live.discard(proc)
 
@@ -275,13 +273,6 @@ def set_machine(sample: Sample, before: tuple[int, int], after: tuple[int, int])
     if sample.window_s > 0:
         sample.machine_cores = (after[0] - before[0]) / hz / sample.window_s
         sample.softirq_cores = (after[1] - before[1]) / hz / sample.window_s
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def probe(proto: str, port: int) -> bool:

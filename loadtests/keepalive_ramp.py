@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.procio import stop_group
+from tests.kit.net import free_port
+from tests.kit.processes import kill_group
 
 REPO = Path(__file__).resolve().parent.parent
 SERVERS = {
@@ -31,13 +32,6 @@ SERVERS = {
     "forking": ["forking"],
     "threading": ["threading"],
 }
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -96,7 +90,7 @@ def measure(kind: str, clients: int, limit: float) -> list[float]:
         time.sleep(1.0)
         return first_replies(port, clients, limit)
     finally:
-        stop_group(proc)
+        kill_group(proc.pid, proc, grace=5.0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from loadtests.procio import stop_group
+from tests.kit.processes import kill_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,7 @@ def engine(workers: int, gc_freeze: bool = True, ballast: int = 0) -> Iterator[t
             raise RuntimeError("engine did not start")
         yield proc.pid, int(line[1])
     finally:
-        stop_group(proc, grace=10)
+        kill_group(proc.pid, proc, grace=10)
         if proc.stdout is not None:
             proc.stdout.close()
 

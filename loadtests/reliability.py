@@ -37,7 +37,8 @@ from pathlib import Path
 from types import FrameType
 
 from loadtests.reliability_scenarios import SCENARIOS, Context, Result, run
-from loadtests.reliability_support import ROOT, become_subreaper, checked_self
+from tests.kit.engines import ROOT
+from tests.kit.processes import become_subreaper, checked_self
 
 DEFAULT_OUT = ROOT / "loadtests" / "results" / "reliability"  # git-ignored
 EXIT_INTERRUPTED = 130

@@ -28,32 +28,24 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from loadtests.reliability_support import (
-    HOST,
-    Deadline,
-    Engine,
-    EngineError,
-    LoadGen,
-    LoadStats,
-    PoolWatcher,
-    Slowloris,
+from tests.kit.engines import HOST, EngineError, serve_engine
+from tests.kit.engines import EngineProcess as Engine  # the scenarios' name for it
+from tests.kit.load import LoadGen, LoadStats, PoolWatcher, Slowloris, classify
+from tests.kit.net import exchange, ping, read_to_eof, recv_line
+from tests.kit.processes import raise_fd_limit, reap
+from tests.kit.procfs import (
     alive,
     caught_signals,
-    classify,
-    exchange,
     fd_count,
     group_members,
     is_set_up,
-    ping,
-    raise_fd_limit,
     read_proc,
-    reap,
     rss_bytes,
     settled_fd_count,
-    wait_for,
     zombie_children,
 )
-from loadtests.sockio import read_to_eof, recv_line
+from tests.kit.waiting import DeadlineExceeded as Deadline  # the scenarios' names for them
+from tests.kit.waiting import wait_until as wait_for
 
 # --------------------------------------------------------------------------- results
 
@@ -149,7 +141,7 @@ def ms(seconds: float) -> float:
 @contextlib.contextmanager
 def engine(ctx: Context, result: Result, args: list[str], **kwargs: Any) -> Iterator[Engine]:
     """An :class:`Engine` whose leftovers are added to *result* on the way out."""
-    eng = Engine(args, log_dir=ctx.log_dir, name=result.scenario, **kwargs)
+    eng = serve_engine(args, log_dir=ctx.log_dir, name=result.scenario, **kwargs)
     try:
         yield eng
     finally:
@@ -196,7 +188,7 @@ def worker_chaos(ctx: Context) -> Result:
     rng = random.Random(ctx.seed)
     with engine(ctx, result, ["--workers", str(size), "--pool-mode", "static",
                               "--log-level", "warning"]) as eng:
-        wait_for(lambda: len(eng.workers()) == size, 20, "the pool to start")
+        wait_for(lambda: len(eng.worker_pids()) == size, 20, "the pool to start")
         kills = 0
         recoveries: list[float] = []
         not_recovered = 0
@@ -204,14 +196,14 @@ def worker_chaos(ctx: Context) -> Result:
                      max_seconds=seconds + 30) as load:
             end = time.monotonic() + seconds
             while time.monotonic() < end and kills < max_kills:
-                victim = rng.choice(eng.workers())
+                victim = rng.choice(eng.worker_pids())
                 killed_at = time.monotonic()
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(victim, signal.SIGKILL)
                 kills += 1
 
                 def full(victim: int = victim) -> bool:
-                    live = eng.workers()
+                    live = eng.worker_pids()
                     return victim not in live and len(live) == size and all(
                         is_set_up(pid) for pid in live
                     )
@@ -262,7 +254,7 @@ def _served_at_least(load: LoadGen, count: int) -> bool:
 
 
 def _only_workers(eng: Engine, allowed: set[int]) -> bool:
-    return set(eng.workers()) <= allowed
+    return set(eng.worker_pids()) <= allowed
 
 
 def _port_free(port: int) -> bool:
@@ -380,7 +372,7 @@ def restarts(ctx: Context) -> Result:
     masters: list[int] = []
     with engine(ctx, result, args) as eng, PoolWatcher(eng) as watcher:
         masters.append(eng.master)
-        wait_for(lambda: len(eng.workers()) == 2, 20, "the pool to start")
+        wait_for(lambda: len(eng.worker_pids()) == 2, 20, "the pool to start")
         can_upgrade = signal.SIGUSR2 in caught_signals(eng.master)
         with LoadGen(eng.address, clients=4, max_requests=5_000_000,
                      max_seconds=seconds + 60) as load:
@@ -502,7 +494,7 @@ def graceful_stop(ctx: Context) -> Result:
             "--workers", str(workers), "--pool-mode", "static", "--threads", str(threads),
             "--graceful-timeout", str(graceful_timeout),
         ]) as eng:
-            wait_for(lambda: len(eng.workers()) == workers, 20, "the pool to start")
+            wait_for(lambda: len(eng.worker_pids()) == workers, 20, "the pool to start")
             load = LoadGen(eng.address, clients=2, max_requests=1_000_000, max_seconds=60,
                            pace=0.005)
             load.start()
@@ -624,7 +616,7 @@ def soak(ctx: Context) -> Result:
     args = ["--workers", str(workers), "--max-children", str(max_children),
             "--max-requests", "20", "--max-requests-jitter", "10"]
     with engine(ctx, result, args) as eng, PoolWatcher(eng, interval=0.02) as watcher:
-        wait_for(lambda: len(eng.workers()) >= workers, 20, "the pool to start")
+        wait_for(lambda: len(eng.worker_pids()) >= workers, 20, "the pool to start")
         with LoadGen(eng.address, clients=4, lines=10, max_requests=requests,
                      max_seconds=max_seconds) as load:
             warm = requests // 10
@@ -635,11 +627,11 @@ def soak(ctx: Context) -> Result:
             stats = load.join()
         watcher.sample()
         with contextlib.suppress(Deadline):
-            wait_for(lambda: not zombie_children(eng.master) and len(eng.workers()) >= workers,
+            wait_for(lambda: not zombie_children(eng.master) and len(eng.worker_pids()) >= workers,
                      10, "a settled pool")
         rss_end, fds_end = rss_bytes(eng.master), settled_fd_count(eng.master)
         zombies = len(zombie_children(eng.master))
-        final_workers = len(eng.workers())
+        final_workers = len(eng.worker_pids())
         log = eng.log()
         status = eng.stop()
     restarts_total = log.count(" recycled: ")
@@ -728,7 +720,7 @@ def exhaustion(ctx: Context) -> Result:
         with LoadGen(eng.address, clients=4, max_requests=ctx.pick(500, 5000),
                      max_seconds=30) as load:
             stats = load.join()
-        workers_after = set(eng.workers())
+        workers_after = set(eng.worker_pids())
         log = eng.log()
         status = eng.stop()
     result.figure("flood", flood)
@@ -845,9 +837,9 @@ def slowloris(ctx: Context) -> Result:
 def _wait_stable_pool(eng: Engine, quiet: float = 0.5, timeout: float = 15.0) -> None:
     """Wait until the worker count has not changed for *quiet* seconds (or give up)."""
     deadline = time.monotonic() + timeout
-    last, since = len(eng.workers()), time.monotonic()
+    last, since = len(eng.worker_pids()), time.monotonic()
     while time.monotonic() < deadline:
-        count = len(eng.workers())
+        count = len(eng.worker_pids())
         if count != last:
             last, since = count, time.monotonic()
         elif time.monotonic() - since >= quiet:
@@ -973,7 +965,7 @@ def hostile(ctx: Context) -> Result:
         except (Deadline, OSError):
             fds_settled = False
         fds_after = {pid: fd_count(pid) for pid in workers if alive(pid)}
-        workers_after = set(eng.workers())
+        workers_after = set(eng.worker_pids())
         master_fds_after = settled_fd_count(eng.master)
         log = eng.log()
         status = eng.stop()

@@ -24,24 +24,20 @@ case. See ``docs/loadtests.md``.
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import csv
-import os
 import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
-from loadtests.procio import read_first_line
+from tests.kit.engines import READY, ROOT, EngineError, EngineProcess
+from tests.kit.processes import GONE_TIMEOUT, become_subreaper, kill_group
+from tests.kit.waiting import DeadlineExceeded
 
-ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 DEFAULT_OUT = ROOT / "loadtests" / "results" / "locust"  # git-ignored
 TASKS = ("short", "keepalive", "slow")
@@ -52,16 +48,11 @@ READY_TIMEOUT = 30.0  # seconds for the engine to print READY
 STOP_TIMEOUT = 5  # locust --stop-timeout: seconds users get to finish their task
 LOCUST_MARGIN = 45.0  # seconds locust may take beyond --run-time (start-up, reports)
 ENGINE_STOP_TIMEOUT = 40.0  # > the engine's default graceful_timeout (30 s)
-GONE_TIMEOUT = 5.0  # seconds for a killed process group to disappear
 EXIT_INTERRUPTED = 130
 
 
 class Interrupted(Exception):
     """SIGTERM (or Ctrl-C) asked this runner to stop."""
-
-
-class RunError(Exception):
-    """The load test could not run (the engine did not start, say)."""
 
 
 @dataclass(frozen=True)
@@ -149,176 +140,35 @@ def build_parser() -> argparse.ArgumentParser:
 # --- processes ---
 
 
-def become_subreaper() -> None:
-    """Adopt orphaned descendants (Linux), so a crashed master's workers come back here
-    to be reaped instead of lingering as zombies under PID 1."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_child_subreaper = 36
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
-
-
-def reap_orphans() -> None:
-    """Collect every exited child (adopted orphans included); call after the Popens are
-    waited for, or their exit statuses would be lost."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+def start_engine(extra_args: Sequence[str], log_path: Path) -> EngineProcess:
+    """``python -m engine --bind 127.0.0.1:0 --log-level warning EXTRA...`` (the demo
+    service) in its own session; not waited for yet (see :meth:`EngineProcess.wait_ready`).
+    ``ENGINE_*`` variables of this environment are passed on, like ``--engine-arg``."""
+    command = [
+        sys.executable, "-m", "engine", "--bind", "127.0.0.1:0", "--log-level", "warning",
+        *extra_args,
+    ]
+    return EngineProcess(
+        command, log_path=log_path, env=READY, inherit_engine_env=True, name="the engine"
+    )
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any process of the process group *pgid* still exists (zombies count:
-    reap first)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def stop_engine(engine: EngineProcess) -> tuple[int | None, bool]:
+    """SIGTERM the master, wait, then kill the whole group if need be.
 
-
-def kill_group(proc: subprocess.Popen[Any], timeout: float, term_first: bool = False) -> bool:
-    """Kill the process group of *proc* (its own session) and wait for it to go.
-
-    With *term_first*, SIGTERM the group and give it *timeout* seconds before SIGKILL.
-    Returns whether the whole group is gone.
+    Returns the master's exit status (``None`` if it had to be killed) and whether
+    every process of the engine went away by itself.
     """
-    signals = (signal.SIGTERM, signal.SIGKILL) if term_first else (signal.SIGKILL,)
-    for signum in signals:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signum)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=timeout)
-        if wait_group_gone(proc.pid, timeout if signum == signal.SIGKILL else 0):
-            return True
-    return False
-
-
-def wait_group_gone(pgid: int, timeout: float) -> bool:
-    """Wait until the process group *pgid* is empty; return whether it is."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        reap_orphans_when_safe()
-        if not group_alive(pgid):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(delay)  # a poll interval: group_alive decides
-        delay = min(delay * 2, 0.1)
-
-
-_popens: list[subprocess.Popen[Any]] = []
-
-
-def reap_orphans_when_safe() -> None:
-    """:func:`reap_orphans`, but only once every Popen of ours has its exit status."""
-    if all(proc.returncode is not None for proc in _popens):
-        reap_orphans()
-
-
-class Engine:
-    """The engine demo service, as a subprocess in its own session."""
-
-    def __init__(self, extra_args: Sequence[str], log_path: Path) -> None:
-        self.command = [
-            sys.executable, "-m", "engine", "--bind", "127.0.0.1:0",
-            "--log-level", "warning", *extra_args,
-        ]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            part for part in (str(ROOT), env.get("PYTHONPATH", "")) if part
-        )
-        env["ENGINE_READY_LINE"] = "1"
-        env["PYTHONUNBUFFERED"] = "1"
-        self.log_path = log_path
-        self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+    status = engine.proc.poll()
+    if status is None:
         try:
-            self.proc = subprocess.Popen(
-                self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=self._log, env=env, cwd=ROOT, start_new_session=True,
-            )
-        except BaseException:
-            self._log.close()
-            raise
-        _popens.append(self.proc)
-        self.address: tuple[str, int] | None = None
-        self._drain: threading.Thread | None = None
-
-    @property
-    def pid(self) -> int:
-        """The master's pid, which is also the engine's process group id."""
-        return self.proc.pid
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> tuple[str, int]:
-        """Wait for ``READY ('127.0.0.1', PORT)``; return the address.
-
-        Raises:
-            RunError: the engine exited, or said nothing, within *timeout*.
-        """
-        assert self.proc.stdout is not None
-        try:
-            first = read_first_line(self.proc.stdout.fileno(), timeout)
-        except TimeoutError:
-            raise RunError(f"the engine printed no READY line within {timeout:g}s") from None
-        if not first:
-            raise RunError("the engine exited before it was ready")
-        line = first.decode(errors="replace")
-        if not line.startswith("READY "):
-            raise RunError(f"expected the engine's READY line, got {line!r}")
-        address = ast.literal_eval(line.removeprefix("READY "))
-        self.address = (str(address[0]), int(address[1]))
-        # The demo prints a banner after READY: keep the pipe drained until EOF.
-        self._drain = threading.Thread(target=self._discard_stdout, daemon=True)
-        self._drain.start()
-        return self.address
-
-    def _discard_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        with contextlib.suppress(OSError, ValueError):
-            while self.proc.stdout.read(4096):
-                pass
-
-    def stop(self, timeout: float = ENGINE_STOP_TIMEOUT) -> tuple[int | None, bool]:
-        """SIGTERM the master, wait, then SIGKILL the whole group if need be.
-
-        Returns the master's exit status (``None`` if it had to be killed) and whether
-        every process of the engine is gone.
-        """
-        status: int | None = self.proc.returncode
-        if status is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                status = self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                status = None
-        gone = wait_group_gone(self.pid, GONE_TIMEOUT if status is not None else 0)
-        if not gone:
-            gone = kill_group(self.proc, GONE_TIMEOUT)
-            if status is not None:
-                gone = False  # workers outlived their master: report it even if killed
-        if self._drain is not None:
-            self._drain.join(GONE_TIMEOUT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
-        return status, gone
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines of the engine's stderr."""
-        with contextlib.suppress(OSError):
-            text = self.log_path.read_text(errors="replace")
-            return "\n".join(text.splitlines()[-lines:])
-        return ""
+            status = engine.stop(ENGINE_STOP_TIMEOUT)
+        except (subprocess.TimeoutExpired, DeadlineExceeded, ProcessLookupError):
+            status = None
+    # Workers that outlive a master that exited are reported even though killed.
+    gone = engine.wait_gone(GONE_TIMEOUT) if status is not None else True
+    left = engine.close(grace=0.0)
+    return status, gone and not left
 
 
 def locust_command(args: argparse.Namespace, host: str, prefix: Path) -> list[str]:
@@ -340,7 +190,6 @@ def run_locust(command: Sequence[str], timeout: float) -> int | None:
             started = proc = subprocess.Popen(
                 list(command), stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True,
             )
-            _popens.append(started)
             print(f"LOCUST_PID {started.pid}", flush=True)
         return started.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -349,8 +198,8 @@ def run_locust(command: Sequence[str], timeout: float) -> int | None:
     finally:
         # Overrun or interrupted: SIGTERM first, so locust still writes its reports.
         with shielded():
-            if proc is not None and (proc.returncode is None or group_alive(proc.pid)):
-                kill_group(proc, STOP_TIMEOUT, term_first=True)
+            if proc is not None:
+                kill_group(proc.pid, proc, grace=STOP_TIMEOUT)
 
 
 # --- results ---
@@ -443,12 +292,13 @@ def load_test(args: argparse.Namespace) -> int:
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()  # never read, or show, a previous run's figures
     problems: list[str] = []
-    engine: Engine | None = None
+    engine: EngineProcess | None = None
     try:
         with shielded():  # a signal here is raised once engine is known to the finally
-            engine = Engine(args.engine_arg, out / "engine.log")
+            engine = start_engine(args.engine_arg, out / "engine.log")
             print(f"ENGINE_PID {engine.pid}", flush=True)
-        host, port = engine.wait_ready()
+        # The demo prints a banner after READY: drain keeps the pipe from filling.
+        host, port = engine.wait_ready(READY_TIMEOUT, drain=True)
         print(f"ENGINE_ADDRESS {host}:{port}", flush=True)
         timeout = parse_timespan(args.run_time) + STOP_TIMEOUT + LOCUST_MARGIN
         status = run_locust(locust_command(args, f"tcp://{host}:{port}", prefix), timeout)
@@ -456,13 +306,12 @@ def load_test(args: argparse.Namespace) -> int:
             problems.append(f"locust did not finish within {timeout:g}s")
         elif status != 0:
             problems.append(f"locust exited with status {status}")
-    except RunError as exc:
-        problems.append(str(exc))
+    except EngineError as exc:
+        problems.append(str(exc).split("; log:", 1)[0])  # the log's tail is printed below
     finally:
         with shielded():
-            engine_status, gone = engine.stop() if engine is not None else (None, True)
-            reap_orphans_when_safe()
-    assert engine is not None  # Engine() raised otherwise, and the finally re-raised
+            engine_status, gone = stop_engine(engine) if engine is not None else (None, True)
+    assert engine is not None  # start_engine() raised otherwise, and the finally re-raised
     if engine_status != 0:
         problems.append(
             "the engine had to be killed" if engine_status is None

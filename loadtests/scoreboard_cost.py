@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from loadtests.bench import build_loadgen
-from loadtests.procio import stop_group
+from tests.kit.processes import kill_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,7 +89,7 @@ def one_round(loadgen: Path, off: bool, duration: float) -> tuple[float, float]:
         replies = int(result["replies"])
         return float(result["rps"]), (cpu1 - cpu0) / max(replies, 1) * 1e6
     finally:
-        stop_group(server, grace=30)
+        kill_group(server.pid, server, grace=30)
         if server.stdout is not None:
             server.stdout.close()
 

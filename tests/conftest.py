@@ -1,22 +1,16 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures shared by the whole suite (the helpers themselves are in tests/kit)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import (
-    EngineProcess,
-    assert_no_leftovers,
-    become_subreaper,
-    kill_tree,
-    open_fds,
-    start_engine,
-    zombie_children,
-)
+from tests.kit.engines import EngineProcess, StartEngine, serve_engine, start_program
+from tests.kit.processes import become_subreaper
+from tests.kit.procfs import open_fds, zombie_children
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,23 +20,40 @@ def _adopt_orphans() -> None:
 
 
 @pytest.fixture
-def engine_proc(tmp_path: Path) -> Iterator[Callable[..., EngineProcess]]:
-    """Start server programs as subprocesses; on teardown kill their process groups
-    and assert that no process of theirs is left, alive or zombie."""
+def _started() -> Iterator[list[EngineProcess]]:
+    """The engines a test started; on teardown each is closed (its process group
+    killed and reaped) and nothing of any of them may be left, alive or zombie."""
     started: list[EngineProcess] = []
+    yield started
+    leftovers = [(engine.name, engine.close()) for engine in started]
+    assert all(not left for _, left in leftovers), f"left behind: {leftovers}"
+
+
+@pytest.fixture
+def engine_proc(tmp_path: Path, _started: list[EngineProcess]) -> StartEngine:
+    """Start server programs (Python source that prints ``READY <address>``) as
+    subprocesses in their own sessions: ``engine_proc(code, args=..., env=...)``
+    (see :func:`tests.kit.engines.start_program`)."""
 
     def start(code: str, **kwargs: Any) -> EngineProcess:
-        engine = start_engine(code, tmp_path=tmp_path, **kwargs)
-        started.append(engine)
+        engine = start_program(code, tmp_path=tmp_path, **kwargs)
+        _started.append(engine)
         return engine
 
-    yield start
-    for engine in started:
-        engine.snapshot()
-        seen = kill_tree(engine.pid, engine.proc) | engine.seen_pids
-        if engine.proc.stdout is not None:
-            engine.proc.stdout.close()
-        assert_no_leftovers(seen)
+    return start
+
+
+@pytest.fixture
+def engines(tmp_path: Path, _started: list[EngineProcess]) -> StartEngine:
+    """Start ``python -m engine serve HANDLER --bind ... ARGS`` subprocesses:
+    ``engines(args, handler=..., nofile=...)`` (see :func:`tests.kit.engines.serve_engine`)."""
+
+    def start(args: list[str], **kwargs: Any) -> EngineProcess:
+        engine = serve_engine(args, log_dir=tmp_path, **kwargs)
+        _started.append(engine)
+        return engine
+
+    return start
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ finishes a connection is contiguous, so that each of those is one ``pack_into``:
     8  request_start  f64     104 bytes_out     u64
     16 heartbeat      f64     112 started       f64 (time.monotonic())
     24 requests       u64     120 retiring      u8 (1: serving its last request, then exits)
+                              121 booted        u8 (1: worker_init returned; written once)
 
 ``active`` counts the connections being served. The client is stored raw (host and
 port) and formatted by the reader, which keeps the formatting off the worker's hot
@@ -41,9 +42,10 @@ _HEARTBEAT = struct.Struct("<d")
 _CLIENT = struct.Struct("<H62s")
 _BYTES = struct.Struct("<QQ")
 _STARTED = struct.Struct("<d")
-_WHOLE = struct.Struct("<iBHxddQH62sQQdB7x")
+_WHOLE = struct.Struct("<iBHxddQH62sQQdBB6x")
 assert _WHOLE.size == SLOT_SIZE
 _CLIENT_OFFSET, _BYTES_OFFSET, _STARTED_OFFSET, _RETIRING_OFFSET = 32, 96, 112, 120
+_BOOTED_OFFSET = 121
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class SlotRecord:
     started: float
     active: int
     client: str
+    booted: bool = False  # the worker said worker_init returned (it serves from now on)
+    retiring: bool = False  # the worker serves its last request (max_requests)
 
 
 class Scoreboard:
@@ -93,6 +97,10 @@ class Scoreboard:
         _PID.pack_into(self._map, base, pid)
         _IDLE.pack_into(self._map, base + 4, WorkerState.STARTING, 0, 0.0, now, 0)
         _STARTED.pack_into(self._map, base + _STARTED_OFFSET, now)
+
+    def worker_booted(self, slot: int) -> None:
+        """worker_init returned: from now on an exit of this worker is not a boot failure."""
+        self._map[slot * SLOT_SIZE + _BOOTED_OFFSET] = 1
 
     def busy(self, slot: int, now: float, requests: int, active: int, client: Any) -> None:
         """The worker took a connection from *client* (an address); it serves *active*.
@@ -162,7 +170,8 @@ class Scoreboard:
 
     def read(self, slot: int) -> SlotRecord:
         """A copy of one slot."""
-        (pid, state, active, start, beat, requests, port, host, b_in, b_out, started, _) = (
+        (pid, state, active, start, beat, requests, port, host, b_in, b_out, started, retiring,
+         booted) = (
             _WHOLE.unpack_from(self._map, slot * SLOT_SIZE)
         )
         text = host.rstrip(b"\0").decode("utf-8", "replace")
@@ -178,6 +187,8 @@ class Scoreboard:
             started=started,
             active=active,
             client=format_address((text, port)) if port else text,
+            booted=bool(booted),
+            retiring=bool(retiring),
         )
 
 

@@ -149,6 +149,7 @@ class Worker:
         except Exception:
             traceback.print_exc()
             return ExitCode.BOOT_FAILED
+        self.scoreboard.worker_booted(self.spec.slot)  # a later exit is no boot failure
         self.serving = True
         if self.spec.threads > 1:
             self._pool = ThreadPoolExecutor(self.spec.threads, "engine-request")
@@ -473,6 +474,7 @@ class Worker:
             self._report(client_address, now - started)
         if self.spec.max_requests and requests >= self.spec.max_requests:
             self.draining = True  # the master forks a replacement when we exit
+            self.scoreboard.retiring(self.spec.slot)  # so the master logs it as recycled
         # Wake the main loop: it may be waiting for a free thread, or must exit.
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"\0")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import engine
-from tests.support import read_to_eof
+from tests.kit import read_to_eof
 
 FOUR_MIB = 4 * 1024 * 1024
 

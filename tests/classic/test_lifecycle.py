@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import engine
-from tests.support import connect, read_to_eof
+from tests.kit import connect, read_to_eof
 
 
 class Boom(BaseException):

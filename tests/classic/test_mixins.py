@@ -20,14 +20,7 @@ import psutil
 import pytest
 
 import engine
-from tests.support import (
-    EngineProcess,
-    connect,
-    read_to_eof,
-    recv_line,
-    wait_until,
-    zombie_children,
-)
+from tests.kit import EngineProcess, connect, read_to_eof, recv_line, wait_until, zombie_children
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import engine
-from tests.support import read_to_eof
+from tests.kit import read_to_eof
 
 AF_UNIX = getattr(socket, "AF_UNIX", None)
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import CLI, READY, run_cli
-from tests.support import ROOT, EngineProcess, kill_tree
+from tests.kit import CLI, READY, ROOT, EngineProcess, kill_group, run_cli
 
 ECHO = "engine.examples.echo:EchoHandler"
 
@@ -321,6 +320,6 @@ def test_a_huge_systemd_socket_count_exits_2() -> None:
     try:
         out, err = proc.communicate(timeout=30)
     finally:
-        kill_tree(proc.pid, proc)
+        kill_group(proc.pid, proc)
     result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert_usage_error(result, "invalid setting LISTEN_FDS='1000000000'")

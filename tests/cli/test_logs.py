@@ -13,8 +13,8 @@ import pytest
 
 from engine import logs
 from engine.config import Settings
-from tests.cli import CLI, READY
-from tests.support import EngineProcess, tcp_exchange, wait_until
+from tests.kit import CLI, READY, EngineProcess, wait_until
+from tests.kit import exchange as tcp_exchange
 
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[(\d+)\] \[([\w ]+)\] (.*)")
 

@@ -12,8 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import CLI, PYTHON_M_ENGINE, READY, run_cli
-from tests.support import EngineProcess, recv_line, tcp_exchange, wait_until
+from tests.kit import (
+    CLI,
+    PYTHON_M_ENGINE,
+    READY,
+    EngineProcess,
+    recv_line,
+    run_cli,
+    wait_until,
+)
+from tests.kit import (
+    exchange as tcp_exchange,
+)
 
 ECHO = "engine.examples.echo:EchoHandler"
 STATIC_2 = ["--workers", "2", "--pool-mode", "static"]

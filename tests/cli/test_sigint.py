@@ -3,7 +3,7 @@
 A shell starts background jobs, and `nohup` its command, with SIGINT ignored, and a
 process inherits that: Python then installs no KeyboardInterrupt handler. `engine`
 installs its own, so SIGINT means a quick stop and exit status 130 either way. The test
-launcher (tests/support.py start_engine) gives every child the default disposition,
+launcher (tests/kit/engines.py EngineProcess) gives every child the default disposition,
 so the tests pass whether or not the runner itself ignores SIGINT.
 """
 
@@ -14,8 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.cli import READY
-from tests.support import EngineProcess, wait_until
+from tests.kit import READY, EngineProcess, wait_until
 
 Start = Callable[..., EngineProcess]
 

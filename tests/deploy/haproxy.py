@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import assert_no_leftovers, kill_tree, process_tree, wait_until
+from tests.kit import assert_no_leftovers, free_port, kill_group, process_tree, wait_until
 
 BACKEND = "engines"
 
@@ -40,13 +40,6 @@ def haproxy_or_skip() -> str:
         pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip")
     pytest.skip(reason)
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on at this moment (the caller retries on a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -150,7 +143,8 @@ class HAProxy:
         seen = {p.pid for p in process_tree(self.pid)} | {self.pid}
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
-        seen |= kill_tree(self.pid, self.proc, grace=5.0)
+        left = kill_group(self.pid, self.proc, grace=5.0)
+        assert not left, f"haproxy's process group is not empty: {left}"
         assert_no_leftovers(seen)
 
 

@@ -18,8 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.cli import CLI, READY
-from tests.support import EngineProcess, recv_line, wait_until
+from tests.kit import CLI, READY, EngineProcess, recv_line, wait_until
 
 ADDRESS_HANDLER = "tests.apps.intake_apps:AddressHandler"
 ONE_WORKER = ["--workers", "1", "--pool-mode", "static"]

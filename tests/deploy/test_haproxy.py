@@ -26,10 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.background import Background
-from tests.cli import CLI, READY
 from tests.deploy.haproxy import HAProxy, Server, haproxy_or_skip, start_haproxy
-from tests.support import EngineProcess, alive_pids, recv_line, wait_until
+from tests.kit import CLI, READY, Background, EngineProcess, alive_pids, recv_line, wait_until
 
 HANDLER = "tests.apps.haproxy_apps:WhoHandler"
 CLIENT_HOST = "127.0.0.2"  # on lo with all of 127/8 (Linux); haproxy itself is 127.0.0.1

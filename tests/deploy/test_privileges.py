@@ -19,8 +19,8 @@ import pytest
 
 from engine import privileges
 from engine.errors import ConfigError
-from tests.cli import CLI, READY, run_cli
-from tests.support import EngineProcess, tcp_exchange, wait_until
+from tests.kit import CLI, READY, EngineProcess, run_cli, wait_until
+from tests.kit import exchange as tcp_exchange
 
 Start = Callable[..., EngineProcess]
 

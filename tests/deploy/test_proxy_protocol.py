@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 
 from tests.apps.intake_apps import MARKER_VARIABLE
-from tests.cli import CLI, READY
-from tests.support import EngineProcess, wait_until
+from tests.kit import CLI, READY, EngineProcess, wait_until
 
 ADDRESS_HANDLER = "tests.apps.intake_apps:AddressHandler"
 ONE_WORKER = ["--workers", "1", "--pool-mode", "static"]

@@ -16,15 +16,19 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.cli import CLI, READY
-from tests.support import (
+from tests.kit import (
+    CLI,
+    READY,
     ROOT,
     EngineProcess,
     assert_no_leftovers,
-    kill_tree,
+    free_port,
+    kill_group,
     process_tree,
-    tcp_exchange,
     wait_until,
+)
+from tests.kit import (
+    exchange as tcp_exchange,
 )
 
 Start = Callable[..., EngineProcess]
@@ -40,11 +44,6 @@ def served_by(address: object) -> tuple[int, int]:
     words = tcp_exchange(address, b"who\n").split()
     return int(words[0]), int(words[3])
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_several_binds_serve_tcp_ipv6_and_unix(engine_proc: Start, tmp_path: Path) -> None:
@@ -177,4 +176,4 @@ def test_systemd_socket_activation_serves_the_passed_sockets(tmp_path: Path) -> 
         assert unix.exists()  # a socket handed in is not ours to remove
     finally:
         with contextlib.suppress(Exception):
-            kill_tree(proc.pid, proc)
+            kill_group(proc.pid, proc)

@@ -24,8 +24,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.cli import CLI, READY, run_cli
-from tests.support import EngineProcess, recv_line, wait_until
+from tests.kit import CLI, READY, EngineProcess, recv_line, run_cli, wait_until
 
 ECHO = "engine.examples.echo:EchoHandler"
 ONE_WORKER = ["--workers", "1", "--pool-mode", "static"]

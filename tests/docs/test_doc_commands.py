@@ -39,7 +39,7 @@ import pytest
 import yaml
 
 from engine.config.docs import render
-from tests.support import ROOT
+from tests.kit import ROOT
 
 DOCS = ROOT / "docs"
 ECHO = "engine.examples.echo:EchoHandler"

@@ -10,9 +10,7 @@ gevent on import, which would change every other test. The run happens in subpro
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import os
 import re
 import signal
 import subprocess
@@ -22,7 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support import ROOT, alive_pids, wait_until
+from tests.kit.engines import ROOT
+from tests.kit.processes import kill_group, wait_group_empty
 
 pytestmark = pytest.mark.slow
 
@@ -77,31 +76,13 @@ def _started_groups(output: str) -> dict[str, int]:
                                                         output, re.MULTILINE)}
 
 
-def _group_members(pgids: set[int]) -> list[int]:
-    """Every process (zombies included) whose process group is one of *pgids*."""
-    members = []
-    for pid in psutil.pids():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if os.getpgid(pid) in pgids:
-                members.append(pid)
-    return members
-
-
 def _leftovers(pgids: set[int]) -> list[int]:
     """Processes of *pgids* still there after a grace period; they are then killed
     (so a failing test leaks nothing) and returned for the assertion."""
-    try:
-        wait_until(lambda: not alive_pids(_group_members(pgids)), GONE_TIMEOUT,
-                   f"process groups {sorted(pgids)} to empty")
-        return []
-    except AssertionError:
-        left = _group_members(pgids)
-        for pgid in pgids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-        wait_until(lambda: not alive_pids(_group_members(pgids)), GONE_TIMEOUT,
-                   "killed leftovers to go away")
-        return left
+    left = [p.pid for pgid in sorted(pgids) for p in wait_group_empty(pgid, GONE_TIMEOUT)]
+    for pgid in pgids:
+        kill_group(pgid, term_first=False)
+    return left
 
 
 def _stats(path: Path) -> dict[str, dict[str, str]]:

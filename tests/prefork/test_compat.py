@@ -9,7 +9,8 @@ import socket
 import pytest
 
 from tests.apps.prefork_apps import program
-from tests.support import tcp_exchange, wait_until
+from tests.kit import exchange as tcp_exchange
+from tests.kit import wait_until
 
 STDLIB_STYLE = """
 import socketserver, sys, threading

@@ -12,7 +12,8 @@ import psutil
 import pytest
 
 from tests.apps.prefork_apps import program
-from tests.support import LoadLoop, PeakChildren, open_clients, tcp_exchange, wait_until
+from tests.kit import LoadGen, PoolWatcher, open_clients, wait_until
+from tests.kit import exchange as tcp_exchange
 
 
 def worker_pids(engine) -> set[int]:
@@ -68,7 +69,7 @@ def test_killed_worker_is_replaced_and_reaped(engine_proc) -> None:
 def test_max_children_is_never_exceeded_under_ttin_storm(engine_proc) -> None:
     engine = engine_proc(program(attrs="workers = 2\nmax_children = 4\npool_mode = 'static'"))
     wait_until(lambda: len(engine.workers()) == 2, 10, "pool")
-    with PeakChildren(engine.pid) as watch:
+    with PoolWatcher(engine, interval=0) as watch:
         # Signals of one kind coalesce while pending, so send one at a time and wait
         # for its effect; past max_children the extra ones must change nothing.
         sent = 0
@@ -84,7 +85,8 @@ def test_max_children_is_never_exceeded_under_ttin_storm(engine_proc) -> None:
             wait_until(lambda n=sent: _scale_lines(engine) == n, 10, "TTOU handled")
             wait_until(lambda e=expected: len(engine.workers()) == e, 10, f"{expected} workers")
         assert engine.log().count("workers 1 -> 1") == 2
-    assert watch.peak <= 4, f"saw {watch.peak} worker processes with max_children=4"
+    peak = watch.peak_children
+    assert peak <= 4, f"saw {peak} worker processes with max_children=4"
     assert len(engine.workers()) == 1  # never below one worker
 
 
@@ -242,7 +244,7 @@ def test_inconsistent_settings_fail_at_construction(attrs: str, setting: str) ->
 def test_load_is_spread_over_workers(engine_proc) -> None:
     engine = engine_proc(program(attrs="workers = 2\npool_mode = 'static'"))
     wait_until(lambda: len(engine.workers()) == 2, 10, "pool")
-    with LoadLoop(engine.address, clients=4, max_requests=400, max_seconds=30) as load:
+    with LoadGen(engine.address, clients=4, max_requests=400, max_seconds=30, reply=None) as load:
         wait_until(lambda: load.total >= 400, 30, "load done")
-    assert load.failures == [] and load.refused == 0
+    assert not load.failures and load.refused == 0
     assert load.ok == 400

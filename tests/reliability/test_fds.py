@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
-from loadtests.reliability_support import (
-    Engine,
+from tests.kit import (
+    EngineProcess,
+    StartEngine,
     caught_signals,
     fd_targets,
     settled_fd_count,
-    wait_for,
+    wait_until,
 )
-from tests.reliability.conftest import StartEngine
 
 FD_APP = "tests.apps.reliability_apps:FdHandler"
 
@@ -61,7 +61,7 @@ def listening_inodes(port: int) -> set[str]:
     return inodes
 
 
-def check_worker_fds(engine: Engine, worker: int, allowed_shared: set[str]) -> list[str]:
+def check_worker_fds(engine: EngineProcess, worker: int, allowed_shared: set[str]) -> list[str]:
     """What is wrong with *worker*'s fds (empty if nothing)."""
     master = fd_targets(engine.master)
     mine = fd_targets(worker)
@@ -101,14 +101,14 @@ def check_ls(lines: list[str]) -> str:
     return "" if fds == [0, 1, 2, 3] else f"ls -l /proc/self/fd shows {fds}: {lines}"
 
 
-def audit(engine: Engine, status_port: int, access_log: Path) -> list[str]:
+def audit(engine: EngineProcess, status_port: int, access_log: Path) -> list[str]:
     """Every fd problem of *engine*'s workers and of their handlers' subprocesses."""
     listener = listening_inodes(engine.port)
     status = listening_inodes(status_port)
     assert len(listener) == 1 and len(status) == 1, (listener, status)
     allowed = listener | {str(access_log)}
     problems = []
-    for worker in engine.workers():
+    for worker in engine.worker_pids():
         targets = set(fd_targets(worker).values())
         if status & targets:
             problems.append(f"worker {worker} holds the master's status socket")
@@ -143,21 +143,21 @@ def test_workers_and_handler_subprocesses_hold_only_their_own_fds(
     old = engine.master
     old_fds = settled_fd_count(old)
     engine.signal(signal.SIGUSR2)
-    new = wait_for(lambda: _new_pid(pidfile, old), 30, "the new master's pidfile")
-    wait_for(lambda: engine.proc.poll() is not None, 60, "the old master to exit")
+    new = wait_until(lambda: _new_pid(pidfile, old), 30, "the new master's pidfile")
+    wait_until(lambda: engine.proc.poll() is not None, 60, "the old master to exit")
     assert engine.proc.returncode == 0
     engine.adopt_master(new)
     new_workers = engine.wait_workers(2)
     assert not set(new_workers) & set(workers)
-    wait_for(lambda: signal.SIGTERM in caught_signals(new), 20, "the new master's handlers")
+    wait_until(lambda: signal.SIGTERM in caught_signals(new), 20, "the new master's handlers")
     assert settled_fd_count(new) <= old_fds, (fd_targets(new), old_fds)
     assert audit(engine, _status_port(engine), access_log) == []
     assert engine.stop() == 0
 
 
-def _status_port(engine: Engine) -> int:
+def _status_port(engine: EngineProcess) -> int:
     """The status endpoint's port, from the master's log line ``status on HOST:PORT``."""
-    line = wait_for(lambda: [x for x in engine.log().splitlines() if "status on " in x], 20,
+    line = wait_until(lambda: [x for x in engine.log().splitlines() if "status on " in x], 20,
                     "the status line")[-1]
     return int(line.rsplit(":", 1)[1])
 

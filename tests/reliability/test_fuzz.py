@@ -36,8 +36,7 @@ import engine.cli
 from engine.config import build, registry, resolve
 from engine.config.docs import is_boolean
 from engine.errors import ConfigError
-from loadtests.reliability_support import settled_fd_count
-from tests.reliability.conftest import StartEngine
+from tests.kit import StartEngine, settled_fd_count
 
 # --------------------------------------------------------------------------- the demo protocol
 
@@ -135,7 +134,7 @@ conversations = st.builds(
 
 def talk(address: Any, payload: bytes) -> bytes:
     """Send *payload*, half-close, and read the answer until the server closes."""
-    from loadtests.reliability_support import exchange
+    from tests.kit import exchange
 
     return exchange(address, payload, timeout=20)
 
@@ -161,7 +160,7 @@ def test_demo_protocol_answers_every_line_as_documented(engines: StartEngine) ->
 
     check()
     assert examples > 20
-    assert server.workers() == workers, "a worker died"
+    assert server.worker_pids() == workers, "a worker died"
     assert "Traceback" not in server.log()
     assert {pid: settled_fd_count(pid) for pid in workers} == fds
     assert server.stop() == 0

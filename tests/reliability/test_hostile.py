@@ -11,14 +11,14 @@ import socket
 import struct
 
 from loadtests.reliability_scenarios import tracebacks
-from loadtests.reliability_support import (
+from tests.kit import (
     LoadGen,
+    StartEngine,
     exchange,
     fd_count,
     settled_fd_count,
-    wait_for,
+    wait_until,
 )
-from tests.reliability.conftest import StartEngine
 
 
 def reset_after(address: tuple[str, int], payload: bytes, answer_first: bool) -> None:
@@ -53,9 +53,9 @@ def test_demo_shrugs_off_hostile_clients(engines: StartEngine) -> None:
                 assert answer in (b"ERR line too long\n", b"")
         stats = load.stop()
     assert stats.failed == 0 and stats.refused == 0 and stats.ok > 0, stats.failures
-    wait_for(lambda: all(fd_count(pid) <= fds[pid] for pid in workers), 20,
+    wait_until(lambda: all(fd_count(pid) <= fds[pid] for pid in workers), 20,
              "worker fds back to their baseline")
-    assert server.workers() == workers
+    assert server.worker_pids() == workers
     assert settled_fd_count(server.master) == master_fds
     assert tracebacks(server.log()) == 0, server.log()[-3000:]
     assert server.stop() == 0

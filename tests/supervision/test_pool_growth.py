@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 
 from tests.apps.prefork_apps import program
-from tests.support import EngineProcess, PeakChildren, tcp_exchange, wait_until
+from tests.kit import EngineProcess, PoolWatcher, wait_until
+from tests.kit import exchange as tcp_exchange
 
 CPUS = len(os.sched_getaffinity(0))
 
@@ -53,9 +54,9 @@ def pool_peak(engine_proc: Callable[..., EngineProcess], handler: str, payload: 
         handler=handler, before=before,
         attrs=f"workers = {CPUS}\nmax_children = 40\nmin_spare = 2\nmax_spare = 40",
     ))
-    with PeakChildren(engine.pid) as watch:
+    with PoolWatcher(engine, interval=0) as watch:
         assert load(engine.address, payload, clients=16, seconds=3.0) == 0
-    return watch.peak
+    return watch.peak_children
 
 
 def test_cpu_bound_load_does_not_fork_past_what_the_cpus_can_run(engine_proc) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from tests.apps.prefork_apps import program
-from tests.support import recv_line, wait_until
+from tests.kit import recv_line, wait_until
 
 
 def test_replacement_is_forked_during_the_last_request(engine_proc) -> None:

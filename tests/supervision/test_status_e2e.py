@@ -15,7 +15,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.apps.prefork_apps import program
-from tests.support import EngineProcess, tcp_exchange, wait_until
+from tests.kit import EngineProcess, wait_until
+from tests.kit import exchange as tcp_exchange
 
 
 def status(path: str, request: bytes = b"json\n") -> bytes:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from engine.config import cli_flag, env_var, registry, resolve
 from engine.config.docs import render
-from tests.support import ROOT
+from tests.kit import ROOT
 
 SETTINGS_PAGE = ROOT / "docs" / "settings.md"
 

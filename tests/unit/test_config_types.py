@@ -16,7 +16,7 @@ from engine.config import Settings, build, registry
 from engine.config.docs import render
 from engine.config.settings import choices
 from engine.errors import ConfigError
-from tests.support import ROOT
+from tests.kit import ROOT
 
 CHOICE_SETTINGS = {"pool_mode", "tls_verify_client", "tls_min_version", "log_level"}
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from engine.health import HealthSampler
-from tests.support import wait_until
+from tests.kit import wait_until
 
 MiB = 1 << 20
 

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.support import wait_until
+from tests.kit import wait_until
 from workers.proxy_protocol import (
     V2_SIGNATURE,
     HeaderTruncated,

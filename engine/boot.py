@@ -1,0 +1,78 @@
+"""The master's start-up, before its first fork and before it says it is serving.
+
+Every step here that can fail for a setting raises :class:`~engine.errors.ConfigError`
+naming it, before the master's "serving" line: the status endpoint's address, the
+pidfile, and the switch to an unprivileged account.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine import listeners, pidfile, privileges, sdnotify, upgrade
+from engine.config import Settings
+from engine.errors import ConfigError
+from engine.handover import Handover
+from engine.proctitle import format_address
+from engine.status import Snapshot, StatusServer
+
+log = logging.getLogger("engine.master")
+
+
+def open_status(settings: Settings, snapshot: Callable[[], Snapshot]) -> StatusServer | None:
+    """Open the status endpoint (or adopt the one a previous master handed over).
+
+    Raises:
+        ConfigError: ``status_bind`` is malformed or its address cannot be listened on.
+    """
+    handed_in = upgrade.handed_in_status_socket()
+    if settings.status_bind is None:
+        if handed_in is not None:
+            handed_in.close()  # the new config has no status endpoint
+        return None
+    try:
+        status = StatusServer(settings.status_bind, snapshot, handed_in)
+    except OSError as exc:
+        raise ConfigError(
+            "status_bind", settings.status_bind,
+            f"an address free to listen on ({exc.strerror or exc})",
+        ) from None
+    log.info("status on %s", format_address(status.address))
+    return status
+
+
+def settle_in(settings: Settings, sockets: Sequence[Any], status: StatusServer | None) -> None:
+    """Write the pidfile, then give up root (the sockets are bound by now).
+
+    Raises:
+        ConfigError: the pidfile cannot be written, or the account does not exist.
+    """
+    if settings.pidfile:
+        pidfile.write(settings.pidfile, os.getpid())
+    if not settings.user:
+        return
+    account = privileges.resolve(settings.user, settings.group)
+    paths = [listeners.unix_path(sock) for sock in sockets]
+    if status is not None and isinstance(status.address, str):
+        paths.append(status.address)
+    for path in paths:
+        if path:
+            privileges.give_to(path, account)
+    privileges.switch_to(account)
+    log.info("running as user %s (uid %d, gid %d)", account.name, account.uid, account.gid)
+
+
+def release(settings: Settings, status: StatusServer | None, handover: Handover) -> None:
+    """On the way out: tell systemd, leave or close the status endpoint, drop the pidfile
+    and the socket files taken over in an upgrade."""
+    sdnotify.notify("STOPPING=1")
+    handover.release_files()
+    if status is not None:
+        if handover.handed_off:
+            status.hand_off()  # its file is the successor's now
+        status.close()
+    if settings.pidfile:
+        pidfile.remove_if_ours(settings.pidfile, os.getpid())

@@ -1,0 +1,385 @@
+"""The master's table of worker processes: fork, signal, reap, and say how each one ended.
+
+:class:`Children` owns the worker processes and their scoreboard slots. How an exit is
+read (:func:`classify_exit`) and when the next fork may happen
+(:class:`~engine.crashloop.SpawnBackoff`) are pure, so they are tested on plain data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import gc
+import logging
+import os
+import random
+import signal
+from collections.abc import Callable, Container, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from engine.crashloop import SpawnBackoff, Verdict
+from engine.exits import describe_exit
+from engine.intake import build_intake
+from engine.logs import access_logger
+from engine.proctitle import worker_title
+from workers.protocol import WorkerState
+from workers.scoreboard import Scoreboard
+from workers.worker import WorkerSpec, run_worker
+
+log = logging.getLogger("engine.master")
+
+# How long a worker told to dump its traceback (SIGABRT), or to quit, gets before SIGKILL.
+ABORT_GRACE = 1.0
+
+
+@dataclass
+class Child:
+    """The master's own record of one live worker process."""
+
+    slot: int
+    pid: int
+    generation: int
+    spawned: float
+    booted: bool = False
+    draining: bool = False  # told to stop, or leaving on its own (retiring)
+    kill_at: float | None = None  # SIGKILL deadline (drain or abort grace)
+    idle_since: float | None = None
+    last_requests: int = 0
+    why_killed: str = ""  # hung: aborted by the master
+    retiring: bool = False  # left on its own after max_requests
+    recycling: str = ""  # drained by the master to be replaced (max_worker_memory)
+
+
+class ExitKind(enum.Enum):
+    """How a worker's life ended, as the master reads it."""
+
+    BOOT_FAILED = "failed to boot"  # exited before worker_init returned, unasked
+    DIED = "died"  # booted, then exited or was killed without being asked
+    RECYCLED = "recycled"  # max_requests, or replaced for its memory
+    EXITED = "exited"  # asked to stop (drain, quick stop, scale down, reload)
+    KILLED = "killed"  # hung: aborted by the master
+
+
+def classify_exit(child: Child, *, booted: bool, retiring: bool, stopping: bool) -> ExitKind:
+    """Read one exit. *booted* and *retiring* are what the worker wrote in its slot.
+
+    A booted worker's exit is never a boot failure, whatever its status; "recycled" is
+    only said when the worker announced its retirement or the master recycled it.
+    """
+    if child.why_killed:
+        return ExitKind.KILLED
+    booted = booted or child.booted
+    if not booted:
+        return ExitKind.EXITED if child.draining or stopping else ExitKind.BOOT_FAILED
+    if retiring or child.retiring or child.recycling:
+        return ExitKind.RECYCLED
+    if child.draining or stopping:
+        return ExitKind.EXITED
+    return ExitKind.DIED
+
+
+@dataclass(frozen=True)
+class Exit:
+    """One reaped worker."""
+
+    child: Child
+    kind: ExitKind
+    code: int  # as os.waitstatus_to_exitcode: negative for a signal
+    how: str  # "exit code 3 (BOOT_FAILED)", "killed by SIGKILL ..."
+
+
+class Children:
+    """The live workers by slot, their scoreboard, and the fork/reap/signal operations."""
+
+    def __init__(
+        self,
+        server: Any,
+        scoreboard: Scoreboard,
+        *,
+        fork_blocked: tuple[int, ...] = (),
+        gc_freeze: bool = False,
+        reap_orphans: bool = False,
+    ) -> None:
+        self.server = server
+        self.fork_blocked = fork_blocked  # signals blocked across fork()
+        self.scoreboard = scoreboard
+        self.gc_freeze = gc_freeze
+        self.reap_orphans = reap_orphans  # PID 1: adopted orphans are ours to reap
+        self.by_slot: dict[int, Child] = {}
+        self.backoff = SpawnBackoff()
+        self.fatal: str | None = None  # set when no worker could boot on a first start
+
+    def __iter__(self) -> Iterator[Child]:
+        return iter(list(self.by_slot.values()))
+
+    def __len__(self) -> int:
+        return len(self.by_slot)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_slot)
+
+    def free_slots(self, size: int) -> Iterator[int]:
+        """Slots with no live worker, lowest first."""
+        return (slot for slot in range(size) if slot not in self.by_slot)
+
+    # --- fork ---
+
+    def spawn(self, spec: WorkerSpec, generation: int, now: float) -> Child | None:
+        """Fork one worker for *spec*; None when fork() failed (backed off, logged once)."""
+        self.scoreboard.clear(spec.slot)
+        if self.gc_freeze:
+            gc.freeze()  # keep the master's objects out of the workers' collections: CoW
+        # Block the master's signals across fork(): the child must not run the master's
+        # handlers (a SIGTERM would be lost); it unblocks them once its own are in place.
+        spec.signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.fork_blocked)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self._report(self.backoff.fork_failed(now, describe_fork_error(exc)))
+            return None
+        finally:
+            if os.getpid() == spec.master_pid:
+                signal.pthread_sigmask(signal.SIG_SETMASK, spec.signal_mask)
+                if self.gc_freeze:
+                    # The child keeps them frozen (that is the point); the master must
+                    # not, or garbage made between forks would never be collected.
+                    gc.unfreeze()
+        if pid == 0:
+            run_worker(self.server, self.scoreboard, spec)
+        child = self.by_slot[spec.slot] = Child(spec.slot, pid, generation, now)
+        recovered = self.backoff.fork_worked()
+        if recovered:
+            log.warning("%s", recovered)
+        log.info("spawned worker %d pid %d (generation %d)", spec.slot, pid, generation)
+        call_hook(self.server, "worker_spawned", spec.slot, pid)
+        return child
+
+    def spawn_many(
+        self, count: int, size: int, make_spec: Callable[[int, int], WorkerSpec],
+        generation: int, now: float,
+    ) -> int:
+        """Fork up to *count* workers into free slots below *size*; return how many.
+
+        Stops at the first failed fork: one failure (and one log line) per backoff step.
+        """
+        spawned = 0
+        for slot, _ in zip(self.free_slots(size), range(count), strict=False):
+            if self.spawn(make_spec(slot, generation), generation, now) is None:
+                break
+            spawned += 1
+        return spawned
+
+    # --- signals ---
+
+    def signal(self, child: Child, signum: int) -> None:
+        """Send *signum* to one worker (gone already is fine)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signum)
+
+    def signal_all(self, signum: int) -> None:
+        """Send *signum* to every worker."""
+        for child in self:
+            self.signal(child, signum)
+
+    def drain_all(self, deadline: float) -> None:
+        """Tell every worker to finish and exit by *deadline* (graceful stop)."""
+        for child in self:
+            self.drain(child, deadline)
+
+    def drain(self, child: Child, deadline: float) -> None:
+        """Tell a worker to finish its connections and exit by *deadline*."""
+        if child.kill_at is not None or (child.draining and not child.retiring):
+            return  # told already (a retiring worker still gets the deadline)
+        child.draining = True
+        child.kill_at = deadline
+        self.scoreboard.set_draining(child.slot)
+        self.signal(child, signal.SIGTERM)
+
+    def quit_all(self, now: float) -> None:
+        """Make every worker exit at once (SIGQUIT), SIGKILL after ABORT_GRACE."""
+        for child in self:
+            self.signal(child, signal.SIGQUIT)
+            child.draining = True
+            child.kill_at = now + ABORT_GRACE
+
+    def recycle(self, children: Iterable[Child], reason: str, deadline: float) -> None:
+        """Drain *children* to be replaced (logged as recycled for *reason*)."""
+        for child in children:
+            child.recycling = reason
+            self.drain(child, deadline)
+
+    def abort_hung(
+        self, hung: Iterable[tuple[Child, str, str]], now: float, skip: Container[Child] = ()
+    ) -> None:
+        """Abort each (child, why, client) found hung, except those in *skip*."""
+        for child, why, client in hung:
+            if child not in skip:
+                self.abort(child, why, client, now)
+
+    def abort(self, child: Child, why: str, client: str, now: float) -> None:
+        """A hung worker: ask for its traceback (SIGABRT), SIGKILL it shortly after."""
+        log.warning(
+            "worker %d pid %d %s (client %s); dumping its traceback, then killing it",
+            child.slot, child.pid, why, client or "-",
+        )
+        child.why_killed = why
+        child.draining = True
+        child.kill_at = now + ABORT_GRACE
+        self.signal(child, signal.SIGABRT)
+
+    def enforce_kill_deadlines(self, now: float, quick: bool) -> list[Child]:
+        """SIGKILL every worker past its drain or abort deadline; return them."""
+        killed = []
+        for child in self:
+            if child.kill_at is not None and now >= child.kill_at:
+                killed.append(child)
+                child.kill_at = None
+                if not child.why_killed and not quick:
+                    log.warning(
+                        "worker %d pid %d did not finish within graceful_timeout; SIGKILL",
+                        child.slot, child.pid,
+                    )
+                self.signal(child, signal.SIGKILL)
+        return killed
+
+    def kill_all(self, stopping: bool = True) -> list[Exit]:
+        """SIGKILL and reap whatever is left (used on the way out)."""
+        for child in self:
+            self.signal(child, signal.SIGKILL)
+        exits = []
+        for child in self:
+            status = 0
+            with contextlib.suppress(ChildProcessError):
+                _, status = os.waitpid(child.pid, 0)
+            exits.append(self._exited(child, status, stopping))
+        return exits
+
+    # --- reaping ---
+
+    def reap(self, now: float, stopping: bool) -> list[Exit]:
+        """Collect every exited worker (and adopted orphans when PID 1), log each exit."""
+        exits = []
+        for child in self:
+            try:
+                pid, status = os.waitpid(child.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = child.pid, 0  # reaped by someone else: gone all the same
+            if pid:
+                exit = self._exited(child, status, stopping)
+                exits.append(exit)
+                if exit.kind is ExitKind.BOOT_FAILED:
+                    self._report(self.backoff.boot_failed(now))
+        if self.reap_orphans:
+            with contextlib.suppress(ChildProcessError):
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+        return exits
+
+    def mark_booted(self, child: Child) -> None:
+        """The worker said it booted (scoreboard): the boot-failure streak ends."""
+        child.booted = True
+        recovered = self.backoff.booted()
+        if recovered:
+            log.warning("%s", recovered)
+
+    def _exited(self, child: Child, status: int, stopping: bool) -> Exit:
+        del self.by_slot[child.slot]
+        record = self.scoreboard.read(child.slot)  # what the worker last said
+        self.scoreboard.clear(child.slot)
+        if not child.booted and (
+            record.booted or record.state in (WorkerState.IDLE, WorkerState.BUSY)
+        ):
+            self.mark_booted(child)  # booted (and served, maybe) between two looks
+        kind = classify_exit(child, booted=child.booted, retiring=record.retiring,
+                             stopping=stopping)
+        how = describe_exit(status)
+        code = os.waitstatus_to_exitcode(status)
+        if kind is ExitKind.KILLED:
+            log.warning("worker %d pid %d killed: %s", child.slot, child.pid, child.why_killed)
+        elif kind in (ExitKind.EXITED, ExitKind.RECYCLED):
+            detail = f" ({child.recycling})" if child.recycling else ""
+            log.info("worker %d pid %d %s%s: %s", child.slot, child.pid, kind.value, detail, how)
+        else:
+            when = " (before it booted)" if kind is ExitKind.BOOT_FAILED else ""
+            log.warning("worker %d pid %d died: %s%s", child.slot, child.pid, how, when)
+        call_hook(self.server, "worker_exited", child.slot, child.pid, code)
+        return Exit(child, kind, code, how)
+
+    def _report(self, verdict: Verdict) -> None:
+        if verdict.fatal:
+            self.fatal = verdict.message
+            log.critical("%s", verdict.message)
+        elif verdict.loud:
+            log.error("%s", verdict.message)
+        else:
+            log.warning("%s", verdict.message)
+
+
+def call_hook(server: Any, name: str, *args: Any) -> None:
+    """Run the server's hook *name*, if it has one; its failure is logged, never fatal."""
+    hook = getattr(server, name, None)
+    if hook is None:
+        return
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("hook %s raised", getattr(hook, "__name__", hook))
+
+
+def describe_fork_error(exc: OSError) -> str:
+    """``fork()``'s error in words, with the usual cause for the usual errnos."""
+    hint = {
+        errno.EAGAIN: "process limit reached (RLIMIT_NPROC or pid_max)",
+        errno.ENOMEM: "out of memory",
+    }.get(exc.errno or 0)
+    text = exc.strerror or str(exc)
+    return f"{text} ({hint})" if hint else text
+
+
+class SpecFactory:
+    """Makes each new worker's :class:`~workers.worker.WorkerSpec` (same for all but slot)."""
+
+    def __init__(
+        self, settings: Any, *, name: str, extra_listeners: tuple[Any, ...], intake: Any,
+        access_log: Any, close_fds: Callable[[], tuple[int, ...]],
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.extra_listeners = extra_listeners
+        self.intake = intake
+        self.access_log = access_log
+        self.close_fds = close_fds  # the master's own fds, known once its loop is set up
+
+    @classmethod
+    def for_server(
+        cls, server: Any, settings: Any, name: str, close_fds: Callable[[], tuple[int, ...]]
+    ) -> SpecFactory:
+        """Build the intake now, before any fork or privilege drop (key files may be
+        root's alone). The CLI sets ``_engine_request_done``; otherwise ``access_log``
+        builds the access-log callback."""
+        return cls(
+            settings, name=name, extra_listeners=tuple(getattr(server, "extra_listeners", ())),
+            intake=build_intake(settings, server), close_fds=close_fds,
+            access_log=getattr(server, "_engine_request_done", None) or access_logger(settings),
+        )
+
+    def __call__(self, slot: int, generation: int) -> WorkerSpec:
+        settings = self.settings
+        max_requests = settings.max_requests
+        if max_requests:
+            max_requests += random.randint(0, settings.max_requests_jitter)
+        return WorkerSpec(
+            slot=slot,
+            generation=generation,
+            master_pid=os.getpid(),
+            title=worker_title(slot, self.name),
+            threads=settings.threads,
+            count_bytes=settings.count_bytes or self.access_log is not None,
+            max_requests=max_requests,
+            close_fds=self.close_fds(),
+            on_request_done=self.access_log,
+            extra_listeners=self.extra_listeners,
+            intake=self.intake,
+        )

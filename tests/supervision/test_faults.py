@@ -1,0 +1,187 @@
+"""Faults that must not take the service down: workers that die after booting, crash
+loops after the service has served, fork() failing (issue #13 items 1-3).
+
+Real processes, real exits: handlers that exit with chosen statuses, worker_init that
+fails on command, and an unprivileged master whose RLIMIT_NPROC makes fork() fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.apps.prefork_apps import program
+from tests.cli import run_cli
+from tests.support import open_clients, recv_line, tcp_exchange, wait_until
+
+# A handler that exits the way the client asks, after answering once.
+EXITING = """
+class Exiting(StreamRequestHandler):
+    def handle(self):
+        line = self.rfile.readline()
+        self.wfile.write(b'%d %s' % (os.getpid(), line))
+        self.wfile.flush()
+        word, _, code = line.strip().partition(b' ')
+        if word == b'EXIT':
+            os._exit(int(code))
+        if word == b'SYSEXIT':
+            raise SystemExit(int(code))
+"""
+
+
+def _served_by(address: object, payload: bytes) -> int:
+    return int(tcp_exchange(address, payload).split()[0])
+
+
+def test_booted_worker_exiting_3_is_not_a_boot_failure(engine_proc) -> None:
+    engine = engine_proc(program(
+        attrs="workers = 1\npool_mode = 'static'", before=EXITING, handler="Exiting",
+    ))
+    wait_until(lambda: len(engine.workers()) == 1, 10, "the worker")
+    # Six times in a row the only worker serves, then exits 3 (or SystemExit(3)): the
+    # master must read each as a death after boot, never as a failed boot (which, five
+    # in a row on a pool of one, used to stop the master with exit 3).
+    for n in range(6):
+        victim = engine.workers()[0].pid
+        word = b"EXIT 3\n" if n % 2 else b"SYSEXIT 3\n"
+        assert _served_by(engine.address, word) == victim
+        wait_until(lambda v=victim: f"pid {v} died: exit code 3" in engine.log(), 10,
+                   "the death logged")
+        wait_until(lambda v=victim: [w.pid for w in engine.workers()] not in ([], [v]), 10,
+                   "a replacement")
+    assert engine.proc.poll() is None, engine.log()[-3000:]
+    log = engine.log()
+    assert "failed to boot" not in log and "before it booted" not in log
+    assert "no worker could boot" not in log
+    # os._exit(0) from a handler is a death too, not a recycling.
+    victim = engine.workers()[0].pid
+    assert _served_by(engine.address, b"EXIT 0\n") == victim
+    wait_until(lambda: f"pid {victim} died: exit code 0" in engine.log(), 10, "exit 0 logged")
+    assert f"pid {victim} recycled" not in engine.log()
+    assert tcp_exchange(engine.address, b"still\n").endswith(b"still\n")
+
+
+BOOT_SWITCH = """
+BROKEN = {flag!r}
+def worker_init(self):
+    if os.path.exists(self.BROKEN):
+        raise RuntimeError('dependency down')
+"""
+
+
+def test_crash_loop_after_serving_backs_off_and_recovers(engine_proc, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    status = tmp_path / "status.sock"
+    engine = engine_proc(program(
+        attrs="workers = 1\npool_mode = 'static'\n"
+              f"status_bind = 'unix:{status}'\n" + BOOT_SWITCH.format(flag=str(broken)),
+    ))
+    first = wait_until(lambda: engine.workers(), 10, "the first worker")[0].pid
+    assert _served_by(engine.address, b"up\n") == first
+    # The service has served. Now every new worker fails to boot: more than the five
+    # that are fatal on a first start. The master must back off and keep its port.
+    broken.touch()
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: "crash loop: 5 workers in a row failed to boot" in engine.log(), 20,
+               "the crash loop reported")
+    assert engine.proc.poll() is None, engine.log()[-3000:]
+    document = json.loads(run_cli(
+        ["status", "--status-bind", f"unix:{status}", "--json"]).stdout)
+    crash = document["master"]["crash_loop"]
+    assert crash["boot_failures"] >= 5 and crash["next_spawn_in"] > 0, crash
+    # The port still takes connections (they queue), and they are served once a
+    # worker boots again.
+    with socket.create_connection(engine.address, timeout=30) as waiting:
+        waiting.sendall(b"queued\n")
+        broken.unlink()
+        assert recv_line(waiting, timeout=40).endswith(b"queued\n")  # within a 30 s step
+    wait_until(lambda: "crash loop over" in engine.log(), 10, "the recovery logged")
+    assert "no worker could boot" not in engine.log()
+
+
+# Runs in the master (before serve_forever): a thread that sets the master's own soft
+# RLIMIT_NPROC to each number written to a FIFO. (prlimit(2) on another user's process
+# is refused in some sandboxes even to root, so the master does it to itself.)
+NPROC_CONTROL = """
+import pwd, resource, threading
+nobody = pwd.getpwnam('nobody')
+os.setgroups([]); os.setgid(nobody.pw_gid); os.setuid(nobody.pw_uid)
+HARD = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+def _nproc_control(path={fifo!r}):
+    with os.fdopen(os.open(path, os.O_RDWR), 'r') as control:
+        print('NPROC control open', file=sys.stderr, flush=True)
+        for line in control:
+            soft = HARD if line.strip() == 'max' else int(line)
+            resource.setrlimit(resource.RLIMIT_NPROC, (soft, HARD))
+            print('NPROC set to', line.strip(), file=sys.stderr, flush=True)
+threading.Thread(target=_nproc_control, daemon=True).start()
+"""
+
+
+def _control(fifo: Path, line: str) -> None:
+    """Write one line to the master's control FIFO (fails at once if nobody reads it)."""
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory nobody can reach (pytest's tmp_path is root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="engine-nproc-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the engine as nobody")
+def test_fork_failure_keeps_the_listeners_and_refills_later(
+    engine_proc, shared_dir: Path
+) -> None:
+    # The master runs as nobody (RLIMIT_NPROC binds unprivileged users only). Once its
+    # pool is up, its process limit goes down to 1: nobody has at least that many
+    # processes (the master itself), whatever else runs as nobody on this machine, so
+    # every fork() fails with EAGAIN until the limit is raised again.
+    fifo = shared_dir / "nproc"
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)  # whatever the umask: the master opens it as nobody
+    engine = engine_proc(program(
+        attrs="workers = 2\npool_mode = 'static'", before=NPROC_CONTROL.format(fifo=str(fifo)),
+    ))
+    workers = wait_until(lambda: len(engine.workers()) == 2 and engine.workers(), 10, "pool")
+    wait_until(lambda: "NPROC control" in engine.log(), 10, "the control thread")
+    assert psutil.Process(engine.pid).uids().real == pwd.getpwnam("nobody").pw_uid
+    _control(fifo, "1\n")
+    wait_until(lambda: "NPROC set to 1" in engine.log(), 10, "the limit lowered")
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGKILL)
+    wait_until(lambda: engine.log().count("cannot fork a worker") >= 2, 20, "fork failures")
+    assert engine.proc.poll() is None, engine.log()[-3000:]
+    assert engine.workers() == []
+    # The port is still open: a client connects (the kernel queues it) and is served
+    # once fork works again.
+    with open_clients(engine.address, 1, timeout=30) as (client,):
+        client.sendall(b"waiting\n")
+        tries = engine.log().count("cannot fork a worker")
+        wait_until(lambda: engine.log().count("cannot fork a worker") > tries, 20, "a retry")
+        _control(fifo, "max\n")
+        assert recv_line(client, timeout=30).endswith(b"waiting\n")
+    wait_until(lambda: len(engine.workers()) == 2, 40, "the pool refilled")
+    log = engine.log()
+    assert "fork works again" in log
+    assert "no worker could boot" not in log and "failed to boot" not in log
+    # One line per backoff step, not one per try: the steps double (0.1, 0.2, 0.4 ...).
+    assert "next try in 0.10s" in log and "next try in 0.20s" in log
+    assert log.count("next try in 0.10s") == 1

@@ -1,0 +1,72 @@
+"""An idle master costs nothing (#16.4): with no traffic and no deadline pending, it wakes
+no more often than ``health_interval``.
+
+Wake-ups are counted from ``/proc/PID/schedstat`` (its third field counts the times the
+task was scheduled in: every wake-up is one). Run as a module to measure a longer
+window: ``python -m tests.supervision.test_idle_master 60``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.apps.prefork_apps import program
+from tests.support import kill_tree, start_engine, wait_until
+
+# A quiet pool: health samples once a minute, idle workers have 2 minutes of silence.
+QUIET = "workers = 2\nhealth_interval = 60\nworker_timeout = 120\n"
+
+
+def schedstat(pid: int) -> tuple[float, int]:
+    """(CPU seconds, times scheduled in) of *pid*, from /proc/PID/schedstat."""
+    run_ns, _wait_ns, slices = Path(f"/proc/{pid}/schedstat").read_text().split()
+    return int(run_ns) / 1e9, int(slices)
+
+
+def idle_figures(pid: int, seconds: float) -> tuple[float, int]:
+    """CPU seconds used and wake-ups of *pid* over a window of *seconds*."""
+    cpu_before, woken_before = schedstat(pid)
+    time.sleep(seconds)  # the measurement window itself, not a synchronisation
+    cpu_after, woken_after = schedstat(pid)
+    return cpu_after - cpu_before, woken_after - woken_before
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_idle_master_does_not_wake_every_second(engine_proc, mode: str) -> None:
+    engine = engine_proc(program(attrs=QUIET + f"pool_mode = {mode!r}"))
+    wait_until(lambda: len(engine.workers()) == 2, 10, "the pool")
+    # Settled: the first health round is over (it samples every worker once).
+    wait_until(lambda: _settled(engine.pid), 10, "the master to go quiet")
+    _cpu, woken = idle_figures(engine.pid, 3.0)
+    # A one-second tick would wake it 3 times in 3 s; a quiet master sleeps throughout.
+    assert woken <= 1, f"the idle master woke {woken} times in 3 s"
+
+
+def _settled(pid: int) -> bool:
+    _cpu, woken = idle_figures(pid, 0.3)
+    return woken == 0
+
+
+def main(seconds: float) -> None:
+    """Print an idle master's wake-ups per minute and CPU over *seconds*."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        engine = start_engine(program(attrs="workers = 2\n"), tmp_path=Path(directory))
+        try:
+            wait_until(lambda: len(psutil.Process(engine.pid).children()) == 2, 10, "pool")
+            time.sleep(2)  # let the start-up finish before measuring
+            cpu, woken = idle_figures(engine.pid, seconds)
+            print(f"idle master (defaults: health_interval 5 s): {woken * 60 / seconds:.1f} "
+                  f"wake-ups/min, {cpu * 1000:.2f} ms CPU over {seconds:g} s")
+        finally:
+            kill_tree(engine.pid, engine.proc)
+
+
+if __name__ == "__main__":
+    main(float(sys.argv[1]) if len(sys.argv) > 1 else 60.0)

@@ -1,0 +1,170 @@
+"""The master's per-tick decisions on a real scoreboard (no process): one read per tick,
+how long to sleep, boots and retirements seen, hung workers, reloads and scaling."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.children import Child
+from engine.config import build
+from engine.growth import GrowthGate
+from engine.health import HealthSampler
+from engine.pool_adapter import BUSY_TICK, PoolAdapter
+from workers.protocol import WorkerState
+from workers.scoreboard import Scoreboard, SlotRecord
+
+
+class CountingScoreboard(Scoreboard):
+    """The real shared-memory scoreboard, counting the master's slot reads."""
+
+    reads = 0
+
+    def read(self, slot: int) -> SlotRecord:
+        self.reads += 1
+        return super().read(slot)
+
+    def state(self, slot: int) -> WorkerState:
+        self.reads += 1
+        return super().state(slot)
+
+    def is_retiring(self, slot: int) -> bool:
+        self.reads += 1
+        return super().is_retiring(slot)
+
+
+def adapter(**settings: object) -> tuple[PoolAdapter, CountingScoreboard]:
+    values = {"workers": 2, "max_children": 8, "health_interval": 60.0, **settings}
+    parsed = build(values)
+    board = CountingScoreboard(parsed.max_children)
+    growth = GrowthGate(HealthSampler(parsed.health_interval, 0))
+    return PoolAdapter(parsed, board, growth), board
+
+
+def idle_pool(board: Scoreboard, now: float, count: int = 2) -> list[Child]:
+    """*count* booted, idle workers, as the workers themselves would write them."""
+    children = []
+    for slot in range(count):
+        board.worker_started(slot, 1000 + slot, now)
+        board.worker_booted(slot)
+        board.idle(slot, now, 0)
+        children.append(Child(slot, 1000 + slot, 0, now, booted=True))
+    return children
+
+
+@pytest.fixture
+def closing() -> list[Scoreboard]:
+    boards: list[Scoreboard] = []
+    yield boards
+    for board in boards:
+        board.close()
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "ondemand"])
+def test_one_scoreboard_read_per_worker_per_tick(mode: str, closing) -> None:
+    pool, board = adapter(pool_mode=mode, request_timeout=5.0)
+    closing.append(board)
+    children = idle_pool(board, 10.0, 3)
+    board.busy(1, 10.0, 0, 1, ("127.0.0.1", 5000))
+    board.reads = 0
+    tick = pool.snapshot(children, 11.0)
+    pool.observe(tick, children)
+    pool.hung(tick, children)
+    pool.plan(tick, children, can_spawn=True)
+    pool.sleep(tick, children, running=True, ready=True, spawn_at=0.0, signals=True,
+               health_due=70.0)
+    assert board.reads == len(children)
+
+
+def test_quiet_pool_sleeps_until_the_next_health_sample(closing) -> None:
+    pool, board = adapter(pool_mode="dynamic", worker_timeout=None)
+    closing.append(board)
+    children = idle_pool(board, 0.0)
+    tick = pool.snapshot(children, 5.0)
+    pool.observe(tick, children)
+    timeout, watch = pool.sleep(tick, children, running=True, ready=True, spawn_at=0.0,
+                                signals=True, health_due=65.0)
+    assert timeout == pytest.approx(60.0)  # no 1 s tick: nothing is due before
+    assert watch  # a quiet dynamic pool wakes on a new connection instead
+
+
+def test_changing_pool_ticks_fast_and_backoff_and_hang_deadlines_count(closing) -> None:
+    pool, board = adapter(pool_mode="static", worker_timeout=30.0)
+    closing.append(board)
+    children = idle_pool(board, 0.0, 1)  # one worker short of the floor of 2
+    tick = pool.snapshot(children, 1.0)
+    timeout, watch = pool.sleep(tick, children, running=True, ready=True, spawn_at=0.0,
+                                signals=True, health_due=60.0)
+    assert timeout == pytest.approx(BUSY_TICK) and not watch  # static: never the listener
+    children = idle_pool(board, 0.0, 2)
+    tick = pool.snapshot(children, 1.0)
+    timeout, _ = pool.sleep(tick, children, running=True, ready=True, spawn_at=0.0,
+                            signals=True, health_due=60.0)
+    assert timeout == pytest.approx(29.0, abs=0.01)  # the idle worker's heartbeat + 30 s
+
+
+def test_surplus_idle_worker_wakes_the_master_for_its_retirement(closing) -> None:
+    pool, board = adapter(pool_mode="dynamic", workers=1, min_spare=1, max_spare=1,
+                          idle_timeout=10.0, worker_timeout=None)
+    closing.append(board)
+    children = idle_pool(board, 0.0, 3)
+    tick = pool.snapshot(children, 2.0)
+    pool.observe(tick, children)  # idle since 2.0
+    timeout, _ = pool.sleep(tick, children, running=True, ready=True, spawn_at=0.0,
+                            signals=True, health_due=60.0)
+    assert timeout == pytest.approx(10.0)
+    later = pool.snapshot(children, 12.0)
+    assert len(pool.plan(later, children, can_spawn=True).drain) == 1
+
+
+def test_observe_reports_boots_retirement_and_idle_time(closing) -> None:
+    pool, board = adapter()
+    closing.append(board)
+    fresh = Child(0, 1000, 0, 0.0)
+    board.worker_started(0, 1000, 0.0)
+    assert pool.observe(pool.snapshot([fresh], 0.5), [fresh]) == []  # STARTING
+    board.worker_booted(0)
+    board.idle(0, 1.0, 0)
+    assert pool.observe(pool.snapshot([fresh], 1.0), [fresh]) == [fresh]
+    assert fresh.idle_since == 1.0
+    board.busy(0, 2.0, 0, 1, ("127.0.0.1", 1))
+    board.retiring(0)
+    pool.observe(pool.snapshot([fresh], 2.0), [fresh])
+    assert fresh.draining and fresh.retiring and fresh.idle_since is None
+
+
+def test_hung_worker_is_found_from_the_tick(closing) -> None:
+    pool, board = adapter(request_timeout=5.0)
+    closing.append(board)
+    (worker,) = idle_pool(board, 0.0, 1)
+    board.busy(0, 1.0, 0, 1, ("10.0.0.1", 4242))
+    assert pool.hung(pool.snapshot([worker], 5.9), [worker]) == []
+    ((found, why, client),) = pool.hung(pool.snapshot([worker], 6.5), [worker])
+    assert found is worker and "request_timeout" in why and client == "10.0.0.1:4242"
+    worker.kill_at = 7.0  # already being killed: not found again
+    assert pool.hung(pool.snapshot([worker], 8.0), [worker]) == []
+
+
+def test_reload_generations(closing) -> None:
+    pool, board = adapter(workers=2)
+    closing.append(board)
+    old = idle_pool(board, 0.0, 2)
+    assert pool.reload(serving=3) == 1
+    assert pool.reload_size == 3  # the larger of what served and the floor
+    assert not pool.reload_finished(old)
+    decision = pool.plan(pool.snapshot(old, 1.0), old, can_spawn=True)
+    assert decision.spawn == 3 and decision.drain == []  # new ones first, old drain later
+    new = [Child(slot, 2000 + slot, 1, 1.0) for slot in range(2, 5)]
+    for child in old:
+        child.draining = True
+    assert pool.reload_finished(old + new) and pool.reload_size is None
+    assert pool.reload(serving=3) == 2
+
+
+def test_scale_limits(closing) -> None:
+    pool, board = adapter(workers=2, max_children=3)
+    closing.append(board)
+    assert pool.scale_by(+1) == (2, 3)
+    assert pool.scale_by(+1) == (3, 3)  # max_children
+    for _ in range(5):
+        pool.scale_by(-1)
+    assert pool.target == 1  # never below one
