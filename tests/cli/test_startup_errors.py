@@ -10,7 +10,7 @@ import os
 import socket
 from pathlib import Path
 
-from tests.cli import run_cli
+from tests.kit import run_cli
 
 ECHO = "engine.examples.echo:EchoHandler"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import psutil
 
-from tests.cli import CLI, READY
 from tests.deploy.test_upgrade import Start, read_pid, stop_adopted, write_app
-from tests.support import assert_no_leftovers, tcp_exchange, wait_until
+from tests.kit import CLI, READY, assert_no_leftovers, wait_until
+from tests.kit import exchange as tcp_exchange
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

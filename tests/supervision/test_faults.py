@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 from tests.apps.prefork_apps import program
-from tests.cli import run_cli
-from tests.support import open_clients, recv_line, tcp_exchange, wait_until
+from tests.kit import exchange as tcp_exchange
+from tests.kit import open_clients, recv_line, run_cli, wait_until
 
 # A handler that exits the way the client asks, after answering once.
 EXITING = """

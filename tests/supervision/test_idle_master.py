@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests.apps.prefork_apps import program
-from tests.support import kill_tree, start_engine, wait_until
+from tests.kit import kill_group, start_program, wait_until
 
 # A quiet pool: health samples once a minute, idle workers have 2 minutes of silence.
 QUIET = "workers = 2\nhealth_interval = 60\nworker_timeout = 120\n"
@@ -57,7 +57,7 @@ def main(seconds: float) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as directory:
-        engine = start_engine(program(attrs="workers = 2\n"), tmp_path=Path(directory))
+        engine = start_program(program(attrs="workers = 2\n"), tmp_path=Path(directory))
         try:
             wait_until(lambda: len(psutil.Process(engine.pid).children()) == 2, 10, "pool")
             time.sleep(2)  # let the start-up finish before measuring
@@ -65,7 +65,7 @@ def main(seconds: float) -> None:
             print(f"idle master (defaults: health_interval 5 s): {woken * 60 / seconds:.1f} "
                   f"wake-ups/min, {cpu * 1000:.2f} ms CPU over {seconds:g} s")
         finally:
-            kill_tree(engine.pid, engine.proc)
+            assert not kill_group(engine.pid, engine.proc)
 
 
 if __name__ == "__main__":

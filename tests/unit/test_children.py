@@ -20,7 +20,7 @@ from engine.children import (
     classify_exit,
     describe_fork_error,
 )
-from tests.support import wait_until
+from tests.kit import wait_until
 from workers.scoreboard import Scoreboard
 
 
