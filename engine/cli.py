@@ -21,19 +21,34 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import inspect
 import json
 import logging
 import os
+import signal
 import socket
+import socketserver
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from engine import __version__, listeners, logs, privileges, safefiles, tls, upgrade, workdir
+from engine import (
+    __version__,
+    classic,
+    listeners,
+    logs,
+    privileges,
+    safefiles,
+    tls,
+    upgrade,
+    workdir,
+)
 from engine.config import SECTIONS, Resolved, cli_flag, env_var, registry, resolve
 from engine.config.docs import flag_usage, format_value, is_boolean, is_list
-from engine.config.settings import Settings, class_attr_names, resolved_workers
-from engine.config.validators import file_mode
+from engine.config.settings import Settings, choices, class_attr_names, resolved_workers
+from engine.config.validators import duration, file_mode
 from engine.errors import ConfigError, ExitStatus, MasterFatalError
 from engine.prefork import (
     PreforkMixIn,
@@ -53,6 +68,8 @@ DEMO_HANDLER = "engine.examples.demo:DemoHandler"
 READY_VARIABLE = "ENGINE_READY_LINE"
 EXIT_INTERRUPTED = 128 + 2  # the shell's status for "killed by SIGINT"
 COMMANDS = ("demo", "serve", "status")
+# `engine status --timeout`: a duration as the settings' are (not a setting itself).
+STATUS_TIMEOUT_VALIDATOR = duration(0.0, exclusive=True)
 
 
 class HandlerError(Exception):
@@ -95,9 +112,17 @@ def add_setting_arguments(
             options["action"] = argparse.BooleanOptionalAction
         else:
             options["metavar"] = flag_usage(field).split(" ", 1)[1]
+            words = choices(field.name)
+            if words is not None:  # from the setting's Literal type
+                options["choices"], options["type"] = words, _word
             if is_list(field):
                 options["action"] = "append"
         group.add_argument(cli_flag(field.name), **options)
+
+
+def _word(text: str) -> str:
+    """A choice as the validators read it: case and surrounding blanks do not count."""
+    return text.strip().lower()
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, check: bool = True) -> None:
@@ -159,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--prometheus", action="store_true", help="print the Prometheus text exposition",
     )
     status.add_argument(
-        "--timeout", type=float, default=STATUS_TIMEOUT, metavar="SECONDS",
-        help=f"give up after this long [default: {STATUS_TIMEOUT:g}]",
+        "--timeout", default=STATUS_TIMEOUT, metavar="SECONDS",
+        help=f"give up after this long: seconds, or 500ms, 2s... [default: {STATUS_TIMEOUT:g}]",
     )
     _add_config_arguments(status, check=False)
     add_setting_arguments(status, only=["status_bind"])
@@ -188,13 +213,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return run_status(args)
         handler_path = args.handler if args.command == "serve" else DEMO_HANDLER
-        return run_serve(args, handler_path, demo=args.command == "demo", arguments=arguments)
+        with interruptible():
+            return run_serve(args, handler_path, demo=args.command == "demo",
+                             arguments=arguments)
     except ConfigError as exc:
         return _fail(str(exc), ExitStatus.USAGE)
+    except HandlerImportError as exc:
+        # The user's module failed: the first line says so, the traceback says where.
+        status = _fail(str(exc), ExitStatus.USAGE)
+        traceback.print_exception(exc.error, file=sys.stderr)
+        return status
     except HandlerError as exc:
         return _fail(str(exc), ExitStatus.USAGE)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED  # quietly: the user asked for it
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in the block, however the process was started.
+
+    A process started with SIGINT ignored (a shell's background job, ``nohup``) keeps
+    it ignored, and Python then installs no KeyboardInterrupt handler: the master, which
+    stops quickly on SIGINT, would exit 0 instead of 130. The command's own handler
+    makes SIGINT mean the same thing wherever it runs; the previous one is restored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _fail(message: str, status: int) -> int:
@@ -230,7 +281,11 @@ def import_handler(path: str, search_cwd: bool = True) -> type:
         missing = exc.name or ""
         if module_name == missing or module_name.startswith(missing + "."):
             raise HandlerError(f"cannot import handler {path!r}: {exc}") from None
-        raise  # the module exists but one of its own imports fails: show the traceback
+        raise HandlerImportError(path, exc) from exc  # one of the module's own imports
+    except (ValueError, TypeError) as exc:  # "a\udcff", "..x": not a module name at all
+        raise HandlerError(f"cannot import handler {path!r}: {exc}") from None
+    except Exception as exc:  # the user's module raised: say so, then show where
+        raise HandlerImportError(path, exc) from exc
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
@@ -241,7 +296,42 @@ def import_handler(path: str, search_cwd: bool = True) -> type:
             ) from None
     if not isinstance(target, type):
         raise HandlerError(f"handler {path!r} is not a class: {target!r}")
+    check_handler_class(path, target)
     return target
+
+
+def check_handler_class(path: str, cls: type) -> None:
+    """Refuse a class that cannot be a request handler, before anything is served.
+
+    A handler is instantiated as ``cls(request, client_address, server)``, as by
+    socketserver; any class whose constructor accepts that call is taken.
+
+    Raises:
+        HandlerError: *cls* is a server class, or its constructor does not take
+            ``(request, client_address, server)``.
+    """
+    advice = "a socketserver.BaseRequestHandler subclass, e.g. engine.examples.echo:EchoHandler"
+    if issubclass(cls, (socketserver.BaseServer, classic.BaseServer)):
+        raise HandlerError(
+            f"handler {path!r} is a server class, not a request handler: give {advice}"
+        )
+    try:
+        inspect.signature(cls).bind(None, None, None)
+    except (TypeError, ValueError):  # ValueError: no signature (dict, int...)
+        raise HandlerError(
+            f"handler {path!r} is not a request handler: {cls.__qualname__}() does not "
+            f"take (request, client_address, server); give {advice}"
+        ) from None
+
+
+class HandlerImportError(HandlerError):
+    """The handler's module raised while being imported (the user's code failed)."""
+
+    def __init__(self, path: str, error: BaseException) -> None:
+        super().__init__(
+            f"cannot import handler {path!r}: {type(error).__name__}: {error}"
+        )
+        self.error = error
 
 
 class CommandLineServer(PreforkMixIn):
@@ -358,23 +448,15 @@ def run_serve(
     config = workdir.absolute(args.config, base) if args.config else None
     resolved = resolve(setting_values(args), config_path=config)
     handler = import_handler(handler_path, search_cwd=not upgraded)
+    settings = workdir.with_absolute_paths(resolved.settings, base)
+    check_with_the_system(settings, demo)
     if args.check_config:
         print(render_resolved(resolved, handler_path))
         return ExitStatus.OK
-    settings = workdir.with_absolute_paths(resolved.settings, base)
     workdir.change_to(settings.chdir)
     upgrade.remember_entry(upgrade.Entry(
         tuple(arguments), base, workdir.module_directory(handler_path.partition(":")[0], base)
     ))
-    if demo and settings.udp:
-        raise ConfigError("udp", True, "false for the demo, a stream protocol")
-    # Settings that need the system to check (accounts, certificates): fail before
-    # binding anything. The master builds the real TLS context again, before forking.
-    account = privileges.resolve(settings.user, settings.group) if settings.user else None
-    # Root opens the pidfile, logs and socket files: refuse paths others could redirect.
-    safefiles.check_paths(settings, *((account.uid, account.gid) if account else (None, None)))
-    if settings.certfile:
-        tls.build_context(settings)
     if settings.umask is not None:
         os.umask(settings.umask)  # before any file is created: logs, sockets, pidfile
     access = _open_logs(settings)
@@ -410,6 +492,24 @@ def run_serve(
                     _unlink_if_ours(path, inode)
     log.info("stopped" if not server.handed_off else "stopped; the new master serves")
     return ExitStatus.OK
+
+
+def check_with_the_system(settings: Settings, demo: bool = False) -> None:
+    """The checks that need the system (accounts, certificates), before binding.
+
+    ``--check-config`` runs them too, so it refuses what the start would refuse. The
+    master builds the real TLS context again, before forking.
+
+    Raises:
+        ConfigError: naming the setting.
+    """
+    if demo and settings.udp:
+        raise ConfigError("udp", True, "false for the demo, a stream protocol")
+    account = privileges.resolve(settings.user, settings.group) if settings.user else None
+    # Root opens the pidfile, logs and socket files: refuse paths others could redirect.
+    safefiles.check_paths(settings, *((account.uid, account.gid) if account else (None, None)))
+    if settings.certfile:
+        tls.build_context(settings)
 
 
 def _open_logs(settings: Settings) -> logs.AccessLog | None:
@@ -502,9 +602,10 @@ def run_status(args: argparse.Namespace) -> int:
             "status_bind", None, "the address of a running engine's status endpoint: pass "
             f"--status-bind unix:PATH or 127.0.0.1:PORT, or set {env_var('status_bind')}",
         )
+    timeout = STATUS_TIMEOUT_VALIDATOR("timeout", args.timeout)
     kind = "prometheus" if args.prometheus else "json"
     try:
-        body = fetch_status(settings.status_bind, kind, args.timeout)
+        body = fetch_status(settings.status_bind, kind, timeout)
     except OSError as exc:
         return _fail(
             f"cannot read the status endpoint at {settings.status_bind}: "

@@ -15,22 +15,15 @@ from three measurements over spans of :data:`GATE_SPAN` seconds:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection, Mapping
 
+from engine.config.settings import usable_cpus as cpu_count  # the one CPU count
 from engine.health import HealthSampler, IdleMeter
 
 # Below this share of idle CPU time the machine counts as saturated.
 SATURATED_IDLE_SHARE = 0.05
 # The span over which idle time and finished connections are counted.
 GATE_SPAN = 0.2
-
-
-def cpu_count() -> int:
-    """The CPUs this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 class GrowthGate:

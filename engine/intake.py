@@ -12,6 +12,7 @@ from typing import Any
 
 from engine import tls
 from engine.config import Settings
+from engine.config.settings import check_stream_only
 from engine.errors import ConfigError
 from workers.intake import Intake
 
@@ -52,13 +53,12 @@ def build_intake(settings: Settings, server: Any) -> Intake | None:
 
 
 def _datagram_intake(settings: Settings, context: Any) -> Intake | None:
-    allowed = "unset for a datagram server (it applies to stream connections)"
-    if context is not None:
-        if settings.certfile is not None:
-            raise ConfigError("certfile", settings.certfile, allowed)
-        raise ConfigError("ssl_context", context, allowed)
-    if settings.proxy_protocol:
-        raise ConfigError("proxy_protocol", settings.proxy_protocol, allowed)
+    check_stream_only(settings, datagram=True)  # the registry's rule
+    if context is not None:  # not a setting: an ssl_context given in code
+        raise ConfigError(
+            "ssl_context", context, "unset for a datagram server (it applies to stream "
+            "connections)",
+        )
     if not (settings.allow_from or settings.deny_from):
         return None
     return Intake(allow_from=settings.allow_from, deny_from=settings.deny_from)

@@ -58,6 +58,8 @@ def _read_environment() -> list[int]:
             count = int(systemd_count)
         except ValueError:
             raise ConfigError("LISTEN_FDS", systemd_count, "a number of sockets") from None
+        if count > os.sysconf("SC_OPEN_MAX"):  # no process has that many descriptors
+            raise ConfigError("LISTEN_FDS", systemd_count, "at most the open-file limit")
         return list(range(SYSTEMD_FIRST_FD, SYSTEMD_FIRST_FD + count))
     return []
 
@@ -67,7 +69,7 @@ def _adopt(fd: int) -> socket.socket:
     try:
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
             raise ConfigError("LISTEN_FDS", fd, "descriptors that are sockets")
-    except OSError:
+    except (OSError, OverflowError):  # OverflowError: beyond any descriptor
         raise ConfigError("LISTEN_FDS", fd, "open descriptors") from None
     sock = socket.socket(fileno=fd)  # family, type and protocol are read from the fd
     sock.set_inheritable(False)  # ours now: not for workers' exec'd children

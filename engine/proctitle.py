@@ -24,9 +24,13 @@ def worker_title(slot: int, name: str) -> str:
 @contextlib.contextmanager
 def titled(title: str) -> Iterator[None]:
     """Set this process's title for the duration of the block, then restore it."""
-    before = setproctitle.getproctitle()
+    try:
+        before: str | None = setproctitle.getproctitle()
+    except UnicodeDecodeError:  # argv holds bytes that are not UTF-8: leave it be
+        before = None
     setproctitle.setproctitle(title)
     try:
         yield
     finally:
-        setproctitle.setproctitle(before)
+        if before is not None:
+            setproctitle.setproctitle(before)

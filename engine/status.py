@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.config.validators import bind_address, parse_bind
+from engine.config.validators import parse_bind, status_address
 from engine.errors import ConfigError
 from engine.health import WorkerHealth
 from workers.protocol import WorkerState
@@ -50,10 +50,6 @@ from workers.scoreboard import SlotRecord
 log = logging.getLogger("engine.status")
 
 SETTING = "status_bind"
-LOOPBACK_ONLY = (
-    "unix:PATH or a loopback HOST:PORT (127.0.0.1, ::1 or localhost); the status "
-    "endpoint has no authentication, so put a proxy in front of it to expose it"
-)
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json"
 
@@ -619,19 +615,14 @@ def _http_response(
 
 
 def _parse_status_bind(bind: str) -> tuple[int, Any]:
-    """Validate ``status_bind``: unix:PATH, or a loopback HOST:PORT."""
-    family, address = parse_bind(bind_address(SETTING, bind))
+    """Validate ``status_bind`` by the registry's rule, then split it."""
+    family, address = parse_bind(status_address(SETTING, bind))
     if family == socket.AF_UNIX:
         return family, address
     host, port = address
     if host.lower() == "localhost":
         host = "127.0.0.1"  # no resolver call in the master: localhost means IPv4 loopback
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        raise ConfigError(SETTING, bind, LOOPBACK_ONLY) from None
-    if not ip.is_loopback:
-        raise ConfigError(SETTING, bind, LOOPBACK_ONLY)
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
     return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (host, port)
 
 

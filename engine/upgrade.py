@@ -153,11 +153,11 @@ def start_new_master(
 def handed_in_status_socket() -> socket.socket | None:
     """The status listener the previous master handed over, if any (taken once)."""
     value = os.environ.pop(STATUS_FD_VARIABLE, "")
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # "²" is a digit, not a number
         return None
     try:
         return socket.socket(fileno=int(value))
-    except OSError:
+    except (OSError, OverflowError):
         return None
 
 
@@ -168,6 +168,6 @@ def old_master_pid() -> int | None:
     must never make us signal an unrelated process.
     """
     value = os.environ.pop(UPGRADE_FROM_VARIABLE, "")
-    if value.isdigit() and int(value) == os.getppid():
+    if value.isascii() and value.isdigit() and int(value) == os.getppid():
         return int(value)
     return None

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from engine.config import validators
-from engine.config.settings import SECTIONS, cli_flag, env_var, registry
+from engine.config.settings import SECTIONS, choices, cli_flag, env_var, registry
 
 HEADER = """\
 # Settings
@@ -31,6 +31,12 @@ Every setting can be given four ways. From highest precedence to lowest:
    there is no `[engine]` table, and an unknown key is an error;
 4. **defaults**, below, which are also the class attributes of `PreforkMixIn`
    (settings marked *class attribute*), overridable in a subclass.
+
+**Durations** (the settings of type `float` below, in seconds, and `engine status
+--timeout`) take a plain number of seconds (`30`, `0.5`) or one number with a unit:
+`250ms`, `30s`, `5m`, `1h` (units are case-insensitive), from every source: `--graceful-timeout 5m`,
+`ENGINE_IDLE_TIMEOUT=250ms`, `request_timeout = "1h"` in TOML, or a class attribute
+`worker_timeout = "30s"`. `--check-config` shows them in seconds.
 
 `engine serve --check-config` prints the resolved value of every setting and where it
 came from. An invalid value, from any source, stops the command with exit status 2 and
@@ -76,6 +82,9 @@ def _cell(text: str) -> str:
 
 
 def _type_name(field: dataclasses.Field[Any]) -> str:
+    words = choices(field.name)
+    if words is not None:  # a Literal type: its values are what a user writes
+        return " | ".join(f'"{word}"' for word in words)
     return str(field.type)  # the annotation as written (postponed evaluation)
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from engine.config import validators as v
 from engine.errors import ConfigError
@@ -31,6 +31,14 @@ SECTIONS = {
     "supervision": "Health and status",
     "logging": "Logging",
 }
+
+
+# Choice settings: their type is the one list of allowed words, from which the
+# validator, the CLI's choices and the docs are derived (see choices()).
+PoolMode = Literal["static", "dynamic", "ondemand"]
+TlsVerifyClient = Literal["none", "optional", "required"]
+TlsMinVersion = Literal["1.2", "1.3"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
 def setting(
@@ -72,7 +80,7 @@ class Settings:
     )
     proc_name: str | None = setting(
         None, "Name shown in process titles (default: the handler class name).",
-        "server", v.optional(v.text), metavar="NAME",
+        "server", v.optional(v.utf8_text), metavar="NAME",
     )
     request_queue_size: int = setting(
         2048, "Listen backlog: connections waiting while every worker is busy.",
@@ -124,17 +132,18 @@ class Settings:
         None, "CA certificates (PEM) that client certificates are checked against.",
         "tls", v.optional(v.text), metavar="PATH",
     )
-    tls_verify_client: str = setting(
+    tls_verify_client: TlsVerifyClient = setting(  # noqa: RUF009 (a Literal: immutable)
         "none", "Client certificates: none (not asked for), optional (checked if sent), "
         "required (handshake fails without a valid one). optional/required need ca_certs.",
-        "tls", v.choice("none", "optional", "required"), metavar="MODE",
+        "tls", v.choice(*get_args(TlsVerifyClient)), metavar="MODE",
     )
-    tls_min_version: str = setting(
-        "1.2", "Lowest TLS version accepted.", "tls", v.choice("1.2", "1.3"), metavar="VERSION",
+    tls_min_version: TlsMinVersion = setting(  # noqa: RUF009 (a Literal: immutable)
+        "1.2", "Lowest TLS version accepted.", "tls", v.choice(*get_args(TlsMinVersion)),
+        metavar="VERSION",
     )
     tls_ciphers: str | None = setting(
         None, "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults).",
-        "tls", v.optional(v.text), metavar="CIPHERS",
+        "tls", v.optional(v.utf8_text), metavar="CIPHERS",
     )
     # --- clients ---
     handshake_timeout: float = setting(
@@ -169,16 +178,17 @@ class Settings:
         "clients", v.optional(v.duration(0.0, exclusive=True)), metavar="SECONDS",
     )
     # --- pool ---
-    pool_mode: str = setting(
+    pool_mode: PoolMode = setting(  # noqa: RUF009 (a Literal: immutable)
         "dynamic",
         "static: exactly `workers` processes; dynamic: keep min_spare..max_spare idle "
         "workers, between `workers` and `max_children`; ondemand: start with none and fork "
         "when connections wait.",
-        "pool", v.choice("static", "dynamic", "ondemand"), metavar="MODE",
+        "pool", v.choice(*get_args(PoolMode)), metavar="MODE",
     )
     workers: int | None = setting(
-        None, "Workers forked at start, and the pool's floor (default: the number of CPUs; "
-        "0 in ondemand mode). SIGTTIN/SIGTTOU change it at run time.",
+        None, "Workers forked at start, and the pool's floor (default: the CPUs this "
+        "process may run on, its affinity mask; 0 in ondemand mode). SIGTTIN/SIGTTOU "
+        "change it at run time.",
         "pool", v.optional(v.int_range(0, 4096), none_words=("", "none", "auto")),
         metavar="N",
     )
@@ -252,11 +262,12 @@ class Settings:
     status_bind: str | None = setting(
         None, "Serve live status (JSON and Prometheus text) on this address: "
         "unix:PATH or 127.0.0.1:PORT. Off by default.",
-        "supervision", v.optional(v.bind_address), metavar="ADDRESS",
+        "supervision", v.optional(v.status_address), metavar="ADDRESS",
     )
     # --- logging ---
-    log_level: str = setting(
-        "info", "Log level of the engine's own log.", "logging", v.log_level, metavar="LEVEL",
+    log_level: LogLevel = setting(  # noqa: RUF009 (a Literal: immutable)
+        "info", "Log level of the engine's own log.", "logging",
+        v.log_level(*get_args(LogLevel)), metavar="LEVEL",
     )
     log_file: str | None = setting(
         None, "Write the log here instead of stderr (reopened on SIGUSR1, for logrotate).",
@@ -272,6 +283,21 @@ class Settings:
 def registry() -> Iterator[dataclasses.Field[Any]]:
     """Every setting's field, in declaration order."""
     return iter(dataclasses.fields(Settings))
+
+
+def choices(name: str) -> tuple[str, ...] | None:
+    """The words a choice setting allows (its Literal type's values), else None."""
+    hint = _type_hints().get(name)
+    return get_args(hint) if get_origin(hint) is Literal else None
+
+
+_hints: dict[str, Any] = {}
+
+
+def _type_hints() -> dict[str, Any]:
+    if not _hints:  # once: the annotations are strings (postponed evaluation)
+        _hints.update(get_type_hints(Settings))
+    return _hints
 
 
 def class_attr_names() -> list[str]:
@@ -305,12 +331,37 @@ def build(values: Mapping[str, Any]) -> Settings:
     return settings
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a cpuset-limited container
+    has fewer than the machine); every CPU-based sizing uses this one count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def resolved_workers(settings: Settings) -> int:
-    """The start-up worker count: ``workers``, or the CPU count capped by max_children."""
+    """The start-up worker count: ``workers``, or the usable CPUs capped by max_children."""
     if settings.workers is not None:
         return settings.workers
-    default = 0 if settings.pool_mode == "ondemand" else (os.cpu_count() or 1)
+    default = 0 if settings.pool_mode == "ondemand" else usable_cpus()
     return min(default, settings.max_children)
+
+
+def check_stream_only(s: Settings, datagram: bool) -> None:
+    """Settings that apply to stream connections only are unset on a datagram server.
+
+    ``udp`` says so for the CLI; a ``PreforkUDPServer`` subclass says so by its class
+    (engine/intake.py calls this with ``datagram=True``).
+    """
+    if not datagram:
+        return
+    stream_only = {"proxy_protocol": s.proxy_protocol, "certfile": s.certfile}
+    for name, value in stream_only.items():
+        if value:
+            raise ConfigError(
+                name, value,
+                "unset with udp or a datagram server (it applies to stream connections)",
+            )
 
 
 def check_consistency(s: Settings) -> None:
@@ -321,12 +372,7 @@ def check_consistency(s: Settings) -> None:
         raise ConfigError(
             "workers", s.workers, f"at most max_children ({s.max_children})"
         )
-    stream_only = {
-        "proxy_protocol": s.proxy_protocol, "certfile": s.certfile,
-    }
-    for name, value in stream_only.items():
-        if s.udp and value:
-            raise ConfigError(name, value, "unset with udp (it applies to stream connections)")
+    check_stream_only(s, datagram=s.udp)
     if s.keyfile and not s.certfile:
         raise ConfigError("keyfile", s.keyfile, "used with certfile")
     if s.tls_verify_client != "none" and not s.ca_certs:

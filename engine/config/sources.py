@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ SourceKind = Literal["default", "file", "env", "cli"]
 # The pseudo-setting named in errors about the config file itself (it is a CLI option,
 # not a setting, but errors must still name what to fix).
 CONFIG_OPTION = "config"
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB
 
 
 @dataclass(frozen=True)
@@ -74,11 +76,28 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             or has a key that is not a setting (named by that key).
     """
     try:
-        with open(path, "rb") as file:
-            data: dict[str, Any] = tomllib.load(file)
+        # Not a blocking read of a FIFO, nor an endless one of /dev/zero: a regular
+        # file, read up to a size no config file comes near.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb", buffering=0) as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise IsADirectoryError(0, "not a regular file")
+            raw = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(
             CONFIG_OPTION, str(path), f"a readable TOML file ({exc.strerror or exc})"
+        ) from None
+    except ValueError as exc:  # a NUL in the path
+        raise ConfigError(CONFIG_OPTION, str(path), f"a file path ({exc})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            CONFIG_OPTION, str(path), f"a TOML file of at most {MAX_CONFIG_BYTES} bytes"
+        )
+    try:
+        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            CONFIG_OPTION, str(path), f"a TOML file in UTF-8 (byte {exc.start} is not)"
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(CONFIG_OPTION, str(path), f"a valid TOML file ({exc})") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -76,19 +77,46 @@ def optional(inner: Validator, none_words: Sequence[str] = ("", "none", "off")) 
     return check
 
 
+# The longest duration: beyond it a timeout no longer fits the kernel's and Python's
+# clocks (select(), settimeout() take at most ~292 years in nanoseconds).
+DURATION_MAX = 1e9
+
+
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(
+    r"\s*(?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*(?P<unit>ms|s|m|h)?\s*",
+    re.ASCII | re.IGNORECASE,
+)
+
+
 def duration(low: float = 0.0, *, exclusive: bool = False) -> Validator:
-    """A number of seconds (int or float) above *low*."""
+    """A duration above *low*, at most DURATION_MAX: seconds, or a number with a unit.
+
+    ``30`` and ``30s`` are 30 seconds; ``250ms``, ``5m`` and ``1h`` are what they say
+    (one number and one unit; units are case-insensitive).
+    """
     sign = ">" if exclusive else ">="
-    allowed = f"a number of seconds {sign} {low:g}"
+    allowed = (
+        f"a number of seconds {sign} {low:g} and <= {DURATION_MAX:g}, or a number with "
+        "a unit: ms, s, m, h (e.g. 250ms, 30s, 5m, 1h)"
+    )
 
     def check(name: str, value: Any) -> float:
         if isinstance(value, bool):
             raise ConfigError(name, value, allowed)
         try:
-            seconds = float(value.strip()) if isinstance(value, str) else float(value)
+            if isinstance(value, str):
+                match = _DURATION.fullmatch(value)
+                if match is None:
+                    raise ValueError(value)
+                unit = _DURATION_UNITS[(match.group("unit") or "").lower()]
+                seconds = float(match.group("number")) * unit
+            else:
+                seconds = float(value)
         except (TypeError, ValueError, OverflowError):  # OverflowError: a huge int
             raise ConfigError(name, value, allowed) from None
-        if not math.isfinite(seconds) or seconds < low or (exclusive and seconds == low):
+        if not math.isfinite(seconds) or seconds < low or (exclusive and seconds == low) \
+                or seconds > DURATION_MAX:
             raise ConfigError(name, value, allowed)
         return seconds
 
@@ -114,7 +142,7 @@ def byte_size(name: str, value: Any) -> int:
 
 
 def choice(*choices: str) -> Validator:
-    """One of a fixed set of words (case-insensitive)."""
+    """One of a fixed set of words (case-insensitive): a Literal type's values."""
     allowed = "one of " + ", ".join(choices)
 
     def check(name: str, value: Any) -> str:
@@ -123,39 +151,99 @@ def choice(*choices: str) -> Validator:
         raise ConfigError(name, value, allowed)
 
     check.__doc__ = allowed
+    check.choices = choices  # type: ignore[attr-defined]
     return check
 
 
 def text(name: str, value: Any) -> str:
-    """A non-empty string."""
-    if isinstance(value, str) and value.strip():
+    """A non-empty string (without NUL: every text setting ends up as a path or a C string)."""
+    if isinstance(value, str) and value.strip() and "\0" not in value:
         return value.strip()
-    raise ConfigError(name, value, "a non-empty string")
+    raise ConfigError(name, value, "a non-empty string without NUL characters")
 
 
-def log_level(name: str, value: Any) -> str:
-    """A logging level name: debug, info, warning, error, critical."""
-    levels = ("debug", "info", "warning", "error", "critical")
-    if isinstance(value, str) and value.strip().lower() in levels:
-        return value.strip().lower()
-    if isinstance(value, int) and not isinstance(value, bool):
-        named = logging.getLevelName(value)
-        if isinstance(named, str) and named.lower() in levels:
-            return named.lower()
-    raise ConfigError(name, value, "one of " + ", ".join(levels))
+def utf8_text(name: str, value: Any) -> str:
+    """A non-empty string in UTF-8 (a name shown in titles and status, an OpenSSL string).
+
+    Paths may hold any bytes (argv and the environment carry the ones that are not
+    UTF-8 as surrogates); these settings may not.
+    """
+    checked = text(name, value)
+    try:
+        checked.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(name, value, "a non-empty string in UTF-8") from None
+    return checked
+
+
+def log_level(*levels: str) -> Validator:
+    """A logging level name among *levels* (case-insensitive), or its number (20)."""
+    words = choice(*levels)
+
+    def check(name: str, value: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            named = logging.getLevelName(value)
+            if isinstance(named, str) and named.lower() in levels:
+                return named.lower()
+        return str(words(name, value))
+
+    check.__doc__ = words.__doc__ + " (or a level number, e.g. 20)"  # type: ignore[operator]
+    check.choices = levels  # type: ignore[attr-defined]
+    return check
+
+
+# A Unix socket path is bound through sockaddr_un.sun_path: 108 bytes on Linux,
+# including the final NUL.
+UNIX_PATH_MAX = 107
 
 
 def bind_address(name: str, value: Any) -> str:
     """HOST:PORT, [IPv6]:PORT or unix:PATH."""
     allowed = "HOST:PORT, [IPV6]:PORT or unix:PATH (port 0-65535)"
-    if not isinstance(value, str):
+    if not isinstance(value, str) or "\0" in value:
         raise ConfigError(name, value, allowed)
     spec = value.strip()
     if spec.startswith("unix:") and len(spec) > len("unix:"):
+        try:
+            size = len(os.fsencode(spec[len("unix:"):]))
+        except UnicodeError:
+            raise ConfigError(name, value, allowed) from None
+        if size > UNIX_PATH_MAX:
+            raise ConfigError(
+                name, value, f"unix:PATH with a PATH of at most {UNIX_PATH_MAX} bytes"
+            )
         return spec
-    match = re.fullmatch(r"(\[[0-9A-Fa-f:.%\w]+\]|[^\[\]:]*):(\d{1,5})", spec)
-    if not match or int(match.group(2)) > 65535:
+    # The host is an IP literal or a DNS name (ASCII: the resolver is asked at bind).
+    match = re.fullmatch(
+        r"(\[[0-9A-Fa-f:.]+(%[\w.-]+)?\]|[A-Za-z0-9._-]*):(\d{1,5})", spec, re.ASCII
+    )
+    if not match or int(match.group(3)) > 65535:
         raise ConfigError(name, value, allowed)
+    return spec
+
+
+LOOPBACK_ONLY = (
+    "unix:PATH or a loopback HOST:PORT (127.0.0.1, ::1 or localhost); the status "
+    "endpoint has no authentication, so put a proxy in front of it to expose it"
+)
+
+
+def status_address(name: str, value: Any) -> str:
+    """unix:PATH, or a loopback HOST:PORT (the status endpoint has no authentication)."""
+    import ipaddress
+
+    spec = bind_address(name, value)
+    if spec.startswith("unix:"):
+        return spec
+    host = parse_bind(spec)[1][0]
+    if host.lower() == "localhost":
+        return spec  # the status server binds it as 127.0.0.1, with no resolver call
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        raise ConfigError(name, value, LOOPBACK_ONLY) from None
+    if not ip.is_loopback:
+        raise ConfigError(name, value, LOOPBACK_ONLY)
     return spec
 
 
@@ -220,10 +308,18 @@ def file_mode(name: str, value: Any) -> int:
     return number
 
 
+# uid_t and gid_t are 32 bits; (uid_t)-1 means "no change" to setuid(), so it is no id.
+MAX_ID = 2**32 - 2
+
+
 def account(name: str, value: Any) -> str:
     """A user or group: a name or a numeric id (checked against the system at start)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    allowed = f"a user or group name, or a numeric id from 0 to {MAX_ID}"
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
         return str(value)
     if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?", value.strip()):
-        return value.strip()
-    raise ConfigError(name, value, "a user or group name, or a numeric id")
+        word = value.strip()
+        if word.isdigit() and (len(word) > 10 or int(word) > MAX_ID):
+            raise ConfigError(name, value, allowed)
+        return word
+    raise ConfigError(name, value, allowed)

@@ -101,12 +101,11 @@ class EngineProcess:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
-        preexec: Callable[[], None] | None = None
-        if nofile is not None:
-            limit = nofile
-
-            def preexec() -> None:  # runs in the child between fork and exec
-                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        def preexec() -> None:  # runs in the child between fork and exec
+            # SIGINT as Python expects it, whatever the runner inherited (#13.13).
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
         with open(log_path, "wb") as log_file:
             self.proc: subprocess.Popen[bytes] = subprocess.Popen(

@@ -19,14 +19,17 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import re
+import socket
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import engine.cli
@@ -298,6 +301,206 @@ def test_cli_check_config_with_random_flag_values(monkeypatch: pytest.MonkeyPatc
             assert "# handler: engine.examples.echo:EchoHandler (imports fine)" in out
 
     check()
+
+
+# --------------------------------------------------------------------------- bytes from outside
+#
+# Whatever bytes reach the engine (a config file's contents, an environment variable,
+# any command-line value of serve, --check-config and status), it runs, or stops with
+# exit status 2 and one "engine: error:" line (argparse's usage error for its own
+# options): never a traceback. The streams are real UTF-8 text streams, strict on
+# stdout as a terminal's is, so a value that cannot be printed is caught as well.
+
+ECHO = "engine.examples.echo:EchoHandler"
+STATUS_OPTIONS = ["status_bind", "config", "timeout"]
+
+
+def os_text(data: bytes) -> str:
+    """*data* as a process sees it in argv or the environment (which cannot hold NUL)."""
+    return os.fsdecode(data.replace(b"\0", b""))
+
+
+def run_main_real_streams(argv: list[str]) -> tuple[int, str, str]:
+    """``engine.cli.main(argv)`` with stdout/stderr encoded as a real process's are."""
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict", write_through=True)
+    err = io.TextIOWrapper(
+        io.BytesIO(), encoding="utf-8", errors="backslashreplace", write_through=True
+    )
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = engine.cli.main(argv)
+        except SystemExit as exit:  # argparse's own errors
+            status = exit.code if isinstance(exit.code, int) else 2
+    texts = [stream.buffer.getvalue().decode("utf-8", "replace")  # type: ignore[attr-defined]
+             for stream in (out, err)]
+    return status, texts[0], texts[1]
+
+
+def assert_clean_exit(status: int, out: str, err: str, *also: tuple[int, str]) -> None:
+    """Exit 0, or 2 with a one-line error (or *also*: a status and its message).
+
+    The one traceback allowed is the one of a handler module that raised on import,
+    after the line that says so (the user's own code failed).
+    """
+    if not (status == 2 and err.startswith("engine: error: cannot import handler")):
+        assert "Traceback (most recent call last)" not in out + err, err
+    if status == 0:
+        return
+    for other, message in also:
+        if status == other and message in err:
+            return
+    assert status == 2, (status, err[-500:])
+    assert err.startswith("engine: error: ") or "usage: engine" in err, err[-500:]
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Any:
+    """Set ``ENGINE_*`` variables (and only those) for the block."""
+    saved = {name: value for name, value in os.environ.items() if name.startswith("ENGINE_")}
+    for name in saved:
+        del os.environ[name]
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name in [name for name in os.environ if name.startswith("ENGINE_")]:
+            del os.environ[name]
+        os.environ.update(saved)
+
+
+TOML_SHAPES = [b"\xff\xfe x", b"[bind]\nx = 1\n", b"bind = [[1]]\n", b"workers = 1e999\n",
+               b"workers = 99999999999999999999999\n", b"umask = 1979-05-27\n",
+               b'log_file = "a\\u0000b"\n', b'status_bind = "0.0.0.0:9100"\n',
+               b'bind = ["unix:' + b"x" * 200 + b'"]\n', b'proc_name = "\\ud800"\n',
+               b"idle_timeout = -0.0\n", b'graceful_timeout = "5m"\n', b"\x00", b"\r\n=\n"]
+config_contents = st.one_of(
+    st.binary(max_size=80),
+    st.sampled_from(TOML_SHAPES),
+    st.lists(
+        st.tuples(st.sampled_from([*NAMES, "engine", "config"]), st.binary(max_size=30)),
+        max_size=4,
+    ).map(lambda pairs: b"\n".join(name.encode() + b" = " + value for name, value in pairs)),
+)
+raw_values = st.one_of(st.binary(max_size=40), st.sampled_from([s.encode() for s in SPECIAL]))
+
+
+def test_any_config_file_contents_exit_0_or_2(tmp_path: Path) -> None:
+    path = tmp_path / "fuzz.toml"
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(config_contents)
+    @example(b"\xff\xfe x")  # issue #13.8: a UnicodeDecodeError traceback
+    def check(contents: bytes) -> None:
+        path.write_bytes(contents)
+        with environment({}):
+            result = run_main_real_streams(
+                ["serve", ECHO, "--check-config", "--config", str(path)])
+            assert_clean_exit(*result)
+            outcomes[result[0]] += 1
+            assert_clean_exit(
+                *run_main_real_streams(
+                    ["status", "--config", str(path), "--timeout", "0.2"]),
+                (1, "cannot read the status endpoint"),
+            )  # status_bind comes from the file, or is missing (exit 2)
+
+    outcomes: Counter[int] = Counter()
+    check()
+    assert outcomes[0] >= 1 and outcomes[2] >= 50, outcomes  # both kinds were tried
+
+
+def test_any_environment_values_exit_0_or_2(tmp_path: Path) -> None:
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(st.dictionaries(st.sampled_from(NAMES), raw_values, min_size=1, max_size=3))
+    def check(values: dict[str, bytes]) -> None:
+        env = {"ENGINE_" + name.upper(): os_text(value) for name, value in values.items()}
+        with environment(env):
+            result = run_main_real_streams(["serve", ECHO, "--check-config"])
+            assert_clean_exit(*result)
+            outcomes[result[0]] += 1
+            assert_clean_exit(
+                *run_main_real_streams(["status", "--timeout", "0.2"]),
+                (1, "cannot read the status endpoint"),
+            )
+
+    outcomes: Counter[int] = Counter()
+    check()
+    assert outcomes[0] >= 1 and outcomes[2] >= 50, outcomes  # both kinds were tried
+
+
+def test_any_command_line_value_exits_0_or_2(tmp_path: Path) -> None:
+    handlers = st.one_of(
+        st.just(ECHO),
+        st.binary(max_size=12).map(os_text),
+        st.sampled_from([ECHO, "builtins:dict", "os:getcwd", "engine.examples.echo:",
+                         ":EchoHandler", "no_such_fuzz_module:X", "engine.cli:main"]),
+    )
+
+    @settings(max_examples=250, deadline=None, database=None)
+    @given(handlers, st.lists(st.tuples(st.sampled_from([*VALUED, "config"]), raw_values),
+                              max_size=3))
+    def check_serve(handler: str, flags: list[tuple[str, bytes]]) -> None:
+        argv = ["serve", handler, "--check-config"]
+        for name, value in flags:
+            argv.append(f"--{name.replace('_', '-')}={os_text(value)}")
+        with environment({}):
+            result = run_main_real_streams(argv)
+            assert_clean_exit(*result)
+            outcomes[result[0]] += 1
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(st.lists(st.tuples(st.sampled_from(STATUS_OPTIONS), raw_values), min_size=1,
+                    max_size=3))
+    @example([("timeout", b"-1")])  # found by hand: a ValueError traceback
+    def check_status(flags: list[tuple[str, bytes]]) -> None:
+        argv = ["status", "--status-bind", f"unix:{tmp_path}/none.sock", "--timeout", "0.2"]
+        for name, value in flags:
+            argv.append(f"--{name.replace('_', '-')}={os_text(value)}")
+        with environment({}):
+            assert_clean_exit(
+                *run_main_real_streams(argv), (1, "cannot read the status endpoint"),
+            )
+
+    outcomes: Counter[int] = Counter()
+    check_serve()
+    assert outcomes[0] >= 5 and outcomes[2] >= 50, outcomes
+    check_status()
+
+
+# Settings whose values touch the file system or the process before listening; the
+# check-config fuzz above covers them, this one runs serve for real up to listening.
+SIDE_EFFECTS = {"bind", "config", "umask", "log_file", "access_log", "pidfile", "status_bind"}
+
+
+def test_serve_with_any_setting_value_refuses_or_gets_to_listening() -> None:
+    logger = logging.getLogger("engine")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    options = [name for name in VALUED if name not in SIDE_EFFECTS]
+    with socket.socket() as stream, socket.socket(type=socket.SOCK_DGRAM) as datagram:
+        stream.bind(("127.0.0.1", 0))
+        stream.listen()
+        port = stream.getsockname()[1]
+        datagram.bind(("127.0.0.1", port))  # so --udp cannot get the port either
+
+        @settings(max_examples=100, deadline=None, database=None)
+        @given(st.lists(st.tuples(st.sampled_from(options), raw_values), min_size=1,
+                        max_size=3), st.lists(st.sampled_from(BOOLEANS), max_size=2))
+        def check(flags: list[tuple[str, bytes]], switches: list[str]) -> None:
+            argv = ["serve", ECHO, "--bind", f"127.0.0.1:{port}"]
+            for name, value in flags:
+                argv.append(f"--{name.replace('_', '-')}={os_text(value)}")
+            argv += ["--" + name.replace("_", "-") for name in switches]
+            try:
+                with environment({}):
+                    status, out, err = run_main_real_streams(argv)
+            finally:
+                logger.handlers[:], logger.level, logger.propagate = saved
+            assert status != 0, "it served a port that is taken"
+            assert_clean_exit(status, out, err, (1, f"cannot listen on 127.0.0.1:{port}"))
+            outcomes[status] += 1
+
+        outcomes: Counter[int] = Counter()
+        check()
+        assert outcomes[1] >= 10, f"too few runs got as far as listening: {outcomes}"
 
 
 # --------------------------------------------------------------------------- bugs found

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import socketserver
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,33 @@ def test_bad_handler_paths(path: str, message: str) -> None:
 
 def test_handler_import() -> None:
     assert cli.import_handler("engine.examples.echo:EchoHandler") is EchoHandler
-    assert cli.import_handler("engine:PreforkTCPServer") is engine.PreforkTCPServer
+    assert cli.import_handler("engine.examples:echo.EchoHandler") is EchoHandler
+
+
+class NotAHandler:
+    def __init__(self, request: Any) -> None:
+        self.request = request
+
+
+class KeywordHandler:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [(dict, "is not a request handler"), (NotAHandler, "is not a request handler"),
+     (engine.PreforkTCPServer, "is a server class"),
+     (socketserver.TCPServer, "is a server class")],
+)
+def test_classes_that_are_not_request_handlers_are_refused(cls: type, message: str) -> None:
+    with pytest.raises(cli.HandlerError, match=message):
+        cli.check_handler_class("m:C", cls)
+
+
+def test_any_class_called_as_a_handler_is_accepted() -> None:
+    cli.check_handler_class("m:C", KeywordHandler)
+    cli.check_handler_class("m:C", EchoHandler)
 
 
 def test_bad_handler_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -160,3 +160,62 @@ def test_unreadable_or_broken_files(tmp_path: Path) -> None:
     assert error.setting == "config" and "valid TOML" in error.allowed
     error = config_error(env={}, config_path=tmp_path)  # a directory
     assert error.setting == "config"
+
+
+# --- config files that are not text files (#13.8) ---
+
+
+@pytest.mark.timeout(10)  # a FIFO read without care blocks for ever
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device", "huge", "not-utf8", "nul"])
+def test_a_config_path_that_is_no_toml_text_file_is_named(tmp_path: Path, kind: str) -> None:
+    import os
+
+    path: Path | str = tmp_path / "engine.toml"
+    if kind == "directory":
+        path = tmp_path
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path = "/dev/zero"
+    elif kind == "huge":
+        Path(path).write_text("# padding\n" * 200_000)
+    elif kind == "not-utf8":
+        Path(path).write_bytes(b"\xff\xfe x")
+    else:
+        path = "engine\0.toml"
+    error = config_error(env={}, config_path=path)
+    assert error.setting == "config"
+    assert str(error).startswith("invalid setting config=")
+
+
+# --- every rule in the registry (#13.10, #15.4) ---
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0:9100", ":9100", "192.0.2.10:9100", "[::]:9100",
+                                  "example.com:9100"])
+def test_status_bind_must_be_loopback_in_the_registry(bind: str) -> None:
+    from engine.config import build
+
+    with pytest.raises(ConfigError) as info:
+        build({"status_bind": bind})
+    assert info.value.setting == "status_bind" and "loopback" in info.value.allowed
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1:9100", "localhost:0", "[::1]:9100",
+                                  "unix:/run/engine-status.sock"])
+def test_loopback_status_binds_are_accepted(bind: str) -> None:
+    from engine.config import build
+
+    assert build({"status_bind": bind}).status_bind == bind
+
+
+def test_stream_only_settings_are_one_rule_for_udp_and_datagram_servers() -> None:
+    from engine.config.settings import check_stream_only
+
+    with pytest.raises(ConfigError) as info:
+        resolve({"udp": True, "proxy_protocol": True}, env={})
+    assert info.value.setting == "proxy_protocol"
+    with pytest.raises(ConfigError) as info:
+        check_stream_only(Settings(certfile="c.pem"), datagram=True)
+    assert info.value.setting == "certfile"
+    check_stream_only(Settings(certfile="c.pem"), datagram=False)

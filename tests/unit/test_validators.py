@@ -108,10 +108,11 @@ def test_text() -> None:
 
 
 def test_log_level() -> None:
-    assert v.log_level("x", "WARNING") == "warning"
-    assert v.log_level("x", logging.DEBUG) == "debug"
+    log_level = v.log_level("debug", "info", "warning", "error", "critical")
+    assert log_level("x", "WARNING") == "warning"
+    assert log_level("x", logging.DEBUG) == "debug"
     for bad in ("verbose", 5, True, None):
-        rejects(v.log_level, bad, "debug", "critical")
+        rejects(log_level, bad, "debug", "critical")
 
 
 @pytest.mark.parametrize(
@@ -146,3 +147,74 @@ def test_parse_bind() -> None:
     assert v.parse_bind(":80") == (socket.AF_INET, ("0.0.0.0", 80))
     assert v.parse_bind("[::1]:81") == (socket.AF_INET6, ("::1", 81))
     assert v.parse_bind("unix:/run/a.sock") == (socket.AF_UNIX, "/run/a.sock")
+
+
+# --- values that passed validation and then failed (or crashed) at start (#13.8) ---
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["unix:/" + "x" * 107, "h\u00e9te:80", "exa mple:80", "*:80", "\udcff:80", "a\0b:80",
+     "unix:/tmp/a\0b"],
+)
+def test_bind_addresses_that_cannot_be_bound_are_refused(spec: str) -> None:
+    rejects(v.bind_address, spec)
+
+
+def test_the_longest_unix_path_is_accepted() -> None:
+    spec = "unix:/" + "x" * 106
+    assert v.bind_address("bind", spec) == spec
+
+
+@pytest.mark.parametrize("value", ["a\0b", "\0"])
+def test_text_with_nul_is_refused(value: str) -> None:
+    rejects(v.text, value, "NUL")
+
+
+@pytest.mark.parametrize("value", [1e10, "1e10", 10**12])
+def test_durations_beyond_the_clocks_are_refused(value: Any) -> None:
+    rejects(v.duration(0.0), value, "<= 1e+09")
+
+
+# --- durations with units (#13.14) ---
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("250ms", 0.25), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), (" 1.5 h ", 5400.0),
+     ("2H", 7200.0), ("0.5", 0.5), ("10", 10.0), ("1e3ms", 1.0), ("90S", 90.0)],
+)
+def test_durations_take_an_optional_unit(raw: str, seconds: float) -> None:
+    assert v.duration(0.0)("t", raw) == seconds
+
+
+@pytest.mark.parametrize("raw", ["5 minutes", "1h30m", "ms", "5x", "-1s", "1e400ms", "5mm",
+                                 "nanms", "infh"])
+def test_durations_with_bad_units_are_refused(raw: str) -> None:
+    rejects(v.duration(0.0), raw, "ms, s, m, h")
+
+
+def test_durations_with_units_from_every_source(tmp_path: Any) -> None:
+    from engine import cli
+    from engine.config import build, resolve
+
+    config = tmp_path / "engine.toml"
+    config.write_text('graceful_timeout = "5m"\n')
+    settings = resolve(
+        {"request_timeout": "1h"}, env={"ENGINE_IDLE_TIMEOUT": "250ms"}, config_path=config,
+    ).settings
+    assert (settings.graceful_timeout, settings.request_timeout, settings.idle_timeout) == (
+        300.0, 3600.0, 0.25)
+    assert build({"worker_timeout": "30s"}).worker_timeout == 30.0  # a class attribute
+    assert cli.STATUS_TIMEOUT_VALIDATOR("timeout", "500ms") == 0.5  # engine status --timeout
+
+
+@pytest.mark.parametrize("value", ["4294967295", "99999999999999999999", 2**32, 2**64])
+def test_numeric_ids_beyond_uid_t_are_refused(value: Any) -> None:
+    # Found by hand: accepted, then os.initgroups() raised OverflowError at start.
+    rejects(v.account, value, "4294967294")
+
+
+def test_the_largest_numeric_id_is_accepted() -> None:
+    assert v.account("group", "4294967294") == "4294967294"
+    assert v.account("group", 0) == "0"
