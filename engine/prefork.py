@@ -350,7 +350,7 @@ def _insert_layer(cls: type) -> None:
         None,
     )
     if base is None:
-        if hasattr(cls, "serve_forever"):
+        if hasattr(cls, "fileno"):  # a server (a mix-in has no socket), not socketserver's
             raise TypeError(
                 f"{cls.__qualname__}: PreforkMixIn needs a socketserver server class "
                 "(TCPServer, UDPServer... from socketserver or engine) among its bases"

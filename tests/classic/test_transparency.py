@@ -164,7 +164,8 @@ def socketserver_based() -> type:
 
 def test_a_mixin_built_on_preforkmixin_takes_the_layer_where_it_meets_a_server() -> None:
     class Extra(PreforkMixIn):
-        pass
+        def serve_forever(self, poll_interval: float = 0.5) -> None:
+            super().serve_forever(poll_interval)
 
     class Server(Extra, socketserver.UDPServer):
         pass
@@ -172,10 +173,14 @@ def test_a_mixin_built_on_preforkmixin_takes_the_layer_where_it_meets_a_server()
     assert not issubclass(Extra, PreforkLayer)
     mro = Server.__mro__
     assert mro.index(Extra) < mro.index(PreforkLayer) < mro.index(socketserver.UDPServer)
+    assert inspect.getattr_static(Server, "serve_forever") is vars(Extra)["serve_forever"]
 
 
 def test_a_server_without_a_socketserver_base_is_refused() -> None:
     class NotSocketserver:
+        def fileno(self) -> int:
+            return -1
+
         def serve_forever(self) -> None:
             pass
 
