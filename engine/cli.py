@@ -356,7 +356,7 @@ class CommandLineServer(PreforkMixIn):
     def service_actions(self) -> None:
         """Announce readiness (ondemand pools may spawn nothing); then the usual hook."""
         self._ready()
-        super().service_actions()  # type: ignore[misc]
+        super().service_actions()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that reset, hung up or timed out: one log line, not a traceback.

@@ -5,7 +5,28 @@ master that binds once and serves with a supervised pool of pre-forked workers::
 
     class Server(PreforkMixIn, TCPServer): ...          # or socketserver.TCPServer
 
-Settings are class attributes, overridable per subclass or instance, exactly like
+It is a drop-in for ``ForkingMixIn``, and it is transparent: the rule, which
+``docs/classic-api.md`` states and ``tests/classic/test_transparency.py`` enforces, is
+
+* **PreforkMixIn itself defines only ForkingMixIn's names** (``active_children``,
+  ``max_children``, ``block_on_close``, ``timeout``, ``collect_children``,
+  ``handle_timeout``, ``service_actions``, ``process_request``, ``server_close``), with
+  the same meaning;
+* **everything else engine adds lives in** :class:`PreforkLayer`, which PreforkMixIn
+  puts into each server class's MRO *directly above the socketserver class* (engine's or
+  the stdlib's). The pool is ``serve_forever``'s loop there, where ``BaseServer``'s loop
+  would be: any class between them (a framework's ``WSGIServer``) or the user's subclass
+  overrides ``serve_forever``, ``shutdown``, the hooks..., and reaches the pool through
+  ``super()``;
+* **a setting is read only where it was set for engine**: on the instance, on
+  PreforkMixIn's subclasses or on the layer (its defaults). A same-named attribute that
+  another base class defines (a framework's ``threads`` or ``user``) is that class's,
+  not a setting. socketserver's own names (``request_queue_size``, ``max_children``)
+  mean the same to both and are read wherever they are set; PreforkMixIn sets no
+  default for ``request_queue_size`` (the base's stays; the Prefork*Server classes
+  use the registry's 2048).
+
+Settings are overridable per subclass or instance, exactly like
 ``ForkingMixIn.max_children``; they are listed in ``docs/settings.md`` and validated
 when the server is constructed and again when ``serve_forever()`` starts.
 """
@@ -13,31 +34,69 @@ when the server is constructed and again when ``serve_forever()`` starts.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import socket
 import ssl
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import classic, listeners
 from engine.config import Settings, build, class_attr_names, registry
+from engine.config.settings import LogLevel, PoolMode, TlsMinVersion, TlsVerifyClient
 from engine.master import Master
 
 Socket = socket.socket  # for annotations inside the class, whose `socket` is an attribute
 
+# Modules whose classes are "socketserver's": the stdlib's, engine's own copy, and that
+# copy loaded under the name socketserver (the conformance run does that).
+SOCKETSERVER_MODULES = frozenset({"socketserver", classic.__name__})
 
-class PreforkMixIn:
-    """Mix-in that serves requests from a pool of pre-forked worker processes.
 
-    ``serve_forever()`` runs the master in the calling thread: it forks the workers,
-    supervises them and returns after ``shutdown()`` (or SIGTERM), once in-flight
-    requests have finished. ``poll_interval`` is accepted for compatibility and unused:
-    the master is woken by events, it does not poll.
+def _socketserver_names() -> frozenset[str]:
+    """The public names socketserver's server classes and mix-ins define."""
+    owners = [classic.BaseServer, classic.TCPServer, classic.UDPServer, classic.ThreadingMixIn]
+    if hasattr(classic, "ForkingMixIn"):
+        owners.append(classic.ForkingMixIn)
+    return frozenset(name for cls in owners for name in vars(cls) if not name.startswith("_"))
 
-    Hooks (all may be overridden):
 
-    * :meth:`worker_init` / :meth:`worker_exit`: in each worker, after fork / before exit;
-    * :meth:`worker_spawned` / :meth:`worker_exited`: in the master.
+SOCKETSERVER_NAMES = _socketserver_names()
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in registry() if f.metadata["class_attr"]}
+
+# This process's pid, kept current across forks without a syscall per request.
+_this_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _this_pid
+    _this_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@dataclasses.dataclass
+class _ServeState:
+    """What serve_forever and shutdown share, per server (created on first use)."""
+
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    stopped: threading.Event = dataclasses.field(default_factory=threading.Event)
+    shutdown_pending: bool = False
+    thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self.stopped.set()
+
+
+class PreforkLayer:
+    """The pool, and every name PreforkMixIn adds beyond ForkingMixIn's.
+
+    Not used directly: PreforkMixIn places a subclass of this and of the socketserver
+    class it finds (``TCPServer``...) right above that class in the server's MRO, so
+    that a base class's or the user's overrides of these names take precedence.
     """
 
     # Settings (defaults filled in from engine.config's registry below the class).
@@ -48,8 +107,8 @@ class PreforkMixIn:
     certfile: str | None
     keyfile: str | None
     ca_certs: str | None
-    tls_verify_client: str
-    tls_min_version: str
+    tls_verify_client: TlsVerifyClient
+    tls_min_version: TlsMinVersion
     tls_ciphers: str | None
     handshake_timeout: float
     proxy_protocol: bool
@@ -58,7 +117,7 @@ class PreforkMixIn:
     deny_from: tuple[str, ...]
     client_timeout: float | None
     request_queue_size: int
-    pool_mode: str
+    pool_mode: PoolMode
     workers: int | None
     max_children: int
     min_spare: int
@@ -76,7 +135,7 @@ class PreforkMixIn:
     health_interval: float
     count_bytes: bool
     status_bind: str | None
-    log_level: str
+    log_level: LogLevel
     log_file: str | None
     access_log: str | None
 
@@ -85,29 +144,37 @@ class PreforkMixIn:
     server_address: Any
 
     # A ready TLS context (Python API): overrides certfile/keyfile/ca_certs & co.
+    # Never applied to a listener that is already TLS (the server wrapped it itself).
     ssl_context: ssl.SSLContext | None = None
+    # Listening sockets besides ``socket`` (adopt_listeners); workers accept from all.
+    extra_listeners: Sequence[Socket] = ()
 
-    _master: Master | None = None
+    _prefork_master: Master | None = None
+    _prefork_pool_pid: int | None = None  # the master's pid while its pool serves
     _prefork_adopted = False  # serving a socket handed in rather than one we bound
+    _prefork_handed_off = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Validate before the base class binds, so a bad setting leaks no socket.
         self.prefork_settings()
-        self._prefork_stopped = threading.Event()
-        self._prefork_stopped.set()
-        self._prefork_shutdown = False
-        self._prefork_lock = threading.Lock()
-        self._prefork_thread: threading.Thread | None = None
-        self.extra_listeners: list[Socket] = []
         super().__init__(*args, **kwargs)
 
     def prefork_settings(self) -> Settings:
         """The validated settings, read from this server's attributes.
 
+        Only attributes set for engine count (see the module's docstring): a name that
+        a base class other than socketserver's defines keeps its default here.
+
         Raises:
             engine.errors.ConfigError: a setting is invalid (the message names it).
         """
-        return build({name: getattr(self, name) for name in class_attr_names()})
+        return build({name: _setting(self, name) for name in class_attr_names()})
+
+    def _prefork_state(self) -> _ServeState:
+        state = vars(self).get("_prefork_serve_state")
+        if state is None:  # setdefault is atomic: racing threads agree on one
+            state = vars(self).setdefault("_prefork_serve_state", _ServeState())
+        return state  # type: ignore[no-any-return]
 
     # --- listening sockets ---
 
@@ -146,38 +213,42 @@ class PreforkMixIn:
         """True once a SIGUSR2 upgrade has passed the sockets on to a new master."""
         return self._prefork_handed_off
 
-    _prefork_handed_off = False
-
-    # --- the classic serving API, mapped onto the master ---
+    # --- the serving loop: the pool, where BaseServer's loop would be ---
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Run the master until :meth:`shutdown` or a stop signal.
 
+        ``poll_interval`` is accepted for compatibility and unused: the master is
+        woken by events, it does not poll.
+
         Raises:
             ValueError: the server is closed.
+            KeyboardInterrupt: SIGINT (Ctrl-C) stopped it, as it stops BaseServer's.
             engine.errors.ConfigError: a setting is invalid.
             engine.errors.MasterFatalError: no worker could boot.
         """
         if self.fileno() < 0:  # type: ignore[attr-defined]
             raise ValueError(f"serve_forever() called on a closed server: {self!r}")
         settings = self.prefork_settings()
+        state = self._prefork_state()
         sock = self.socket
-        with self._prefork_lock:
-            if self._prefork_shutdown:  # shutdown() came first: return at once
-                self._prefork_shutdown = False
+        with state.lock:
+            if state.shutdown_pending:  # shutdown() came first: return at once
+                state.shutdown_pending = False
                 return
-            self._master = Master(self, settings)
-            self._prefork_thread = threading.current_thread()
-            self._prefork_stopped.clear()
+            master = self._prefork_master = Master(self, settings)
+            self._prefork_pool_pid = os.getpid()
+            state.thread = threading.current_thread()
+            state.stopped.clear()
         socks = [sock, *self.extra_listeners]
         was_blocking = [each.getblocking() for each in socks]
         # Workers poll before accepting, but a sibling may win the race: never block.
         for each in socks:
             each.setblocking(False)
         try:
-            self._master.run()
+            master.run()
         finally:
-            self._prefork_handed_off = self._master.handed_off
+            self._prefork_handed_off = master.handed_off
             # O_NONBLOCK belongs to the open file, which a new master now shares after
             # an upgrade: making it blocking again would hang that master's workers.
             # Nor for sockets handed in: their old mode is not known (getblocking()
@@ -186,11 +257,12 @@ class PreforkMixIn:
             for each, blocking in zip(restore, was_blocking, strict=False):
                 with contextlib.suppress(OSError):  # closed meanwhile by server_close()
                     each.setblocking(blocking)
-            with self._prefork_lock:
-                self._master = None
-                self._prefork_thread = None
-                self._prefork_shutdown = False
-                self._prefork_stopped.set()
+            with state.lock:
+                self._prefork_master = None
+                self._prefork_pool_pid = None
+                state.thread = None
+                state.shutdown_pending = False
+                state.stopped.set()
 
     def shutdown(self) -> None:
         """Stop :meth:`serve_forever` gracefully and wait until it has returned.
@@ -199,31 +271,16 @@ class PreforkMixIn:
         it returns at once when ``serve_forever`` is not running (a later one then
         returns immediately) or when called from the master's own thread.
         """
-        with self._prefork_lock:
-            master = self._master
+        state = self._prefork_state()
+        with state.lock:
+            master = self._prefork_master
             if master is None:
-                self._prefork_shutdown = True
+                state.shutdown_pending = True
                 return
             master.request_stop()
-            same_thread = self._prefork_thread is threading.current_thread()
+            same_thread = state.thread is threading.current_thread()
         if not same_thread:
-            self._prefork_stopped.wait()
-
-    def server_close(self) -> None:
-        """Close the listening sockets; no worker outlives this call."""
-        super().server_close()  # type: ignore[misc]
-        for extra in self.extra_listeners:
-            extra.close()
-        master = self._master
-        if master is not None and master.workers:
-            master.kill_all()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """In a worker: finish the request and shut it down, in this process."""
-        try:
-            self.finish_request(request, client_address)  # type: ignore[attr-defined]
-        finally:
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+            state.stopped.wait()
 
     # --- hooks ---
 
@@ -248,23 +305,196 @@ class PreforkMixIn:
         """
 
 
-for _field in registry():
-    if _field.metadata["class_attr"]:
-        setattr(PreforkMixIn, _field.name, _field.default)
-del _field
+for _name, _default in _DEFAULTS.items():
+    if _name not in SOCKETSERVER_NAMES:  # those: the mix-in's, or the base class's
+        setattr(PreforkLayer, _name, _default)
+del _name, _default
+
+
+def _is_engines(klass: type) -> bool:
+    """Is *klass* one whose attributes are set for engine?"""
+    return issubclass(klass, (PreforkMixIn, PreforkLayer))
+
+
+def _setting(server: Any, name: str) -> Any:
+    """The value of setting *name* for *server*, by the rule in the module docstring."""
+    if name in SOCKETSERVER_NAMES:
+        return getattr(server, name)
+    for klass in type(server).__mro__:
+        if name in vars(klass):
+            return getattr(server, name) if _is_engines(klass) else _DEFAULTS[name]
+    return _DEFAULTS[name]
+
+
+_layers: dict[type, type] = {}
+
+
+def _layer_for(base: type) -> type:
+    """The PreforkLayer subclass that sits directly above socketserver class *base*."""
+    layer = _layers.get(base)
+    if layer is None:
+        name = f"PreforkLayer[{base.__module__}.{base.__qualname__}]"
+        layer = _layers[base] = type(name, (PreforkLayer, base), {"__module__": __name__})
+    return layer
+
+
+def _insert_layer(cls: type) -> None:
+    """Put the PreforkLayer into *cls*'s MRO directly above its socketserver class."""
+    if issubclass(cls, PreforkLayer):
+        return  # a subclass of a server that has it already
+    base = next(
+        (
+            klass
+            for klass in cls.__mro__
+            if klass.__module__ in SOCKETSERVER_MODULES and hasattr(klass, "serve_forever")
+        ),
+        None,
+    )
+    if base is None:
+        if hasattr(cls, "fileno"):  # a server (a mix-in has no socket), not socketserver's
+            raise TypeError(
+                f"{cls.__qualname__}: PreforkMixIn needs a socketserver server class "
+                "(TCPServer, UDPServer... from socketserver or engine) among its bases"
+            )
+        return  # a mix-in built on PreforkMixIn: the layer goes in where it meets a server
+    layer = _layer_for(base)
+    bases = cls.__bases__
+    if base in bases:
+        cls.__bases__ = tuple(layer if each is base else each for each in bases)
+    else:
+        cls.__bases__ = (*bases, layer)
+
+
+if TYPE_CHECKING:
+    # Type checkers see the layer's names on the mix-in; at run time they are found in
+    # the layer, below the base classes (see _insert_layer).
+    _MixInSurface = PreforkLayer
+else:
+    _MixInSurface = object
+
+
+class PreforkMixIn(_MixInSurface):
+    """Mix-in that serves requests from a pool of pre-forked worker processes.
+
+    ``serve_forever()`` runs the master in the calling thread: it forks the workers,
+    supervises them and returns after ``shutdown()`` (or SIGTERM), once in-flight
+    requests have finished.
+
+    ForkingMixIn's names keep their meaning: a request handled outside the pool
+    (``handle_request()``) is served in a child process of its own, tracked in
+    :attr:`active_children`, bounded by :attr:`max_children`, reaped by
+    :meth:`collect_children`, and waited for by :meth:`server_close` unless
+    :attr:`block_on_close` is false.
+
+    Hooks (all may be overridden):
+
+    * :meth:`worker_init` / :meth:`worker_exit`: in each worker, after fork / before exit;
+    * :meth:`worker_spawned` / :meth:`worker_exited`: in the master.
+    """
+
+    timeout: float | None = 300
+    active_children: set[int] | None = None
+    max_children: int = _DEFAULTS["max_children"]
+    block_on_close: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _insert_layer(cls)
+
+    def collect_children(self, *, blocking: bool = False) -> None:
+        """Reap finished request children; block while :attr:`max_children` run.
+
+        Only the children :meth:`process_request` forked are waited for, never the
+        pool's workers (the master reaps those).
+        """
+        children = self.active_children
+        if not children:
+            return
+        while len(children) >= self.max_children:
+            oldest = min(children)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(oldest, 0)
+            children.discard(oldest)
+        flags = 0 if blocking else os.WNOHANG
+        for pid in list(children):
+            try:
+                reaped, _ = os.waitpid(pid, flags)
+            except ChildProcessError:
+                children.discard(pid)  # already reaped elsewhere
+            else:
+                if reaped:
+                    children.discard(pid)
+
+    def handle_timeout(self) -> None:
+        """Reap request children when :meth:`handle_request` times out."""
+        self.collect_children()
+
+    def service_actions(self) -> None:
+        """Reap request children; the master calls this once per loop iteration."""
+        self.collect_children()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve one request: in a pool worker, right here; anywhere else (a
+        ``handle_request()`` call), in a child process forked for it, as ForkingMixIn
+        does, so that nothing the handler raises reaches the caller."""
+        pool_pid = self._prefork_pool_pid
+        if pool_pid is not None and pool_pid != _this_pid:  # in a worker of the pool
+            try:
+                self.finish_request(request, client_address)  # type: ignore[attr-defined]
+            finally:
+                self.shutdown_request(request)  # type: ignore[attr-defined]
+            return
+        pid = os.fork()
+        if pid:
+            if self.active_children is None:
+                self.active_children = set()
+            self.active_children.add(pid)
+            self.close_request(request)  # type: ignore[attr-defined]
+            return
+        # In the child: this frame must never return into the caller's stack.
+        status = 1
+        try:
+            self.finish_request(request, client_address)  # type: ignore[attr-defined]
+            status = 0
+        except Exception:
+            self.handle_error(request, client_address)  # type: ignore[attr-defined]
+        finally:
+            try:
+                self.shutdown_request(request)  # type: ignore[attr-defined]
+            finally:
+                os._exit(status)
+
+    def server_close(self) -> None:
+        """Close the listening sockets; no worker outlives this call. Then reap the
+        request children, waiting for them unless :attr:`block_on_close` is false."""
+        super().server_close()  # type: ignore[misc]
+        for extra in self.extra_listeners:
+            extra.close()
+        master = self._prefork_master
+        if master is not None and master.workers:
+            master.kill_all()
+        self.collect_children(blocking=self.block_on_close)
 
 
 class PreforkTCPServer(PreforkMixIn, classic.TCPServer):
     """TCP server with a pre-forked, supervised pool of workers."""
 
+    request_queue_size = _DEFAULTS["request_queue_size"]  # the mix-in leaves it to the base
+
 
 class PreforkUDPServer(PreforkMixIn, classic.UDPServer):
     """UDP server with a pre-forked, supervised pool of workers."""
+
+    request_queue_size = _DEFAULTS["request_queue_size"]  # the mix-in leaves it to the base
 
 
 class PreforkUnixStreamServer(PreforkMixIn, classic.UnixStreamServer):
     """Unix stream server with a pre-forked, supervised pool of workers."""
 
+    request_queue_size = _DEFAULTS["request_queue_size"]  # the mix-in leaves it to the base
+
 
 class PreforkUnixDatagramServer(PreforkMixIn, classic.UnixDatagramServer):
     """Unix datagram server with a pre-forked, supervised pool of workers."""
+
+    request_queue_size = _DEFAULTS["request_queue_size"]  # the mix-in leaves it to the base

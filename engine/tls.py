@@ -7,7 +7,9 @@ file stops the start-up with a :class:`~engine.errors.ConfigError` naming the se
 
 Python API: a server's ``ssl_context`` attribute, when it is an ``ssl.SSLContext``, is
 used as it is and the certificate settings (``certfile``, ``keyfile``, ``ca_certs``,
-``tls_verify_client``, ``tls_min_version``, ``tls_ciphers``) are ignored.
+``tls_verify_client``, ``tls_min_version``, ``tls_ciphers``) are ignored. A server whose
+listening socket is already an ``ssl.SSLSocket`` (it wrapped the listener itself, as
+Werkzeug's development server does) gets no second TLS layer.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def server_context(settings: Settings, server: Any = None) -> ssl.SSLContext | N
         engine.errors.ConfigError: a file is missing, unreadable or not what it
             should be, or ``ssl_context`` is not an ``ssl.SSLContext``.
     """
+    if isinstance(getattr(server, "socket", None), ssl.SSLSocket):
+        return None  # the server made its listener TLS itself: never wrap twice
     given = getattr(server, "ssl_context", None)
     if isinstance(given, ssl.SSLContext):
         return given

@@ -29,8 +29,9 @@ Every setting can be given four ways. From highest precedence to lowest:
 3. **config file**: `engine serve --config engine.toml`, a TOML file whose top-level
    keys are the setting names (`max_children = 8`, `bind = ["127.0.0.1:9000"]`);
    there is no `[engine]` table, and an unknown key is an error;
-4. **defaults**, below, which are also the class attributes of `PreforkMixIn`
-   (settings marked *class attribute*), overridable in a subclass.
+4. **defaults**, below, which are also the class attributes of the `Prefork*Server`
+   classes (settings marked *class attribute*), overridable in a subclass or on the
+   instance (how `PreforkMixIn` reads them: [classic-api.md](classic-api.md)).
 
 **Durations** (the settings of type `float` below, in seconds, and `engine status
 --timeout`) take a plain number of seconds (`30`, `0.5`) or one number with a unit:

@@ -10,6 +10,11 @@ holds when the classes were defined in a module actually named ``socketserver``.
 
 The same runner is run against the real stdlib module as the reference: engine must pass
 everything and run as many tests as the stdlib does, skipping no more.
+
+A third run, ``prefork``, puts engine's Prefork classes in place of the Forking ones
+(``ForkingMixIn`` → ``PreforkMixIn``, ``ForkingTCPServer`` → ``PreforkTCPServer``, the UDP
+and Unix variants likewise): the drop-in promise, checked by CPython's own tests. Every
+run also fails a test that leaves a child process or a thread behind.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ def run_suite(target: str, cwd: Path) -> dict[str, Any]:
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=120,
         check=False,
     )
     assert proc.returncode == 0, (
@@ -60,7 +65,7 @@ def run_suite(target: str, cwd: Path) -> dict[str, Any]:
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     return {
         target: run_suite(target, tmp_path_factory.mktemp(f"cpython-{target}"))
-        for target in ("stdlib", "engine")
+        for target in ("stdlib", "engine", "prefork")
     }
 
 
@@ -73,14 +78,36 @@ def test_suite_runs_against_engine_module(results: dict[str, dict[str, Any]]) ->
     assert Path(results["stdlib"]["module_file"]) != Path(engine.classic.__file__)
 
 
-def test_engine_passes_cpython_suite(results: dict[str, dict[str, Any]]) -> None:
-    eng = results["engine"]
+@pytest.mark.parametrize("target", ["engine", "prefork"])
+def test_engine_passes_cpython_suite(results: dict[str, dict[str, Any]], target: str) -> None:
+    eng = results[target]
     assert eng["failures"] + eng["errors"] == 0, eng["log"]
     assert eng["unexpected_successes"] == 0, eng["log"]
     assert eng["run"] > 0
 
 
-def test_engine_runs_as_much_as_stdlib(results: dict[str, dict[str, Any]]) -> None:
-    eng, std = results["engine"], results["stdlib"]
+@pytest.mark.parametrize("target", ["engine", "prefork"])
+def test_engine_runs_as_much_as_stdlib(results: dict[str, dict[str, Any]], target: str) -> None:
+    eng, std = results[target], results["stdlib"]
     assert eng["run"] == std["run"], (eng, std)
     assert eng["skipped"] <= std["skipped"], (eng["log"], std["log"])
+
+
+@pytest.mark.parametrize("target", ["stdlib", "engine", "prefork"])
+def test_no_test_leaves_a_process_or_thread_behind(
+    results: dict[str, dict[str, Any]], target: str
+) -> None:
+    assert results[target]["leftovers"] == [], results[target]["log"]
+
+
+def test_prefork_classes_stand_in_for_the_forking_ones(
+    results: dict[str, dict[str, Any]],
+) -> None:
+    assert results["prefork"]["bound_to_loaded"] is True
+    assert results["prefork"]["stand_ins"] == {
+        "ForkingMixIn": "engine.PreforkMixIn",
+        "ForkingTCPServer": "engine.PreforkTCPServer",
+        "ForkingUDPServer": "engine.PreforkUDPServer",
+        "ForkingUnixStreamServer": "engine.PreforkUnixStreamServer",
+        "ForkingUnixDatagramServer": "engine.PreforkUnixDatagramServer",
+    }

@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import socketserver
+import sys
+import threading
+from typing import Any
 
+import psutil
 import pytest
 
+from engine import PreforkMixIn, PreforkTCPServer, StreamRequestHandler
 from tests.apps.prefork_apps import program
 from tests.kit import exchange as tcp_exchange
-from tests.kit import wait_until
+from tests.kit import read_to_eof, wait_until
 
 STDLIB_STYLE = """
 import socketserver, sys, threading
@@ -172,3 +178,151 @@ def worker_exited(self, slot, pid, exitcode):
         line.startswith("exited ") and f" {pids[0]} -9 by {master}" in line for line in lines
     )
     assert f"exit {pids[1]}" in lines  # graceful stop ran worker_exit
+
+
+# --- ForkingMixIn's surface, with its meaning ---------------------------------------
+# In-process: handle_request() from the test's only thread (no fork while another runs).
+
+
+class GatedReport(StreamRequestHandler):
+    """Writes ``started <pid>``, waits for a line from the client, then raises
+    ``server.raise_this`` if set (after writing ``done``)."""
+
+    def handle(self) -> None:
+        self.wfile.write(b"started %d\n" % os.getpid())
+        self.rfile.readline()
+        self.wfile.write(b"done\n")
+        if self.server.raise_this is not None:
+            raise self.server.raise_this("from the handler")
+
+
+class ReportingServer(PreforkTCPServer):
+    raise_this: type[BaseException] | None = None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        request.sendall(b"handled %s\n" % type(sys.exc_info()[1]).__name__.encode())
+
+
+def started_pid(client: socket.socket) -> int:
+    line = client.makefile("rb").readline()
+    assert line.startswith(b"started "), line
+    return int(line.split()[1])
+
+
+def test_prefork_has_forkingmixins_public_surface_and_defaults() -> None:
+    for name in ("active_children", "max_children", "block_on_close", "timeout"):
+        assert hasattr(PreforkMixIn, name), name
+    assert PreforkMixIn.active_children is None
+    assert PreforkMixIn.block_on_close is True
+    assert PreforkMixIn.timeout == socketserver.ForkingMixIn.timeout == 300
+    assert PreforkMixIn.max_children == socketserver.ForkingMixIn.max_children == 40
+    for name in ("collect_children", "handle_timeout", "service_actions", "process_request",
+                 "server_close"):
+        assert name in vars(PreforkMixIn), name
+
+
+@pytest.mark.parametrize("raised", [None, ValueError, SystemExit, KeyboardInterrupt])
+def test_handle_request_serves_in_a_child_and_nothing_escapes(
+    no_leaks: None, raised: type[BaseException] | None
+) -> None:
+    server = ReportingServer(("127.0.0.1", 0), GatedReport)
+    server.raise_this = raised
+    try:
+        with socket.create_connection(server.server_address, timeout=10) as client:
+            server.handle_request()  # returns once the child is forked: nothing escapes
+            child = started_pid(client)
+            assert child != os.getpid()
+            assert server.active_children == {child}
+            client.sendall(b"go\n")
+            reply = read_to_eof(client)
+        expected = b"done\n" + (b"handled ValueError\n" if raised is ValueError else b"")
+        assert reply == expected  # handle_error for Exceptions only, in the child
+    finally:
+        server.server_close()  # block_on_close: waits for the child
+    assert not server.active_children
+    assert not psutil.pid_exists(child) or psutil.Process(child).ppid() != os.getpid()
+
+
+@pytest.mark.parametrize("block_on_close", [True, False])
+def test_server_close_waits_for_request_children_as_block_on_close_says(
+    no_leaks: None, block_on_close: bool
+) -> None:
+    server = ReportingServer(("127.0.0.1", 0), GatedReport)
+    server.block_on_close = block_on_close
+    with socket.create_connection(server.server_address, timeout=10) as client:
+        server.handle_request()
+        child = started_pid(client)
+        closing = threading.Thread(target=server.server_close)
+        closing.start()
+        # A wait for something that must NOT happen: bounded, then checked.
+        closing.join(0.5)
+        assert closing.is_alive() is block_on_close
+        assert psutil.Process(child).status() != psutil.STATUS_ZOMBIE  # still at the gate
+        client.sendall(b"go\n")
+        assert read_to_eof(client) == b"done\n"
+        closing.join(10)
+        assert not closing.is_alive()
+    if block_on_close:
+        assert not server.active_children  # reaped by server_close itself
+    else:
+        assert server.active_children == {child}
+        server.collect_children(blocking=True)
+        assert not server.active_children
+
+
+def test_collect_children_blocks_at_max_children(no_leaks: None) -> None:
+    server = ReportingServer(("127.0.0.1", 0), GatedReport)
+    server.max_children = 1
+    try:
+        with socket.create_connection(server.server_address, timeout=10) as client:
+            server.handle_request()
+            child = started_pid(client)
+            collecting = threading.Thread(target=server.collect_children)
+            collecting.start()
+            collecting.join(0.5)
+            assert collecting.is_alive()  # one child running, max_children 1: it waits
+            client.sendall(b"go\n")
+            collecting.join(10)
+            assert not collecting.is_alive()
+            assert server.active_children == set()
+            assert not psutil.pid_exists(child) or psutil.Process(child).ppid() != os.getpid()
+    finally:
+        server.server_close()
+
+
+def test_handle_timeout_reaps_finished_children(no_leaks: None) -> None:
+    server = ReportingServer(("127.0.0.1", 0), GatedReport)
+    try:
+        with socket.create_connection(server.server_address, timeout=10) as client:
+            server.handle_request()
+            child = started_pid(client)
+            client.sendall(b"go\n")
+            assert read_to_eof(client) == b"done\n"
+        wait_until(lambda: psutil.Process(child).status() == psutil.STATUS_ZOMBIE, 10, "exit")
+        assert server.active_children == {child}
+        server.timeout = 0.01
+        server.handle_request()  # no request: handle_timeout → collect_children
+        assert server.active_children == set()
+    finally:
+        server.server_close()
+
+
+def test_the_pool_calls_service_actions_and_serves_in_its_workers(engine_proc, tmp_path) -> None:
+    record = tmp_path / "actions"
+    code = program(
+        attrs=f"""workers = 1
+pool_mode = 'static'
+def service_actions(self):
+    super().service_actions()
+    if not os.path.exists({str(record)!r}):
+        with open({str(record)!r}, 'w') as f:
+            f.write(str(os.getpid()))""",
+    )
+    engine = engine_proc(code)
+    worker = wait_until(lambda: engine.workers(), 10, "pool")[0]
+    wait_until(record.exists, 10, "service_actions called")
+    assert record.read_text() == str(engine.pid)  # in the master
+    # In a worker, a request is served right there: no child per request.
+    reply = tcp_exchange(engine.address, b"in the worker\n")
+    assert reply.split()[0] == str(worker.pid).encode()
+    assert worker.children() == []
