@@ -67,6 +67,8 @@ class PreforkMixIn:
     max_spawn_batch: int
     gc_freeze: bool
     threads: int
+    worker_class: str
+    worker_connections: int
     graceful_timeout: float
     worker_timeout: float | None
     request_timeout: float | None

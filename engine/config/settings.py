@@ -206,6 +206,17 @@ class Settings:
         1, "Threads per worker: connections one worker serves at once.",
         "pool", v.int_range(1, 4096), metavar="N",
     )
+    worker_class: str = setting(
+        "sync", "How a worker serves its connections. sync: one at a time, or `threads` at "
+        "once in a thread pool; gevent: one greenlet per connection, up to "
+        "worker_connections at once (needs `pip install 'engine[gevent]'`).",
+        "pool", v.choice("sync", "gevent"), metavar="CLASS",
+    )
+    worker_connections: int = setting(
+        1000, "worker_class=gevent: connections (greenlets) one worker serves at once; "
+        "further connections wait in the listen backlog or go to other workers.",
+        "pool", v.int_range(1, 65535), metavar="N",
+    )
     # --- timeouts ---
     graceful_timeout: float = setting(
         30.0, "On graceful stop or restart, seconds in-flight requests get before SIGKILL.",
@@ -296,6 +307,7 @@ def build(values: Mapping[str, Any]) -> Settings:
     typed = {name: validate(name, value) for name, value in values.items()}
     settings = Settings(**typed)
     check_consistency(settings)
+    check_worker_class(settings)
     return settings
 
 
@@ -305,6 +317,42 @@ def resolved_workers(settings: Settings) -> int:
         return settings.workers
     default = 0 if settings.pool_mode == "ondemand" else (os.cpu_count() or 1)
     return min(default, settings.max_children)
+
+
+def connection_slots(settings: Settings) -> int:
+    """Connections one worker serves at once: the pool's unit of capacity."""
+    if settings.worker_class == "gevent":
+        return settings.worker_connections
+    return settings.threads
+
+
+def check_worker_class(s: Settings) -> None:
+    """The worker class can run in this program: gevent importable, or not patched in.
+
+    Raises:
+        ConfigError: gevent is chosen but cannot be imported, or the program was
+            monkey-patched by gevent (a handler module's ``patch_all()``) while the
+            sync worker is chosen, which would then run on patched modules.
+    """
+    if s.worker_class == "gevent":
+        try:
+            import gevent  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                "worker_class", "gevent",
+                f"gevent installed (pip install 'engine[gevent]'); importing it failed: {exc}",
+            ) from None
+        return
+    import sys
+
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_anything_patched():
+        raise ConfigError(
+            "worker_class", s.worker_class,
+            "gevent (--worker-class gevent): the program was monkey-patched by gevent "
+            "before the server started (a patch_all() in the handler's module?), and "
+            "the sync worker cannot run on patched modules",
+        )
 
 
 def check_consistency(s: Settings) -> None:
@@ -331,6 +379,11 @@ def check_consistency(s: Settings) -> None:
         raise ConfigError("group", s.group, "used with user")
     if s.min_spare > s.max_spare:
         raise ConfigError("min_spare", s.min_spare, f"at most max_spare ({s.max_spare})")
+    if s.worker_class == "gevent" and s.threads > 1:
+        raise ConfigError(
+            "threads", s.threads,
+            "1 with worker_class=gevent (set worker_connections for its concurrency)",
+        )
     if s.threads > 1 and s.pool_mode != "static" and s.threads * s.max_children > 1 << 16:
         raise ConfigError(
             "threads", s.threads, "threads * max_children at most 65536"
