@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import listeners, pidfile, pool, privileges, sdnotify, supervision, upgrade, watchdog
-from engine.config import Settings, resolved_workers
+from engine.config import Settings, connection_slots, resolved_workers
 from engine.errors import MasterFatalError
 from engine.exits import describe_exit
 from engine.growth import GrowthGate
@@ -436,6 +436,9 @@ class Master:
             master_pid=os.getpid(),
             title=worker_title(slot, self.name),
             threads=settings.threads,
+            worker_class=settings.worker_class,  # worker classes (issue 12)
+            worker_connections=settings.worker_connections,
+            request_timeout=settings.request_timeout,
             count_bytes=settings.count_bytes or self.access_log is not None,
             max_requests=max_requests,
             close_fds=(
@@ -667,7 +670,7 @@ class Master:
 
     def _views(self) -> list[pool.WorkerView]:
         """What the pool policy sees of each live worker (one scoreboard read each)."""
-        threads = self.settings.threads
+        threads = connection_slots(self.settings)  # threads, or gevent's connections
         views = []
         for worker in self.workers.values():
             record = self.scoreboard.read(worker.slot)
