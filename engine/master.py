@@ -46,6 +46,7 @@ from engine.intake import build_intake
 from engine.logs import access_logger
 from engine.proctitle import format_address, master_title, titled, worker_title
 from engine.status import StatusServer
+from engine.unpatched import default_selector, fork, new_poll  # never gevent's (issue 12)
 from engine.wakeup import WAKE, WakeupFd, captured_signals
 from workers.protocol import ExitCode, WorkerState
 from workers.scoreboard import Scoreboard
@@ -127,7 +128,7 @@ class Master:
         self.listener_watched = False
         self.listeners: list[Any] = [server.socket, *getattr(server, "extra_listeners", ())]
         # A zero-timeout readiness check of the listeners, kept for the master's life.
-        self.listener_probe = select.poll()
+        self.listener_probe = new_poll()  # never gevent's (issue 12)
         for listener in self.listeners:
             self.listener_probe.register(listener.fileno(), select.POLLIN)
         # Built before any fork or privilege drop: key files may be root's alone.
@@ -141,7 +142,7 @@ class Master:
         self.name = settings.proc_name or _handler_name(server)
         self.scoreboard = Scoreboard(settings.max_children)
         self.wakeup = WakeupFd()
-        self.selector = selectors.DefaultSelector()
+        self.selector = default_selector()  # never gevent's (issue 12)
         self.signals_captured = False
         self.is_pid1 = os.getpid() == 1
         self._commands: dict[int, Callable[[], None]] = {
@@ -457,7 +458,7 @@ class Master:
         # (a SIGTERM would be lost); it unblocks them once its own handlers are in place.
         spec.signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
         try:
-            pid = os.fork()
+            pid = fork()  # never gevent's (issue 12)
         except OSError as exc:
             log.error("fork failed for worker %d: %s", slot, exc)
             self._boot_failed(now)
