@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
 import traceback
@@ -37,7 +36,14 @@ import gevent.pool
 import gevent.ssl
 
 from workers.protocol import ExitCode, format_address
-from workers.worker import CAPACITY_BACKOFF, IDLE_WAKE, WAITING_BATCH, Worker, exit_status
+from workers.worker import (
+    CAPACITY_BACKOFF,
+    IDLE_WAKE,
+    WAITING_BATCH,
+    Worker,
+    _drain_pipe,
+    exit_status,
+)
 
 
 def patch_process() -> None:
@@ -67,11 +73,6 @@ class GeventWorker(Worker):
             context.__class__ = gevent.ssl.SSLContext
         self._stopped = gevent.event.Event()
 
-    def _install_signals(self) -> None:
-        super()._install_signals()
-        # Python-level handlers run in the hub between callbacks: no wakeup pipe needed.
-        signal.set_wakeup_fd(-1)
-
     def _stop_taking(self) -> None:
         self.draining = True
         self._stopped.set()
@@ -81,6 +82,7 @@ class GeventWorker(Worker):
 
     def _serve(self) -> None:
         beat = gevent.spawn(self._heartbeat)
+        wakeups = gevent.spawn(self._watch_signals)
         takers = [
             gevent.spawn(self._take_from, take, listener.fileno())
             for take, listener in zip(self._takers, self._listeners(), strict=True)
@@ -88,7 +90,7 @@ class GeventWorker(Worker):
         try:
             self._stopped.wait()
         finally:
-            gevent.killall(takers)
+            gevent.killall([*takers, wakeups])
             self._beat = beat
 
     def _finish_serving(self) -> None:
@@ -114,6 +116,18 @@ class GeventWorker(Worker):
                 self._exit_status = ExitCode.QUICK
                 self._stop_taking()
             gevent.sleep(IDLE_WAKE)
+
+    def _watch_signals(self) -> None:
+        """Wake the hub when a signal arrives, so that its Python handler runs now.
+
+        The handler (SIGTERM: drain) runs once the interpreter gets control; a hub
+        asleep in epoll would otherwise run it only at its next timer or connection.
+        The signal module writes to the wakeup pipe; this greenlet waits on it.
+        """
+        readable = gevent.get_hub().loop.io(self._wake_r, 1)
+        while True:
+            gevent.get_hub().wait(readable)
+            _drain_pipe(self._wake_r)
 
     def _take_from(self, take: Callable[[], tuple[Any, Any]], fileno: int) -> None:
         """Take connections (or datagrams) from one listener while slots are free."""

@@ -204,3 +204,19 @@ def test_max_requests_recycles_a_gevent_worker(engine_proc) -> None:
         seen.add(tcp_exchange(engine.address, b"%d\n" % n).split()[0])
     assert len(seen) >= 3
     wait_until(lambda: engine.log().count("recycled") >= 3, 10, "recycling lines")
+
+
+def test_hup_replaces_gevent_workers_and_lets_old_connections_finish(engine_proc) -> None:
+    engine = engine_proc(gevent_program("workers = 2"))
+    old = pool_of(engine, 2)
+    with socket.create_connection(engine.address, timeout=10) as client:
+        client.sendall(b"hi\n")
+        serving = int(recv_line(client).split()[0])
+        client.sendall(b"SLEEP 1\n")
+        engine.signal(signal.SIGHUP)
+        new = wait_until(
+            lambda: len(now := pids(engine) - old) == 2 and now, 10, "the new generation"
+        )
+        assert recv_line(client) == b"%d SLEEP 1\n" % serving  # the old one finished it
+    wait_until(lambda: pids(engine) == new, 10, "the old generation gone")
+    assert int(tcp_exchange(engine.address, b"new\n").split()[0]) in new
