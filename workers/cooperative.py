@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -72,10 +73,14 @@ class GeventWorker(Worker):
             # Built in the master before patching: make its sockets cooperative too.
             context.__class__ = gevent.ssl.SSLContext
         self._stopped = gevent.event.Event()
+        # Per-connection byte counts: local to each greenlet now that threading is patched.
+        self._traffic = threading.local()
 
     def _stop_taking(self) -> None:
         self.draining = True
-        self._stopped.set()
+        stopped = getattr(self, "_stopped", None)
+        if stopped is not None:  # None: SIGTERM before patching; run() exits at once
+            stopped.set()
 
     def _start_serving(self) -> None:
         self._group = gevent.pool.Pool(self.spec.worker_connections)

@@ -95,6 +95,9 @@ def run_worker(server: ServerLike, scoreboard: Scoreboard, spec: WorkerSpec) -> 
     try:
         worker_type: type[Worker] = Worker
         if spec.worker_class == "gevent":
+            # Importing gevent takes tens of ms: claim the slot first, or the master
+            # reads it EMPTY meanwhile and a dynamic pool forks more workers.
+            scoreboard.worker_started(spec.slot, os.getpid(), time.monotonic())
             try:
                 from workers.cooperative import GeventWorker
             except Exception:
@@ -164,13 +167,15 @@ class Worker:
     def run(self) -> int:
         """Set up, serve until told to drain (or recycled), clean up; return the status."""
         self._reset_process_state()
-        self._prepare_process()
         self._install_signals()
         signal.pthread_sigmask(signal.SIG_SETMASK, self.spec.signal_mask)
-        if self.spec.count_bytes:
-            self.count_bytes_on_shutdown()
+        # STARTING at once: until then the slot reads EMPTY, and a dynamic pool would
+        # fork more workers while this one prepares (gevent's patching takes a while).
         self.scoreboard.worker_started(self.spec.slot, os.getpid(), time.monotonic())
         try:
+            self._prepare_process()
+            if self.spec.count_bytes:
+                self.count_bytes_on_shutdown()
             hook = getattr(self.server, "worker_init", None)
             if hook is not None:
                 hook()

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.apps.prefork_apps import program
-from tests.support import open_clients, recv_line, tcp_exchange, wait_until
+from tests.support import PeakChildren, open_clients, recv_line, tcp_exchange, wait_until
 
 pytest.importorskip("gevent")
 
@@ -220,3 +220,18 @@ def test_hup_replaces_gevent_workers_and_lets_old_connections_finish(engine_proc
         assert recv_line(client) == b"%d SLEEP 1\n" % serving  # the old one finished it
     wait_until(lambda: pids(engine) == new, 10, "the old generation gone")
     assert int(tcp_exchange(engine.address, b"new\n").split()[0]) in new
+
+
+def test_dynamic_pool_counts_free_connection_slots_not_busy_processes(engine_proc) -> None:
+    engine = engine_proc(program(before=APPS, handler="Commands", attrs=(
+        "worker_class = 'gevent'\npool_mode = 'dynamic'\nworkers = 1\nmin_spare = 1\n"
+        "max_spare = 2\nmax_children = 4\nworker_connections = 50"
+    )))
+    (worker,) = pool_of(engine, 1)
+    with PeakChildren(engine.pid) as watch, open_clients(engine.address, 10) as clients:
+        for client in clients:  # ten in flight: busy, yet 40 slots free, so still spare
+            client.sendall(b"hi\n")
+            assert recv_line(client) == b"%d hi\n" % worker
+        for n in range(30):  # the master ticks (0.1 s) while these come and go
+            assert tcp_exchange(engine.address, b"%d\n" % n) == b"%d %d\n" % (worker, n)
+    assert watch.peak == 1
