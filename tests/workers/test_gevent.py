@@ -235,3 +235,21 @@ def test_dynamic_pool_counts_free_connection_slots_not_busy_processes(engine_pro
         for n in range(30):  # the master ticks (0.1 s) while these come and go
             assert tcp_exchange(engine.address, b"%d\n" % n) == b"%d %d\n" % (worker, n)
     assert watch.peak == 1
+
+
+def test_system_exit_in_a_greenlet_ends_the_worker_after_the_others(engine_proc) -> None:
+    engine = engine_proc(gevent_program("workers = 1"))
+    (worker,) = pool_of(engine, 1)
+    with socket.create_connection(engine.address, timeout=10) as other:
+        other.sendall(b"SLEEP 0.5\n")
+        with socket.create_connection(engine.address, timeout=10) as client:
+            client.sendall(b"EXIT 3\n")
+            assert recv_line(client) == b"%d EXIT 3\n" % worker
+            assert client.recv(100) == b""
+        assert recv_line(other) == b"%d SLEEP 0.5\n" % worker  # finished, not cut
+    wait_until(lambda: (now := pids(engine)) and worker not in now, 10, "replacement")
+    log = wait_until(lambda: "exit code 3" in engine.log() and engine.log(), 10, "exit line")
+    assert re.search(
+        rf"worker 0 pid {worker}: the handler raised SystemExit\(3\) in a greenlet "
+        r"\(client 127\.0\.0\.1:\d+\); the worker exits with status 3", log,
+    ), log
