@@ -135,3 +135,16 @@ def test_error_report_on_a_full_disk_does_not_kill_the_worker(full_tmpfs, engine
     )
     assert re.search(rf"worker 0 pid {worker}: [23] error reports could not be written", text)
     assert "handler failed on purpose" in text
+
+
+def test_error_report_to_a_closed_pipe_does_not_kill_the_worker(engine_proc) -> None:
+    """stderr is a pipe nobody reads any more: every write fails with EPIPE."""
+    closed_pipe = "_r, _w = os.pipe()\nos.dup2(_w, 2)\nos.close(_r)\n" + COMMANDS
+    engine = engine_proc(program(
+        handler="Commands", before=closed_pipe, attrs="workers = 1\npool_mode = 'static'",
+    ))
+    worker = wait_until(lambda: len(pids(engine)) == 1 and pids(engine), 10, "pool").pop()
+    for _ in range(3):
+        assert tcp_exchange(engine.address, b"FAIL\n") == b"%d FAIL\n" % worker
+    assert tcp_exchange(engine.address, b"ok\n") == b"%d ok\n" % worker
+    assert pids(engine) == {worker}
