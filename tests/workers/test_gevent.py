@@ -8,6 +8,7 @@ group on teardown and checks that nothing is left.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -253,3 +254,25 @@ def test_system_exit_in_a_greenlet_ends_the_worker_after_the_others(engine_proc)
         rf"worker 0 pid {worker}: the handler raised SystemExit\(3\) in a greenlet "
         r"\(client 127\.0\.0\.1:\d+\); the worker exits with status 3", log,
     ), log
+
+
+def test_status_shows_the_connections_in_flight_of_a_gevent_worker(
+    engine_proc, tmp_path
+) -> None:
+    sock_path = str(tmp_path / "status.sock")
+    engine = engine_proc(gevent_program(f"workers = 1\nstatus_bind = 'unix:{sock_path}'"))
+    (worker,) = pool_of(engine, 1)
+    wait_until(lambda: os.path.exists(sock_path), 10, "status socket")
+
+    def active() -> list[int]:
+        data = json.loads(tcp_exchange(sock_path, b"json\n", 5.0))
+        return [w["active"] for w in data["workers"]]
+
+    with open_clients(engine.address, 25) as clients:
+        for client in clients:
+            client.sendall(b"hi\n")
+            assert recv_line(client) == b"%d hi\n" % worker
+        assert active() == [25]
+        prometheus = tcp_exchange(sock_path, b"metrics\n", 5.0).decode()
+        assert re.search(r"engine_worker_active_connections\{[^}]*\} 25(\.0)?\n", prometheus)
+    wait_until(lambda: active() == [0], 10, "connections done")
