@@ -42,7 +42,7 @@ from workers.worker import (
     IDLE_WAKE,
     WAITING_BATCH,
     Worker,
-    _drain_pipe,
+    drain_pipe,
     exit_status,
 )
 
@@ -64,6 +64,7 @@ class GeventWorker(Worker):
 
     _group: gevent.pool.Pool
     _stopped: gevent.event.Event
+    _beat: gevent.Greenlet | None = None  # the heartbeat, kept up while draining
 
     def _prepare_process(self) -> None:
         patch_process()
@@ -101,9 +102,8 @@ class GeventWorker(Worker):
     def _finish_serving(self) -> None:
         # The master SIGKILLs us at graceful_timeout if they take longer.
         self._group.join()
-        beat = getattr(self, "_beat", None)
-        if beat is not None:
-            beat.kill()
+        if self._beat is not None:
+            self._beat.kill()
 
     def _connection_done(self) -> None:
         """Nothing to wake: the group's free slot wakes a waiting taker by itself."""
@@ -132,7 +132,7 @@ class GeventWorker(Worker):
         readable = gevent.get_hub().loop.io(self._wake_r, 1)
         while True:
             gevent.get_hub().wait(readable)
-            _drain_pipe(self._wake_r)
+            drain_pipe(self._wake_r)
 
     def _take_from(self, take: Callable[[], tuple[Any, Any]], fileno: int) -> None:
         """Take connections (or datagrams) from one listener while slots are free."""

@@ -6,6 +6,11 @@ running the *server's own* classic pipeline (``get_request`` → ``verify_reques
 user overrides keep working. It never returns into the caller's stack: every path
 ends in ``os._exit``.
 
+This is the ``sync`` worker class: one connection at a time, or ``threads`` at once in a
+thread pool. The ``gevent`` class (:mod:`workers.cooperative`) subclasses it and reuses
+its per-connection code. With several connections in flight, the scoreboard's
+request_start is that of the oldest one, which ``request_timeout`` judges.
+
 Signals in a worker:
 
 =========  =======================================================================
@@ -293,7 +298,7 @@ class Worker:
                 if self._lost_reports:
                     self._say_lost_reports()
                 if events:
-                    _drain_pipe(self._wake_r)
+                    drain_pipe(self._wake_r)
                 if os.getppid() != self.spec.master_pid:
                     raise SystemExit(ExitCode.QUICK)
         finally:
@@ -622,7 +627,8 @@ def _quick_exit(signum: int, frame: object) -> None:
     os._exit(ExitCode.QUICK)
 
 
-def _drain_pipe(fd: int) -> None:
+def drain_pipe(fd: int) -> None:
+    """Read a non-blocking pipe empty (wake-up bytes: only their arrival matters)."""
     with contextlib.suppress(BlockingIOError, InterruptedError):
         while os.read(fd, 4096):
             pass
