@@ -224,12 +224,13 @@ class Settings:
     )
     worker_timeout: float | None = setting(
         30.0, "Kill a worker that is not busy with a request yet sends no heartbeat for "
-        "this long (a wedged worker). Busy workers are governed by request_timeout.",
+        "this long (a wedged worker). Busy workers are governed by request_timeout, except "
+        "gevent workers, whose hub writes the heartbeat busy or not.",
         "timeouts", v.optional(v.duration(0.0, exclusive=True)), metavar="SECONDS",
     )
     request_timeout: float | None = setting(
         None, "Kill a worker busy on one connection for longer than this (off by default: "
-        "safe for long-lived connections).",
+        "safe for long-lived connections). gevent workers close just that connection.",
         "timeouts", v.optional(v.duration(0.0, exclusive=True)), metavar="SECONDS",
     )
     max_requests: int = setting(
