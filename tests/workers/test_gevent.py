@@ -276,3 +276,25 @@ def test_status_shows_the_connections_in_flight_of_a_gevent_worker(
         prometheus = tcp_exchange(sock_path, b"metrics\n", 5.0).decode()
         assert re.search(r"engine_worker_active_connections\{[^}]*\} 25(\.0)?\n", prometheus)
     wait_until(lambda: active() == [0], 10, "connections done")
+
+
+def test_worker_init_runs_patched_and_the_master_is_not(engine_proc) -> None:
+    engine = engine_proc(gevent_program(
+        "workers = 1\n"
+        "def worker_init(self):\n"
+        "    import socket, sys\n"
+        "    print('worker_init patched:', socket.socket.__module__ != 'socket',\n"
+        "          file=sys.stderr, flush=True)\n"
+        "def service_actions(self):\n"
+        "    import socket, sys\n"
+        "    if not getattr(self, 'said', False):\n"
+        "        self.said = True\n"
+        "        print('master patched:', socket.socket.__module__ != 'socket',\n"
+        "              file=sys.stderr, flush=True)\n"
+    ))
+    pool_of(engine, 1)
+    log = wait_until(
+        lambda: "worker_init patched" in (text := engine.log()) and "master patched" in text
+        and text, 10, "both lines",
+    )
+    assert "worker_init patched: True" in log and "master patched: False" in log
