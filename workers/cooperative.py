@@ -65,6 +65,7 @@ class GeventWorker(Worker):
     _group: gevent.pool.Pool
     _stopped: gevent.event.Event
     _beat: gevent.Greenlet | None = None  # the heartbeat, kept up while draining
+    _taken = 0  # connections taken so far (max_requests counts them)
 
     def _prepare_process(self) -> None:
         patch_process()
@@ -156,6 +157,11 @@ class GeventWorker(Worker):
                 continue
             group.spawn(self._connection, request, client_address)
             taken += 1
+            self._taken += 1
+            if self.spec.max_requests and self._taken >= self.spec.max_requests:
+                # The last one: the master forks our replacement while we finish.
+                self._announce_retirement()
+                self._stop_taking()
             if taken >= WAITING_BATCH:  # a burst: let the connections taken run
                 taken = 0
                 gevent.sleep(0)

@@ -200,10 +200,11 @@ def test_worker_connections_caps_one_worker(engine_proc) -> None:
 def test_max_requests_recycles_a_gevent_worker(engine_proc) -> None:
     engine = engine_proc(gevent_program("workers = 1\nmax_requests = 10"))
     pool_of(engine, 1)
-    seen = set()
+    served: dict[bytes, int] = {}
     for n in range(35):
-        seen.add(tcp_exchange(engine.address, b"%d\n" % n).split()[0])
-    assert len(seen) >= 3
+        pid = tcp_exchange(engine.address, b"%d\n" % n).split()[0]
+        served[pid] = served.get(pid, 0) + 1
+    assert sorted(served.values()) == [5, 10, 10, 10]  # each worker exactly max_requests
     wait_until(lambda: engine.log().count("recycled") >= 3, 10, "recycling lines")
 
 
