@@ -204,8 +204,8 @@ class Worker:
         return self._exit_status
 
     def _prepare_process(self) -> None:
-        """After the inherited state is reset, before signals and worker_init: nothing
-        for the sync worker (the gevent worker monkey-patches here)."""
+        """After fork and signal set-up, before worker_init: nothing for the sync worker
+        (the gevent worker monkey-patches here). An exception is a failed boot."""
 
     def _start_serving(self) -> None:
         """Once worker_init is done: the thread pool, if there is one."""
@@ -418,7 +418,7 @@ class Worker:
 
         The scoreboard's request_start is the start of the OLDEST connection in flight,
         so a connection hung in one thread is not hidden by new ones in the others.
-        Returns the connection's token (for :meth:`_untrack`) and its start time.
+        Returns the connection's token (for :meth:`_finished`) and its start time.
         """
         now = time.monotonic()
         with self._lock:
