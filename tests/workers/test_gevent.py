@@ -56,10 +56,10 @@ def test_handlers_run_patched_and_concurrently_in_one_worker(engine_proc) -> Non
 def test_request_timeout_closes_only_the_hung_connection(engine_proc) -> None:
     engine = engine_proc(gevent_program("workers = 1\nrequest_timeout = 1"))
     (worker,) = pool_of(engine, 1)
+    start = time.monotonic()  # its clock starts later, when the worker accepts it
     with socket.create_connection(engine.address, timeout=10) as hung:
         hung.sendall(b"hello\n")
         assert recv_line(hung) == b"%d hello\n" % worker  # in flight from here on
-        start = time.monotonic()
         hung.sendall(b"SLEEP 600\n")
         wait_until(lambda: time.monotonic() - start > 0.5, 2, "half a second")
         sibling = socket.create_connection(engine.address, timeout=10)
@@ -84,9 +84,9 @@ def test_request_timeout_closes_only_the_hung_connection(engine_proc) -> None:
 def test_hub_hogged_by_a_greenlet_is_killed_by_worker_timeout(engine_proc) -> None:
     engine = engine_proc(gevent_program("workers = 1\nworker_timeout = 1"))
     (worker,) = pool_of(engine, 1)
+    start = time.monotonic()  # taking the connection writes a heartbeat after this
     with socket.create_connection(engine.address, timeout=10) as client:
         client.sendall(b"SPIN 600\n")
-        start = time.monotonic()
         assert client.recv(100) == b""
         elapsed = time.monotonic() - start
     wait_until(lambda: (now := pids(engine)) and worker not in now, 10, "replacement")

@@ -36,9 +36,9 @@ def test_hung_thread_is_killed_while_other_connections_keep_coming(engine_proc) 
         attrs="workers = 1\npool_mode = 'static'\nthreads = 4\nrequest_timeout = 1",
     ))
     before = wait_until(lambda: len(pids(engine)) == 1 and pids(engine), 10, "pool")
+    start = time.monotonic()  # the worker notes the connection's start after this
     with socket.create_connection(engine.address, timeout=10) as hung:
         hung.sendall(b"SLEEP 600\n")
-        start = time.monotonic()
         hung.settimeout(0.05)
         closed_after = None
         while time.monotonic() - start < 6.0:
