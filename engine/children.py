@@ -19,6 +19,7 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from engine import unpatched
 from engine.crashloop import SpawnBackoff, Verdict
 from engine.exits import describe_exit
 from engine.intake import build_intake
@@ -135,7 +136,7 @@ class Children:
         # handlers (a SIGTERM would be lost); it unblocks them once its own are in place.
         spec.signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.fork_blocked)
         try:
-            pid = os.fork()
+            pid = unpatched.fork()  # never gevent's: its hub would hide exits from waitpid
         except OSError as exc:
             self._report(self.backoff.fork_failed(now, describe_fork_error(exc)))
             return None
@@ -376,6 +377,9 @@ class SpecFactory:
             master_pid=os.getpid(),
             title=worker_title(slot, self.name),
             threads=settings.threads,
+            worker_class=settings.worker_class,
+            worker_connections=settings.worker_connections,
+            request_timeout=settings.request_timeout,
             count_bytes=settings.count_bytes or self.access_log is not None,
             max_requests=max_requests,
             close_fds=self.close_fds(),

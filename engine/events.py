@@ -14,6 +14,7 @@ import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from engine import unpatched
 from engine.status import StatusServer
 from engine.wakeup import WakeupFd, captured_signals
 
@@ -31,7 +32,7 @@ class MasterEvents:
 
     def __init__(self, listeners: Sequence[Any]) -> None:
         self.wakeup = WakeupFd()
-        self.selector = selectors.DefaultSelector()
+        self.selector = unpatched.default_selector()  # never gevent's (issue 12)
         self.selector.register(self.wakeup, selectors.EVENT_READ)
         self.listener_socks = list(listeners)
         self.listener_fds = [listener.fileno() for listener in listeners]

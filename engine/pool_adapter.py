@@ -15,10 +15,10 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from engine import pool, watchdog
+from engine import pool, unpatched, watchdog
 from engine.capacity import CapacityMonitor, observe_pool
 from engine.children import Child
-from engine.config import Settings, resolved_workers
+from engine.config import Settings, connection_slots, resolved_workers
 from engine.growth import GrowthGate
 from workers.protocol import WorkerState
 from workers.scoreboard import Scoreboard, SlotRecord
@@ -59,7 +59,7 @@ class PoolAdapter:
         self.reload_size: int | None = None  # serving workers when a reload began
         self.batch = 1
         self.next_growth = 0.0
-        self.probe = select.poll()  # zero-timeout readiness check of the listeners
+        self.probe = unpatched.new_poll()  # zero-timeout readiness check of the listeners
         self.capacity = CapacityMonitor()  # listen queue, max children reached
         self.listeners: list[socket.socket] = []
 
@@ -142,7 +142,7 @@ class PoolAdapter:
 
     def views(self, tick: Tick, children: Iterable[Child]) -> list[pool.WorkerView]:
         """What the pool policy sees of each live worker."""
-        threads = self.settings.threads
+        threads = connection_slots(self.settings)  # threads, or gevent's connections
         views = []
         for child in children:
             record = tick.records.get(child.slot)

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import classic, listeners
 from engine.config import Settings, build, class_attr_names, registry
-from engine.config.settings import LogLevel, PoolMode, TlsMinVersion, TlsVerifyClient
+from engine.config.settings import LogLevel, PoolMode, TlsMinVersion, TlsVerifyClient, WorkerClass
 from engine.master import Master
 
 Socket = socket.socket  # for annotations inside the class, whose `socket` is an attribute
@@ -126,6 +126,8 @@ class PreforkLayer:
     max_spawn_batch: int
     gc_freeze: bool
     threads: int
+    worker_class: WorkerClass
+    worker_connections: int
     graceful_timeout: float
     worker_timeout: float | None
     request_timeout: float | None

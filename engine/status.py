@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine import unpatched
 from engine.config.validators import parse_bind, status_address
 from engine.errors import ConfigError
 from engine.health import WorkerHealth
@@ -486,7 +487,7 @@ class StatusServer:
             return 0
         answered = 0
         documents = _Documents(self.snapshot)  # one snapshot per call, rendered lazily
-        with selectors.DefaultSelector() as sel:
+        with unpatched.default_selector() as sel:  # never gevent's (issue 12)
             try:
                 for client in clients:
                     sel.register(client.sock, selectors.EVENT_READ, client)

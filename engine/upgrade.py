@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine import unpatched
 from engine.listeners import UPGRADE_FDS_VARIABLE
 from engine.workdir import BASE_VARIABLE, absolute
 
@@ -133,7 +134,7 @@ def start_new_master(
     if status is not None:  # the status endpoint moves over too: its address is taken
         environment[STATUS_FD_VARIABLE] = str(status.fileno())
         inherited.append(status)
-    pid = os.fork()
+    pid = unpatched.fork()  # never gevent's (issue 12)
     if pid:
         return pid
     # The child: nothing here may return into the master's code.

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Any
 
+from engine import unpatched
+
 WAKE = 0  # the byte written by wake(): not a signal number
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
@@ -80,9 +82,9 @@ def captured_signals(wakeup: WakeupFd, signums: Iterable[int]) -> Iterator[dict[
         )
     try:
         for signum in signums:
-            previous[signum] = signal.signal(signum, _ignore)
+            previous[signum] = unpatched.set_signal(signum, _ignore)
         yield previous
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+            unpatched.set_signal(signum, handler if handler is not None else signal.SIG_DFL)
         signal.set_wakeup_fd(old_wakeup)

@@ -102,21 +102,27 @@ class Scoreboard:
         """worker_init returned: from now on an exit of this worker is not a boot failure."""
         self._map[slot * SLOT_SIZE + _BOOTED_OFFSET] = 1
 
-    def busy(self, slot: int, now: float, requests: int, active: int, client: Any) -> None:
+    def busy(
+        self, slot: int, now: float, requests: int, active: int, client: Any,
+        since: float | None = None,
+    ) -> None:
         """The worker took a connection from *client* (an address); it serves *active*.
 
-        *requests* is the count of connections finished so far (unchanged). One write:
-        this is on every connection's path.
+        *requests* is the count of connections finished so far (unchanged). *since* is
+        when the oldest connection in flight started (default *now*: the only one), so
+        that request_timeout judges the oldest. One write: this is on every
+        connection's path.
         """
         base = slot * SLOT_SIZE + 4
+        start = now if since is None else since
         try:  # (host, port, ...) is stored raw: the common case, no formatting here
             _BUSY.pack_into(
-                self._map, base, WorkerState.BUSY, active, now, now, requests,
+                self._map, base, WorkerState.BUSY, active, start, now, requests,
                 client[1], client[0].encode(),
             )
         except Exception:  # anything else (a Unix address...) is stored formatted
             _BUSY.pack_into(
-                self._map, base, WorkerState.BUSY, active, now, now, requests,
+                self._map, base, WorkerState.BUSY, active, start, now, requests,
                 0, _formatted(client),
             )
 
@@ -142,10 +148,17 @@ class Scoreboard:
             self._map, slot * SLOT_SIZE + 4, WorkerState.IDLE, 0, 0.0, now, requests
         )
 
-    def progress(self, slot: int, now: float, requests: int, active: int) -> None:
-        """A threaded worker finished one connection and still serves *active* ones."""
+    def progress(
+        self, slot: int, now: float, requests: int, active: int, since: float | None = None
+    ) -> None:
+        """A worker finished one connection and still serves *active* ones.
+
+        *since*, if given, is when the oldest connection still in flight started.
+        """
         base = slot * SLOT_SIZE
         _ACTIVE.pack_into(self._map, base + 5, active)
+        if since is not None:
+            _HEARTBEAT.pack_into(self._map, base + 8, since)  # request_start, also an f64
         _PROGRESS.pack_into(self._map, base + 16, now, requests)
 
     def heartbeat(self, slot: int, now: float) -> None:

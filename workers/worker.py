@@ -6,6 +6,11 @@ running the *server's own* classic pipeline (``get_request`` → ``verify_reques
 user overrides keep working. It never returns into the caller's stack: every path
 ends in ``os._exit``.
 
+This is the ``sync`` worker class: one connection at a time, or ``threads`` at once in a
+thread pool. The ``gevent`` class (:mod:`workers.cooperative`) subclasses it and reuses
+its per-connection code. With several connections in flight, the scoreboard's
+request_start is that of the oldest one, which ``request_timeout`` judges.
+
 Signals in a worker:
 
 =========  =======================================================================
@@ -40,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from workers.protocol import Admitter, ExitCode, ServerLike
+from workers.protocol import Admitter, ExitCode, ServerLike, format_address
 from workers.scoreboard import Scoreboard
 
 # Out of file descriptors or memory: back off instead of spinning on accept().
@@ -70,6 +75,11 @@ class WorkerSpec:
     master_pid: int
     title: str
     threads: int = 1
+    # "sync" (inline, or a pool of `threads`) or "gevent" (workers.cooperative).
+    worker_class: str = "sync"
+    worker_connections: int = 1000  # gevent: connections served at once
+    # gevent: each connection's own limit (a sync worker is killed by the master).
+    request_timeout: float | None = None
     count_bytes: bool = False  # TCP_INFO per connection: about 10 µs, so opt-in
     max_requests: int = 0  # already jittered; 0 means never recycle
     close_fds: tuple[int, ...] = ()  # the master's private descriptors
@@ -88,9 +98,20 @@ def run_worker(server: ServerLike, scoreboard: Scoreboard, spec: WorkerSpec) -> 
     """Run a worker in a freshly forked child. Never returns."""
     status: int = ExitCode.ERROR
     try:
-        status = Worker(server, scoreboard, spec).run()
+        worker_type: type[Worker] = Worker
+        if spec.worker_class == "gevent":
+            # Importing gevent takes tens of ms: claim the slot first, or the master
+            # reads it EMPTY meanwhile and a dynamic pool forks more workers.
+            scoreboard.worker_started(spec.slot, os.getpid(), time.monotonic())
+            try:
+                from workers.cooperative import GeventWorker
+            except Exception:
+                traceback.print_exc()
+                raise SystemExit(ExitCode.BOOT_FAILED) from None
+            worker_type = GeventWorker
+        status = worker_type(server, scoreboard, spec).run()
     except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else ExitCode.ERROR
+        status = exit_status(exc)
     except BaseException:
         traceback.print_exc()
     finally:
@@ -98,6 +119,11 @@ def run_worker(server: ServerLike, scoreboard: Scoreboard, spec: WorkerSpec) -> 
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(int(status))
+
+
+def exit_status(exc: SystemExit) -> int:
+    """The worker's exit status for a SystemExit (an int code, else ERROR)."""
+    return exc.code if isinstance(exc.code, int) else ExitCode.ERROR
 
 
 def _die_with_parent() -> None:
@@ -131,6 +157,15 @@ class Worker:
         self._next_listener = 0
         self._capacity_errors = 0
         self._next_capacity_report = 0.0
+        # Start times of the connections in flight, oldest first (insertion order):
+        # the oldest one is what request_timeout judges (see _track).
+        self._in_flight: dict[int, float] = {}
+        self._next_token = 0
+        # A handler's SystemExit & co. in a pool thread or greenlet: the status to exit with.
+        self._exit_status: int = ExitCode.OK
+        # Error reports (handle_error) that could not be written, and why.
+        self._lost_reports = 0
+        self._lost_reason = ""
 
     # --- life cycle ---
 
@@ -139,10 +174,13 @@ class Worker:
         self._reset_process_state()
         self._install_signals()
         signal.pthread_sigmask(signal.SIG_SETMASK, self.spec.signal_mask)
-        if self.spec.count_bytes:
-            self.count_bytes_on_shutdown()
+        # STARTING at once: until then the slot reads EMPTY, and a dynamic pool would
+        # fork more workers while this one prepares (gevent's patching takes a while).
         self.scoreboard.worker_started(self.spec.slot, os.getpid(), time.monotonic())
         try:
+            self._prepare_process()
+            if self.spec.count_bytes:
+                self.count_bytes_on_shutdown()
             hook = getattr(self.server, "worker_init", None)
             if hook is not None:
                 hook()
@@ -151,8 +189,7 @@ class Worker:
             return ExitCode.BOOT_FAILED
         self.scoreboard.worker_booted(self.spec.slot)  # a later exit is no boot failure
         self.serving = True
-        if self.spec.threads > 1:
-            self._pool = ThreadPoolExecutor(self.spec.threads, "engine-request")
+        self._start_serving()
         try:
             self.scoreboard.idle(self.spec.slot, time.monotonic(), 0)
             self._serve()
@@ -161,12 +198,29 @@ class Worker:
             for listener in self._listeners():
                 with contextlib.suppress(OSError):
                     listener.close()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            self._finish_serving()
             hook = getattr(self.server, "worker_exit", None)
             if hook is not None:
                 hook()
-        return ExitCode.OK
+        return self._exit_status
+
+    def _prepare_process(self) -> None:
+        """After fork and signal set-up, before worker_init: nothing for the sync worker
+        (the gevent worker monkey-patches here). An exception is a failed boot."""
+
+    def _start_serving(self) -> None:
+        """Once worker_init is done: the thread pool, if there is one."""
+        if self.spec.threads > 1:
+            self._pool = ThreadPoolExecutor(self.spec.threads, "engine-request")
+
+    def _finish_serving(self) -> None:
+        """Listeners closed: let the connections in flight finish."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _stop_taking(self) -> None:
+        """Stop taking connections; finish the ones in hand, then exit."""
+        self.draining = True
 
     def _reset_process_state(self) -> None:
         """Undo what the worker inherited from the master that is not its own."""
@@ -200,7 +254,7 @@ class Worker:
         faulthandler.enable(all_threads=True)
 
     def _on_term(self, signum: int, frame: object) -> None:
-        self.draining = True
+        self._stop_taking()
         if not self.serving:
             # Still in worker_init: nothing in flight to finish, so stop right here.
             raise SystemExit(ExitCode.OK)
@@ -242,8 +296,10 @@ class Worker:
                     continue  # a connection: serving it writes the slot (a heartbeat too)
                 # Timed out, or woken by a signal or a finished thread.
                 self.scoreboard.heartbeat(self.spec.slot, time.monotonic())
+                if self._lost_reports:
+                    self._say_lost_reports()
                 if events:
-                    _drain_pipe(self._wake_r)
+                    drain_pipe(self._wake_r)
                 if os.getppid() != self.spec.master_pid:
                     raise SystemExit(ExitCode.QUICK)
         finally:
@@ -332,6 +388,9 @@ class Worker:
                 self._announce_retirement()
             try:
                 client_address = pipeline(request, client_address)
+            except BaseException as exc:
+                self._report_exit(exc, client_address, "")
+                raise
             finally:
                 self.requests += 1
                 now = monotonic()
@@ -351,12 +410,27 @@ class Worker:
         except OSError as exc:
             return self._accept_failed(exc)
         assert self._pool is not None
+        token, started = self._track(client_address)
+        self._pool.submit(self._process, request, client_address, token, started)
+        return True
+
+    def _track(self, client_address: Any) -> tuple[int, float]:
+        """A connection starts (thread or greenlet): count it, note when it started.
+
+        The scoreboard's request_start is the start of the OLDEST connection in flight,
+        so a connection hung in one thread is not hidden by new ones in the others.
+        Returns the connection's token (for :meth:`_finished`) and its start time.
+        """
+        now = time.monotonic()
         with self._lock:
+            token = self._next_token
+            self._next_token = token + 1
+            self._in_flight[token] = now
             self.active += 1
             active, requests = self.active, self.requests
-        self.scoreboard.busy(self.spec.slot, time.monotonic(), requests, active, client_address)
-        self._pool.submit(self._process, request, client_address)
-        return True
+            oldest = next(iter(self._in_flight.values()))
+        self.scoreboard.busy(self.spec.slot, now, requests, active, client_address, oldest)
+        return token, now
 
     def _report_capacity(self, exc: OSError) -> None:
         """One line per CAPACITY_REPORT_EVERY at most, with the count since the last."""
@@ -366,12 +440,13 @@ class Worker:
             return
         self._next_capacity_report = now + CAPACITY_REPORT_EVERY
         count, self._capacity_errors = self._capacity_errors, 0
-        print(
-            f"engine: worker {self.spec.slot} pid {os.getpid()}: accept failed "
-            f"({errno.errorcode.get(exc.errno or 0, exc.errno)}), backing off"
-            + (f" ({count} times since the last report)" if count > 1 else ""),
-            file=sys.stderr,
-        )
+        with contextlib.suppress(Exception):  # stderr on a full disk: still back off
+            print(
+                f"engine: worker {self.spec.slot} pid {os.getpid()}: accept failed "
+                f"({errno.errorcode.get(exc.errno or 0, exc.errno)}), backing off"
+                + (f" ({count} times since the last report)" if count > 1 else ""),
+                file=sys.stderr,
+            )
 
     def _announce_retirement(self) -> None:
         """Before the last request: let the master fork our replacement right now.
@@ -383,13 +458,38 @@ class Worker:
         with contextlib.suppress(OSError):
             os.kill(self.spec.master_pid, signal.SIGCHLD)  # a wake-up: the master reaps on it
 
-    def _process(self, request: Any, client_address: Any) -> None:
+    def _process(self, request: Any, client_address: Any, token: int, started: float) -> None:
         """One request on a pool thread: the pipeline, then the shared bookkeeping."""
-        started = time.monotonic()
         try:
             client_address = self._pipeline(request, client_address)
+        except BaseException as exc:
+            # Inline, SystemExit & co. end the worker; a pool's Future would swallow
+            # them silently. Report, and exit with that status once the others finish.
+            self._report_exit(exc, client_address, " in a pool thread")
+            self._exit_status = (
+                exit_status(exc) if isinstance(exc, SystemExit) else ExitCode.ERROR
+            )
+            self._stop_taking()
         finally:
-            self._finished(client_address, started)
+            self._finished(client_address, started, token)
+
+    def _report_exit(self, exc: BaseException, client_address: Any, where: str) -> None:
+        """One line (and the traceback unless SystemExit) for a handler's BaseException."""
+        if isinstance(exc, SystemExit):
+            status = exit_status(exc)
+            what = f"the handler raised SystemExit({exc.code!r}){where}"
+        else:
+            status = ExitCode.ERROR
+            what = f"the handler raised {type(exc).__name__}{where}"
+        with contextlib.suppress(Exception):  # a full disk must not change the outcome
+            if where and not isinstance(exc, SystemExit):
+                traceback.print_exc()
+            print(
+                f"engine: worker {self.spec.slot} pid {os.getpid()}: {what} (client "
+                f"{format_address(client_address)}); the worker exits with status {status}"
+                + (" once its other connections finish" if where else ""),
+                file=sys.stderr, flush=True,
+            )
 
     def _pipeline(self, request: Any, client_address: Any) -> Any:
         """The classic pipeline for one request, with the server's own methods.
@@ -410,7 +510,7 @@ class Worker:
                 try:
                     server.process_request(request, client_address)
                 except Exception:
-                    server.handle_error(request, client_address)
+                    self._handle_error(request, client_address)
                     server.shutdown_request(request)
             else:
                 server.shutdown_request(request)
@@ -420,6 +520,36 @@ class Worker:
                 server.shutdown_request(request)
             raise
         return client_address
+
+    def _handle_error(self, request: Any, client_address: Any) -> None:
+        """``server.handle_error``, which must not kill the worker when it cannot write.
+
+        A full disk or a closed pipe on stderr makes the traceback's write fail; the
+        failure is counted and said once writing works again.
+        """
+        try:
+            self.server.handle_error(request, client_address)
+        except Exception as exc:
+            with self._lock:
+                self._lost_reports += 1
+                self._lost_reason = f"{type(exc).__name__}: {exc}"
+            return
+        if self._lost_reports:
+            self._say_lost_reports()
+
+    def _say_lost_reports(self) -> None:
+        """Say how many error reports were lost, if that can be written now."""
+        with self._lock:
+            count, self._lost_reports = self._lost_reports, 0
+        try:
+            print(
+                f"engine: worker {self.spec.slot} pid {os.getpid()}: {count} error reports "
+                f"could not be written ({self._lost_reason})",
+                file=sys.stderr, flush=True,
+            )
+        except Exception:
+            with self._lock:
+                self._lost_reports += count  # still failing: say it later
 
     def count_bytes_on_shutdown(self) -> None:
         """Record each request's bytes just before the server shuts it down.
@@ -459,23 +589,30 @@ class Worker:
             with self._lock:
                 self.scoreboard.add_bytes(self.spec.slot, bytes_in, bytes_out)
 
-    def _finished(self, client_address: Any, started: float) -> None:
-        """Bookkeeping after a pool thread's request; wakes the main loop."""
+    def _finished(self, client_address: Any, started: float, token: int) -> None:
+        """Bookkeeping after a pool thread's (or greenlet's) connection."""
         now = time.monotonic()
         with self._lock:
             self.requests += 1
             self.active -= 1
             active, requests = self.active, self.requests
+            in_flight = self._in_flight
+            was_oldest = next(iter(in_flight)) == token
+            del in_flight[token]
+            oldest = next(iter(in_flight.values())) if was_oldest and active else None
         if active:
-            self.scoreboard.progress(self.spec.slot, now, requests, active)
+            self.scoreboard.progress(self.spec.slot, now, requests, active, oldest)
         else:
             self.scoreboard.idle(self.spec.slot, now, requests)
         if self.spec.on_request_done is not None:
             self._report(client_address, now - started)
         if self.spec.max_requests and requests >= self.spec.max_requests:
-            self.draining = True  # the master forks a replacement when we exit
+            self._stop_taking()  # the master forks a replacement when we exit
             self.scoreboard.retiring(self.spec.slot)  # so the master logs it as recycled
-        # Wake the main loop: it may be waiting for a free thread, or must exit.
+        self._connection_done()
+
+    def _connection_done(self) -> None:
+        """Wake the main loop: it may be waiting for a free thread, or must exit."""
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"\0")
 
@@ -492,7 +629,8 @@ def _quick_exit(signum: int, frame: object) -> None:
     os._exit(ExitCode.QUICK)
 
 
-def _drain_pipe(fd: int) -> None:
+def drain_pipe(fd: int) -> None:
+    """Read a non-blocking pipe empty (wake-up bytes: only their arrival matters)."""
     with contextlib.suppress(BlockingIOError, InterruptedError):
         while os.read(fd, 4096):
             pass

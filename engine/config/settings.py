@@ -39,6 +39,7 @@ PoolMode = Literal["static", "dynamic", "ondemand"]
 TlsVerifyClient = Literal["none", "optional", "required"]
 TlsMinVersion = Literal["1.2", "1.3"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+WorkerClass = Literal["sync", "gevent"]
 
 
 def setting(
@@ -222,6 +223,17 @@ class Settings:
         1, "Threads per worker: connections one worker serves at once.",
         "pool", v.int_range(1, 4096), metavar="N",
     )
+    worker_class: WorkerClass = setting(  # noqa: RUF009 (a Literal: immutable)
+        "sync", "How a worker serves its connections. sync: one at a time, or `threads` at "
+        "once in a thread pool; gevent: one greenlet per connection, up to "
+        "worker_connections at once (needs `pip install 'engine[gevent]'`).",
+        "pool", v.choice(*get_args(WorkerClass)), metavar="CLASS",
+    )
+    worker_connections: int = setting(
+        1000, "worker_class=gevent: connections (greenlets) one worker serves at once; "
+        "further connections wait in the listen backlog or go to other workers.",
+        "pool", v.int_range(1, 65535), metavar="N",
+    )
     # --- timeouts ---
     graceful_timeout: float = setting(
         30.0, "On graceful stop or restart, seconds in-flight requests get before SIGKILL.",
@@ -229,12 +241,13 @@ class Settings:
     )
     worker_timeout: float | None = setting(
         30.0, "Kill a worker that is not busy with a request yet sends no heartbeat for "
-        "this long (a wedged worker). Busy workers are governed by request_timeout.",
+        "this long (a wedged worker). Busy workers are governed by request_timeout, except "
+        "gevent workers, whose hub writes the heartbeat busy or not.",
         "timeouts", v.optional(v.duration(0.0, exclusive=True)), metavar="SECONDS",
     )
     request_timeout: float | None = setting(
         None, "Kill a worker busy on one connection for longer than this (off by default: "
-        "safe for long-lived connections).",
+        "safe for long-lived connections). gevent workers close just that connection.",
         "timeouts", v.optional(v.duration(0.0, exclusive=True)), metavar="SECONDS",
     )
     max_requests: int = setting(
@@ -328,6 +341,7 @@ def build(values: Mapping[str, Any]) -> Settings:
     typed = {name: validate(name, value) for name, value in values.items()}
     settings = Settings(**typed)
     check_consistency(settings)
+    check_worker_class(settings)
     return settings
 
 
@@ -364,6 +378,42 @@ def check_stream_only(s: Settings, datagram: bool) -> None:
             )
 
 
+def connection_slots(settings: Settings) -> int:
+    """Connections one worker serves at once: the pool's unit of capacity."""
+    if settings.worker_class == "gevent":
+        return settings.worker_connections
+    return settings.threads
+
+
+def check_worker_class(s: Settings) -> None:
+    """The worker class can run in this program: gevent importable, or not patched in.
+
+    Raises:
+        ConfigError: gevent is chosen but cannot be imported, or the program was
+            monkey-patched by gevent (a handler module's ``patch_all()``) while the
+            sync worker is chosen, which would then run on patched modules.
+    """
+    if s.worker_class == "gevent":
+        try:
+            import gevent  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                "worker_class", "gevent",
+                f"gevent installed (pip install 'engine[gevent]'); importing it failed: {exc}",
+            ) from None
+        return
+    import sys
+
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_anything_patched():
+        raise ConfigError(
+            "worker_class", s.worker_class,
+            "gevent (--worker-class gevent): the program was monkey-patched by gevent "
+            "before the server started (a patch_all() in the handler's module?), and "
+            "the sync worker cannot run on patched modules",
+        )
+
+
 def check_consistency(s: Settings) -> None:
     """Cross-setting rules; each failure names the setting to change."""
     if s.workers == 0 and s.pool_mode != "ondemand":
@@ -383,6 +433,11 @@ def check_consistency(s: Settings) -> None:
         raise ConfigError("group", s.group, "used with user")
     if s.min_spare > s.max_spare:
         raise ConfigError("min_spare", s.min_spare, f"at most max_spare ({s.max_spare})")
+    if s.worker_class == "gevent" and s.threads > 1:
+        raise ConfigError(
+            "threads", s.threads,
+            "1 with worker_class=gevent (set worker_connections for its concurrency)",
+        )
     if s.threads > 1 and s.pool_mode != "static" and s.threads * s.max_children > 1 << 16:
         raise ConfigError(
             "threads", s.threads, "threads * max_children at most 65536"

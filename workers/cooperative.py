@@ -1,0 +1,203 @@
+"""The gevent worker class: one greenlet per connection, the classic pipeline unchanged.
+
+``worker_class = "gevent"``: after fork, and before ``worker_init``, the worker
+monkey-patches the standard library (``gevent.monkey.patch_all()``), so handlers that
+block on sockets, ``time.sleep``, locks... yield to the others instead. Each connection
+(or datagram) runs the same per-connection code as the sync worker
+(:meth:`workers.worker.Worker._pipeline`: the intake, ``verify_request``,
+``process_request``, ``shutdown_request``, ``handle_error``) in its own greenlet, up to
+``worker_connections`` at once. The master is never patched.
+
+Supervision, in the worker's own hub:
+
+* a heartbeat greenlet writes the scoreboard every second; if the hub stops running (a
+  handler spinning on the CPU without yielding), the heartbeat stops and the master's
+  ``worker_timeout`` kills the worker with its traceback, busy or not;
+* ``request_timeout`` is per connection: a greenlet past it gets a ``gevent.Timeout``
+  where it blocks; its traceback is logged, its connection closed, and the worker keeps
+  serving the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.monkey
+import gevent.pool
+import gevent.ssl
+
+from workers.protocol import ExitCode, format_address
+from workers.worker import (
+    CAPACITY_BACKOFF,
+    IDLE_WAKE,
+    WAITING_BATCH,
+    Worker,
+    drain_pipe,
+    exit_status,
+)
+
+
+def patch_process() -> None:
+    """Monkey-patch this (freshly forked) process for gevent, quietly.
+
+    Modules the master imported before (ssl, threading...) trigger gevent's "imported
+    before patching" warnings: expected in a prefork server, and not the user's doing.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gevent.monkey.patch_all()
+    gevent.reinit()  # a hub inherited from a master that patched at import: renew it
+
+
+class GeventWorker(Worker):
+    """A worker that serves each connection in its own greenlet."""
+
+    _group: gevent.pool.Pool
+    _stopped: gevent.event.Event
+    _beat: gevent.Greenlet | None = None  # the heartbeat, kept up while draining
+    _taken = 0  # connections taken so far (max_requests counts them)
+
+    def _prepare_process(self) -> None:
+        patch_process()
+        intake = self.spec.intake
+        context = getattr(intake, "ssl_context", None)
+        if context is not None:
+            # Built in the master before patching: make its sockets cooperative too.
+            context.__class__ = gevent.ssl.SSLContext
+        self._stopped = gevent.event.Event()
+        # Per-connection byte counts: local to each greenlet now that threading is patched.
+        self._traffic = threading.local()
+
+    def _stop_taking(self) -> None:
+        self.draining = True
+        stopped = getattr(self, "_stopped", None)
+        if stopped is not None:  # None: SIGTERM before patching; run() exits at once
+            stopped.set()
+
+    def _start_serving(self) -> None:
+        self._group = gevent.pool.Pool(self.spec.worker_connections)
+
+    def _serve(self) -> None:
+        beat = gevent.spawn(self._heartbeat)
+        wakeups = gevent.spawn(self._watch_signals)
+        takers = [
+            gevent.spawn(self._take_from, take, listener.fileno())
+            for take, listener in zip(self._takers, self._listeners(), strict=True)
+        ]
+        try:
+            self._stopped.wait()
+        finally:
+            gevent.killall([*takers, wakeups])
+            self._beat = beat
+
+    def _finish_serving(self) -> None:
+        # The master SIGKILLs us at graceful_timeout if they take longer.
+        self._group.join()
+        if self._beat is not None:
+            self._beat.kill()
+
+    def _connection_done(self) -> None:
+        """Nothing to wake: the group's free slot wakes a waiting taker by itself."""
+
+    # --- greenlets ---
+
+    def _heartbeat(self) -> None:
+        """Prove the hub runs: the master's worker_timeout watches this, busy or idle."""
+        slot = self.spec.slot
+        while True:
+            self.scoreboard.heartbeat(slot, time.monotonic())
+            if self._lost_reports:
+                self._say_lost_reports()
+            if os.getppid() != self.spec.master_pid:
+                self._exit_status = ExitCode.QUICK
+                self._stop_taking()
+            gevent.sleep(IDLE_WAKE)
+
+    def _watch_signals(self) -> None:
+        """Wake the hub when a signal arrives, so that its Python handler runs now.
+
+        The handler (SIGTERM: drain) runs once the interpreter gets control; a hub
+        asleep in epoll would otherwise run it only at its next timer or connection.
+        The signal module writes to the wakeup pipe; this greenlet waits on it.
+        """
+        readable = gevent.get_hub().loop.io(self._wake_r, 1)
+        while True:
+            gevent.get_hub().wait(readable)
+            drain_pipe(self._wake_r)
+
+    def _take_from(self, take: Callable[[], tuple[Any, Any]], fileno: int) -> None:
+        """Take connections (or datagrams) from one listener while slots are free."""
+        hub = gevent.get_hub()
+        readable = hub.loop.io(fileno, 1)
+        group = self._group
+        taken = 0
+        while not self.draining:
+            if group.full():
+                group.wait_available()
+                continue
+            try:
+                request, client_address = take()
+            except (BlockingIOError, InterruptedError):
+                taken = 0
+                hub.wait(readable)
+                continue
+            except OSError as exc:
+                if not self._accept_failed(exc):
+                    gevent.sleep(CAPACITY_BACKOFF if self._backoff_until else 0.001)
+                continue
+            group.spawn(self._connection, request, client_address)
+            taken += 1
+            self._taken += 1
+            if self.spec.max_requests and self._taken >= self.spec.max_requests:
+                # The last one: the master forks our replacement while we finish.
+                self._announce_retirement()
+                self._stop_taking()
+            if taken >= WAITING_BATCH:  # a burst: let the connections taken run
+                taken = 0
+                gevent.sleep(0)
+
+    def _connection(self, request: Any, client_address: Any) -> None:
+        """One connection's greenlet: the pipeline within request_timeout."""
+        token, started = self._track(client_address)
+        limit = self.spec.request_timeout
+        timer = gevent.Timeout(limit) if limit else None
+        try:
+            if timer is not None:
+                timer.start()
+            client_address = self._pipeline(request, client_address)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise  # a handler's own Timeout that it let escape: not ours to judge
+            self._report_timeout(client_address, limit)
+        except BaseException as exc:
+            self._report_exit(exc, client_address, " in a greenlet")
+            self._exit_status = (
+                exit_status(exc) if isinstance(exc, SystemExit) else ExitCode.ERROR
+            )
+            self._stop_taking()
+        finally:
+            if timer is not None:
+                timer.close()
+            self._finished(client_address, started, token)
+
+    def _report_timeout(self, client_address: Any, limit: float | None) -> None:
+        """A connection overran request_timeout: its traceback (where it blocked)."""
+        with contextlib.suppress(Exception):  # stderr on a full disk: still serve
+            print(
+                f"engine: worker {self.spec.slot} pid {os.getpid()}: connection from "
+                f"{format_address(client_address)} busy for more than request_timeout "
+                f"{limit:g}s; closed it. Where it was:",
+                file=sys.stderr,
+            )
+            traceback.print_exc()
+            sys.stderr.flush()
