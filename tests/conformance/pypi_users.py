@@ -19,6 +19,7 @@ import sys
 import sysconfig
 import tarfile
 import textwrap
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 STAND_IN = Path(__file__).with_name("stand_in.py")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "engine-tests" / "sdists"
+
+LINGER = 5.0  # seconds a run's leftover processes get to exit by themselves
 
 SITECUSTOMIZE = """
 import importlib.util, os, sys
@@ -150,24 +153,39 @@ def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> _Fi
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     finally:
-        left = _session_members(proc.pid)
-        for each in left:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                each.send_signal(signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        # What outlives the run gets a moment to exit on its own (a worker whose master
+        # is gone notices it within its idle wake-up), then is counted and killed.
+        deadline = time.monotonic() + LINGER
+        left = _session_members(proc.pid)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling with a deadline: the membership decides
+            left = _session_members(proc.pid)
+        for each in left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                each.send_signal(signal.SIGKILL)
+        _reap_orphans(proc.pid)
     return _Finished(stdout, stderr, proc.returncode,
                      [f"{p.pid} {_cmdline(p)}" for p in left])
 
 
-def _session_members(sid: int) -> list[psutil.Process]:
+def _session_members(sid: int, *, zombies: bool = False) -> list[psutil.Process]:
     members = []
     for each in psutil.process_iter():
         with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
-            if os.getsid(each.pid) == sid and each.status() != psutil.STATUS_ZOMBIE:
+            if os.getsid(each.pid) == sid and (zombies or each.status() != psutil.STATUS_ZOMBIE):
                 members.append(each)
     return members
+
+
+def _reap_orphans(sid: int) -> None:
+    """Reap the run's processes that were reparented to us (the suite is a subreaper)."""
+    for each in _session_members(sid, zombies=True):
+        with contextlib.suppress(psutil.Error, ChildProcessError):
+            if each.ppid() == os.getpid():
+                os.waitpid(each.pid, 0)
 
 
 def _cmdline(process: psutil.Process) -> str:

@@ -186,7 +186,8 @@ def test_dnslib_server_doctests(scratch: tuple[Path, Path], mode: str) -> None:
     source = sources("dnslib", where)
     run = pypi_users.run_pytest(
         python, mode, source,
-        ["--doctest-modules", "dnslib/server.py", "-o", "doctest_optionflags=ELLIPSIS"],
+        ["--doctest-modules", "--doctest-continue-on-failure", "dnslib/server.py",
+         "-o", "doctest_optionflags=ELLIPSIS"],
         timeout=120,
     )
     expect("dnslib", mode, run, minimum=1)

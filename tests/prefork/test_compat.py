@@ -320,8 +320,9 @@ def service_actions(self):
     )
     engine = engine_proc(code)
     worker = wait_until(lambda: engine.workers(), 10, "pool")[0]
-    wait_until(record.exists, 10, "service_actions called")
-    assert record.read_text() == str(engine.pid)  # in the master
+    # The file is created empty, then written: wait for its content.
+    written = wait_until(lambda: record.exists() and record.read_text(), 10, "service_actions")
+    assert written == str(engine.pid)  # in the master
     # In a worker, a request is served right there: no child per request.
     reply = tcp_exchange(engine.address, b"in the worker\n")
     assert reply.split()[0] == str(worker.pid).encode()
