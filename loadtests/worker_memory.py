@@ -233,7 +233,7 @@ def settled(root: int) -> list[int]:
         for pid in worker_pids(root):
             with contextlib.suppress(psutil.Error):
                 now[pid] = psutil.Process(pid).memory_full_info().uss
-        if now and now == last or time.monotonic() > deadline:
+        if (now and now == last) or time.monotonic() > deadline:
             return sorted(now)
         last = now
         time.sleep(SETTLE_STEP)  # a reading interval, not a synchronisation
