@@ -231,7 +231,7 @@ class Summary:
     @property
     def quality(self) -> str:
         """The rounds' spread and how many were re-run or stayed busy, for the tables."""
-        text = f"{self.rps_spread:.0%} / {self.cpu_spread:.0%}"
+        text = f"{self.rps_spread:.0%} / {self.cpu_spread:.0%}" if self.rounds > 1 else "-"
         if self.reruns:
             text += f", {self.reruns} re-run"
         if self.busy_rounds:
@@ -803,9 +803,9 @@ def evaluate_targets(
                                                   strict=False)]
         text = ", ".join(f"{r:.2f}" for r in per_round)
         text += f"; spread {spread(per_round):.0%}"
-        busy = a.busy_rounds + b.busy_rounds
-        if busy:
-            text += f"; **{busy} of these rounds measured on a busy machine**"
+        if a.busy_rounds or b.busy_rounds:
+            text += (f"; **rounds measured on a busy machine: {a.busy_rounds} and "
+                     f"{b.busy_rounds}**")
         return text
 
     def compare(scenario: str, key: str, other: str, what: str, label: str,
@@ -821,7 +821,8 @@ def evaluate_targets(
         x, y = getattr(a, field_name), getattr(b, field_name)
         r = ratio(x, y)
         met = (r >= limit) if at_least else (r <= limit)
-        evidence = f"{x:,.1f} vs {y:,.1f} {unit} = {r:.2f}x"
+        digits = 0 if what == "rps" else 1
+        evidence = f"{x:,.{digits}f} vs {y:,.{digits}f} {unit} = {r:.2f}x"
         if per_round:
             evidence += f" (per round: {rounds(a, b, per_round)})"
         targets.append(Target(label, None if math.isnan(r) else met, evidence))
