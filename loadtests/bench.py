@@ -802,7 +802,8 @@ def evaluate_targets(
         per_round = [ratio(x, y) for x, y in zip(getattr(a, what), getattr(b, what),
                                                   strict=False)]
         text = ", ".join(f"{r:.2f}" for r in per_round)
-        text += f"; spread {spread(per_round):.0%}"
+        if len(per_round) > 1:
+            text += f"; spread {spread(per_round):.0%}"
         if a.busy_rounds or b.busy_rounds:
             text += (f"; **rounds measured on a busy machine: {a.busy_rounds} and "
                      f"{b.busy_rounds}**")
