@@ -126,13 +126,25 @@ def exit_status(exc: SystemExit) -> int:
     return exc.code if isinstance(exc.code, int) else ExitCode.ERROR
 
 
+def _find_prctl() -> Callable[..., int] | None:
+    """libc's prctl(), looked up once, in the master (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    with contextlib.suppress(OSError, AttributeError):
+        return ctypes.CDLL(None, use_errno=True).prctl
+    return None
+
+
+# Looked up at import, before any fork: a lookup in each worker builds ctypes objects
+# there, about 160 KiB of the worker's private memory (loadtests/worker_memory.py).
+_PRCTL = _find_prctl()
+_SIGKILL = int(signal.SIGKILL)
+
+
 def _die_with_parent() -> None:
     """Ask the kernel to SIGKILL us when the master dies (Linux), even mid-request."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
 
 
 class Worker:

@@ -1,0 +1,140 @@
+"""The benchmark's judgement of its own measurements, with plain data.
+
+A cell measured while other work ran on the machine is flagged and re-run (bounded);
+the rounds' spread is reported; the memory figures are parsed from smaps text.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from loadtests import bench, worker_memory
+from loadtests.bench import Sample
+
+LIMIT = 0.05
+
+
+def sample(other: float = 0.0, ok: bool = True, rnd: int = 1, server: str = "engine",
+           rps: float = 1000.0, cpu: float = 100.0) -> Sample:
+    """A one-second sample whose machine ran *other* cores of unrelated work."""
+    s = Sample("tcp-close", server, rnd, ok=ok, clients=32, rps=rps, requests=int(rps))
+    s.window_s = 1.0
+    s.server_cores, s.gen_cores, s.softirq_cores = 1.0, 0.6, 0.3
+    s.machine_cores = 1.9 + other
+    s.cpu_per_req_us = cpu
+    return s
+
+
+def test_other_load_is_what_the_server_generator_and_softirq_do_not_explain() -> None:
+    assert sample(0.3).other_cores == pytest.approx(0.3)
+    assert sample(0.0).other_cores == pytest.approx(0.0)
+    s = sample(0.0)
+    s.machine_cores = 1.5  # counters read at slightly different instants: never negative
+    assert s.other_cores == 0.0
+
+
+def test_busy_means_other_load_above_the_limit() -> None:
+    assert not bench.is_busy(sample(0.04), LIMIT)
+    assert bench.is_busy(sample(0.06), LIMIT)
+    assert not bench.is_busy(sample(0.5, ok=False), LIMIT)  # a failure is not "busy"
+    empty = sample(0.5)
+    empty.window_s = 0.0
+    assert not bench.is_busy(empty, LIMIT)
+
+
+def test_a_busy_cell_is_rerun_a_bounded_number_of_times() -> None:
+    assert not bench.needs_rerun([sample(0.0)], LIMIT, reruns=2)
+    assert bench.needs_rerun([sample(0.5)], LIMIT, reruns=2)
+    assert bench.needs_rerun([sample(0.5), sample(0.5)], LIMIT, reruns=2)
+    assert not bench.needs_rerun([sample(0.5)] * 3, LIMIT, reruns=2)  # 1 + 2 re-runs
+    assert not bench.needs_rerun([sample(0.5)], LIMIT, reruns=0)
+    assert not bench.needs_rerun([sample(0.5), sample(0.0)], LIMIT, reruns=2)
+    assert not bench.needs_rerun([sample(0.5, ok=False)], LIMIT, reruns=2)
+
+
+def test_the_first_quiet_attempt_is_kept() -> None:
+    attempts = [sample(0.8), sample(0.01, rps=2000), sample(0.0, rps=3000)]
+    chosen = bench.choose_sample(attempts, LIMIT)
+    assert chosen is attempts[1]
+    assert chosen.attempts == 3 and not chosen.busy
+
+
+def test_when_every_attempt_is_busy_the_least_busy_is_kept_and_flagged() -> None:
+    attempts = [sample(0.8), sample(0.3), sample(0.6)]
+    chosen = bench.choose_sample(attempts, LIMIT)
+    assert chosen is attempts[1]
+    assert chosen.busy and chosen.attempts == 3
+
+
+def test_failed_attempts_are_kept_only_when_nothing_succeeded() -> None:
+    attempts = [sample(0.8), sample(0.0, ok=False)]
+    assert bench.choose_sample(attempts, LIMIT) is attempts[0]
+    failed = [sample(0.0, ok=False)]
+    chosen = bench.choose_sample(failed, LIMIT)
+    assert chosen is failed[0] and not chosen.busy
+
+
+def test_spread_is_range_over_median() -> None:
+    assert bench.spread([100.0, 104.0, 102.0]) == pytest.approx(0.04 / 1.02)
+    assert bench.spread([100.0]) == 0.0
+    assert math.isnan(bench.spread([]))
+    assert bench.spread([1.0, math.nan, 1.1]) == pytest.approx(0.1 / 1.05)
+
+
+def test_summary_counts_busy_rounds_and_reruns() -> None:
+    quiet = sample(0.0, rnd=1, cpu=100.0)
+    quiet.attempts = 2  # re-run once, then quiet
+    busy = sample(0.4, rnd=2, cpu=110.0)
+    busy.attempts, busy.busy = 3, True
+    summary = bench.summarize([quiet, busy])["tcp-close", "engine"]
+    assert summary.busy_rounds == 1
+    assert summary.reruns == 3
+    assert summary.cpu_spread == pytest.approx(10.0 / 105.0)
+    assert "1 busy" in summary.quality and "3 re-run" in summary.quality
+
+
+def test_targets_name_busy_rounds_and_judge_memory() -> None:
+    eng = sample(0.4, server="engine", cpu=104.0)
+    eng.busy = True
+    floor = sample(0.0, server="floor", cpu=100.0)
+    summaries = bench.summarize([eng, floor])
+    memory = [
+        worker_memory.ServerMemory("engine", "http", 200, [
+            worker_memory.ProcessMemory(1, uss=1300, pss=5000, rss=20000)]),
+        worker_memory.ServerMemory("forking", "http", 200, [
+            worker_memory.ProcessMemory(2, uss=1000, pss=6000, rss=14000)]),
+    ]
+    targets = {t.text: t for t in bench.evaluate_targets(summaries, 32, memory)}
+    cpu = targets["TCP, one connection per request: engine (default pool) CPU/request "
+                  "≤ 1.05x the floor's"]
+    assert cpu.met is True and "busy machine: 1 and 0" in cpu.evidence
+    mem = targets["Memory: an idle engine (default pool) worker's USS ≤ 1.25x a "
+                  "ForkingTCPServer child's"]
+    assert mem.met is False and "1.30x" in mem.evidence
+
+
+SMAPS = """\
+55d0c0000000-55d0c0021000 rw-p 00000000 00:00 0                          [heap]
+Size:                132 kB
+Private_Clean:         0 kB
+Private_Dirty:        40 kB
+7f0000000000-7f0000100000 rw-p 00000000 00:00 0
+Size:               1024 kB
+Private_Clean:         4 kB
+Private_Dirty:       300 kB
+7f1000000000-7f1000001000 rw-p 00010000 08:01 1234 /usr/lib/libpython3.11.so.1.0
+Private_Clean:         0 kB
+Private_Dirty:        12 kB
+7f2000000000-7f2000001000 rw-s 00000000 00:01 99                         /dev/zero (deleted)
+Private_Dirty:         0 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+Private_Dirty:         8 kB
+"""
+
+
+def test_private_memory_is_summed_per_mapping_kind() -> None:
+    assert worker_memory.private_by_kind(SMAPS) == {
+        "heap": 40, "anon": 304, "libpython": 12, "files and shared memory": 0, "stack": 8,
+    }
