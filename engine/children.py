@@ -25,9 +25,10 @@ from engine.exits import describe_exit
 from engine.intake import build_intake
 from engine.logs import access_logger
 from engine.proctitle import worker_title
+from workers.entry import run_worker
 from workers.protocol import WorkerState
 from workers.scoreboard import Scoreboard
-from workers.worker import WorkerSpec, run_worker
+from workers.worker import WorkerSpec
 
 log = logging.getLogger("engine.master")
 

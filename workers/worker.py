@@ -43,7 +43,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 from workers.protocol import Admitter, ExitCode, ServerLike, format_address
 from workers.scoreboard import Scoreboard
@@ -92,33 +92,6 @@ class WorkerSpec:
     extra_listeners: tuple[socket.socket, ...] = ()
     # PROXY header, access lists, TLS handshake: run before verify_request.
     intake: Admitter | None = None
-
-
-def run_worker(server: ServerLike, scoreboard: Scoreboard, spec: WorkerSpec) -> NoReturn:
-    """Run a worker in a freshly forked child. Never returns."""
-    status: int = ExitCode.ERROR
-    try:
-        worker_type: type[Worker] = Worker
-        if spec.worker_class == "gevent":
-            # Importing gevent takes tens of ms: claim the slot first, or the master
-            # reads it EMPTY meanwhile and a dynamic pool forks more workers.
-            scoreboard.worker_started(spec.slot, os.getpid(), time.monotonic())
-            try:
-                from workers.cooperative import GeventWorker
-            except Exception:
-                traceback.print_exc()
-                raise SystemExit(ExitCode.BOOT_FAILED) from None
-            worker_type = GeventWorker
-        status = worker_type(server, scoreboard, spec).run()
-    except SystemExit as exc:
-        status = exit_status(exc)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(int(status))
 
 
 def exit_status(exc: SystemExit) -> int:

@@ -47,7 +47,7 @@ SHELL_BLOCKS = {"", "console", "sh", "shell", "bash"}
 PROGRAMS = {"engine", "python", "pip", "apt-get", "kill", "systemd-socket-activate",
             "printf", "curl", "nc"}
 # Handler paths that stand for the reader's own code.
-PLACEHOLDER_HANDLER = re.compile(r"^(myapp\.[\w.]+|app):\w+$")
+PLACEHOLDER_HANDLER = re.compile(r"^(myapp\.[\w.]+|mymod|app):\w+$")
 # Why a command is not run, by its program.
 SKIPPED = {
     "pip": "installs packages",
