@@ -446,25 +446,7 @@ class PreforkMixIn(_MixInSurface):
             finally:
                 self.shutdown_request(request)  # type: ignore[attr-defined]
             return
-        pid = os.fork()
-        if pid:
-            if self.active_children is None:
-                self.active_children = set()
-            self.active_children.add(pid)
-            self.close_request(request)  # type: ignore[attr-defined]
-            return
-        # In the child: this frame must never return into the caller's stack.
-        status = 1
-        try:
-            self.finish_request(request, client_address)  # type: ignore[attr-defined]
-            status = 0
-        except Exception:
-            self.handle_error(request, client_address)  # type: ignore[attr-defined]
-        finally:
-            try:
-                self.shutdown_request(request)  # type: ignore[attr-defined]
-            finally:
-                os._exit(status)
+        classic.ForkingMixIn.process_request(self, request, client_address)  # type: ignore[arg-type]
 
     def server_close(self) -> None:
         """Close the listening sockets; no worker outlives this call. Then reap the
