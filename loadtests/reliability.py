@@ -83,6 +83,8 @@ def markdown(results: Sequence[Result], short: bool) -> str:
         if result.error:
             targets += f"<br>error: {_cell(result.error)}"
         verdict = "yes" if result.met else "**no**"
+        if result.skipped:
+            verdict = f"skipped: {_cell(result.skipped)}"
         lines.append(f"| {result.scenario} | {figures} | {targets} | {verdict} |")
     notes = [(r.scenario, n) for r in results for n in r.notes]
     if notes:

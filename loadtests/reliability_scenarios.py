@@ -13,13 +13,18 @@ leftovers are a figure of every scenario, with the target 0).
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import math
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import struct
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +33,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from engine.status_client import fetch_status
+from loadtests.reliability_apps import FAULT_MARKER, NPROC_FIFO, SLOW_BOOT_MARKER
 from tests.kit.engines import HOST, EngineError, serve_engine
 from tests.kit.engines import EngineProcess as Engine  # the scenarios' name for it
 from tests.kit.load import LoadGen, LoadStats, PoolWatcher, Slowloris, classify
@@ -74,6 +81,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str = ""
+    skipped: str = ""  # why the scenario could not run here (root needed...): not a failure
 
     @property
     def met(self) -> bool:
@@ -91,7 +99,9 @@ class Result:
         figures = " ".join(f"{k}={_fmt(v)}" for k, v in self.figures.items())
         missed = [t.what for t in self.targets if not t.met]
         verdict = "PASS" if self.met else "FAIL"
-        if self.error:
+        if self.skipped:
+            verdict = f"SKIPPED ({self.skipped})"
+        elif self.error:
             verdict += f" (error: {self.error})"
         elif missed:
             verdict += f" (not met: {'; '.join(missed)})"
@@ -107,6 +117,7 @@ class Result:
             "seconds": round(self.seconds, 2),
             "met": self.met,
             "error": self.error,
+            "skipped": self.skipped,
         }
 
 
@@ -139,9 +150,12 @@ def ms(seconds: float) -> float:
 
 
 @contextlib.contextmanager
-def engine(ctx: Context, result: Result, args: list[str], **kwargs: Any) -> Iterator[Engine]:
-    """An :class:`Engine` whose leftovers are added to *result* on the way out."""
-    eng = serve_engine(args, log_dir=ctx.log_dir, name=result.scenario, **kwargs)
+def engine(
+    ctx: Context, result: Result, args: list[str], log_dir: Path | None = None, **kwargs: Any
+) -> Iterator[Engine]:
+    """An :class:`Engine` whose leftovers are added to *result* on the way out; its log
+    goes to *log_dir* (default: the context's)."""
+    eng = serve_engine(args, log_dir=log_dir or ctx.log_dir, name=result.scenario, **kwargs)
     try:
         yield eng
     finally:
@@ -1001,6 +1015,422 @@ def hostile(ctx: Context) -> Result:
     return result
 
 
+# --------------------------------------------------------------------------- faults
+#
+# Faults from outside and from inside handlers (issue #13): the service must stay up.
+# The handler and the fault switches are in loadtests/reliability_apps.py.
+
+FAULTS = "loadtests.reliability_apps:FaultHandler"
+CANNOT_FORK = "cannot fork a worker"
+BOOT_FAILURE_LINES = ("failed to boot", "before it booted", "no worker could boot")
+
+
+def _unique(ctx: Context, stem: str) -> Path:
+    return ctx.log_dir / f"{stem}-{os.getpid()}-{time.monotonic_ns()}"
+
+
+def _delays(log: str, words: str) -> list[float]:
+    """The backoff delays announced in *log* as ``<words> <seconds>s``."""
+    return [float(d) for d in re.findall(re.escape(words) + r" ([\d.]+)s", log)]
+
+
+def _pace_until(deadline: float) -> None:
+    """Let a fault last until *deadline* (its length is the scenario's parameter)."""
+    while time.monotonic() < deadline:
+        time.sleep(0.05)  # the fault's duration, not synchronisation
+
+
+def _logged(eng: Engine, text: str, times: int) -> bool:
+    return eng.log_count(text) >= times
+
+
+def _control(fifo: Path, line: str) -> None:
+    """One line to the master's NPROC control FIFO (fails at once if nobody reads it)."""
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def fork_failure(ctx: Context) -> Result:
+    """fork() fails (RLIMIT_NPROC as nobody) under load, then works again."""
+    outage = ctx.pick(3.0, 15.0)
+    size, kills = 4, 2
+    result = Result(
+        "fork-failure",
+        f"engine as nobody, static pool of {size}, under load: its RLIMIT_NPROC drops to 1 "
+        f"and {kills} workers are SIGKILLed, so every fork fails (EAGAIN) for {outage:g} s; "
+        "then the limit is lifted",
+    )
+    if os.geteuid() != 0:
+        result.skipped = "needs root (the engine runs as nobody)"
+        return result
+    shared = Path(tempfile.mkdtemp(prefix="reliability-nproc-"))  # nobody must reach it
+    shared.chmod(0o755)
+    fifo = shared / "nproc"
+    os.mkfifo(fifo)
+    fifo.chmod(0o666)
+    try:
+        with engine(ctx, result, [
+            "--workers", str(size), "--pool-mode", "static", "--user", "nobody",
+        ], handler=FAULTS, env={NPROC_FIFO: str(fifo)}) as eng:
+            eng.wait_workers(size)
+            wait_for(lambda: "NPROC control open" in eng.log(), 10, "the control thread")
+            with LoadGen(eng.address, clients=4, max_requests=5_000_000,
+                         max_seconds=outage + 90) as load:
+                wait_for(partial(_served_at_least, load, 100), 20, "some load served")
+                _control(fifo, "1\n")
+                wait_for(lambda: "NPROC set to 1" in eng.log(), 10, "the limit lowered")
+                ok_before, bad_before = load.ok, load.failed + load.refused
+                for victim in eng.worker_pids()[:kills]:
+                    os.kill(victim, signal.SIGKILL)
+                started = time.monotonic()
+                wait_for(lambda: eng.log_count(CANNOT_FORK) >= 1, 10, "a fork failure")
+                _pace_until(started + outage)
+                served = load.ok - ok_before
+                failed = load.failed + load.refused - bad_before
+                refused = load.refused
+                fork_lines = eng.log_count(CANNOT_FORK)
+                left = len(eng.worker_pids())
+                master_up = eng.master_alive()
+                lifted = time.monotonic()
+                _control(fifo, "max\n")
+                try:
+                    eng.wait_workers(size, timeout=40)
+                    refill = time.monotonic() - lifted
+                except Deadline:
+                    refill = math.inf
+                stats = load.stop()
+            log = eng.log()
+            status = eng.stop()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    delays = _delays(log, "next try in")
+    # One try (and one line) per backoff step: the steps start 0.1 s apart and double.
+    steps = int(math.log2(outage / 0.1 + 1)) + 1
+    result.figure("master_up", "yes" if master_up and status is not None else "no")
+    result.figure("workers_left", left)
+    result.figure("served_during_outage", served)
+    result.figure("failed_during_outage", failed)
+    result.figure("fork_failure_lines", fork_lines)
+    result.figure("last_backoff_s", delays[-1] if delays else math.nan)
+    result.figure("refill_s", round(refill, 2))
+    load_figures(result, stats)
+    result.figure("exit_status", status)
+    result.target("the master stays up, listeners kept (nothing refused)",
+                  master_up and refused == 0, f"{refused} refused")
+    result.target("the workers left serve during the outage", served > 0, f"{served} ok")
+    result.target("failed <= kills (only requests inside a killed worker)",
+                  stats.failed + stats.refused <= kills, f"{stats.failed} failed")
+    result.target("one log line per backoff step", 1 <= fork_lines <= steps + 1 and
+                  log.count("next try in 0.10s") == 1,
+                  f"{fork_lines} lines, at most {steps + 1} steps")
+    result.target("pool refilled within the backoff step after the limit is lifted",
+                  refill <= (delays[-1] if delays else 0.0) + 2.0 and
+                  "fork works again" in log, f"{refill:.2f}s")
+    result.target("no boot failure and no fatal stop",
+                  not any(words in log for words in BOOT_FAILURE_LINES))
+    result.target("exit status 0", status == 0, f"{status}")
+    finish(result)
+    return result
+
+
+EXIT_KINDS = (b"EXIT3", b"SYSEXIT3", b"EXIT0")  # os._exit(3), SystemExit(3), os._exit(0)
+
+
+def handler_exits(ctx: Context) -> Result:
+    """Handlers that os._exit(3), raise SystemExit(3) or os._exit(0), under load."""
+    seconds = ctx.pick(4.0, 30.0)
+    size = 2
+    result = Result(
+        "handler-exits",
+        f"static pool of {size}, for {seconds:g} s: three clients each send one kind of "
+        "exit (os._exit(3), SystemExit(3), os._exit(0)) every 100 ms, while 3 other "
+        "clients send PING",
+    )
+    with engine(ctx, result, ["--workers", str(size), "--pool-mode", "static"],
+                handler=FAULTS) as eng:
+        eng.wait_workers(size)
+        with contextlib.ExitStack() as stack:
+            others = stack.enter_context(LoadGen(
+                eng.address, clients=3, max_requests=5_000_000, max_seconds=seconds))
+            killers = [stack.enter_context(LoadGen(
+                eng.address, clients=1, max_requests=100_000, max_seconds=seconds,
+                request=kind + b"\n", reply=b"BYE\n", pace=0.1)) for kind in EXIT_KINDS]
+            stats = others.join()
+            exits = [killer.join() for killer in killers]
+        asked = sum(e.ok for e in exits)
+        with contextlib.suppress(Deadline):
+            wait_for(lambda: eng.log_count(" died: ") >= asked, 10, "every death logged")
+        with contextlib.suppress(Deadline):
+            eng.wait_workers(size, timeout=10)
+        master_up = eng.master_alive()
+        after = ping(eng.address)
+        log = eng.log()
+        status = eng.stop()
+    replaced = log.count("spawned worker ") - size  # every fork after the first pool
+    boot_lines = sum(log.count(words) for words in BOOT_FAILURE_LINES)
+    by_kind = {kind.decode(): e.ok for kind, e in zip(EXIT_KINDS, exits, strict=True)}
+    result.figure("master_up", "yes" if master_up else "no")
+    result.figure("exits", by_kind)
+    result.figure("died_lines", log.count(" died: "))
+    result.figure("workers_replaced", replaced)
+    result.figure("failed_to_boot_lines", boot_lines)
+    result.figure("recycled_lines", log.count(" recycled"))
+    load_figures(result, stats, "others_")
+    result.figure("exit_status", status)
+    result.target("the master stays up and serves", master_up and after)
+    result.target("no 'failed to boot' line", boot_lines == 0, f"{boot_lines}")
+    result.target("every exit is a death, replaced", asked > 0 and
+                  log.count(" died: ") == asked and replaced >= asked,
+                  f"{asked} exits, {log.count(' died: ')} died lines, {replaced} replaced")
+    result.target("os._exit(0) is not 'recycled'", log.count(" recycled") == 0)
+    result.target("the other clients: nothing failed or refused",
+                  stats.failed + stats.refused == 0 and stats.ok > 0,
+                  f"{stats.ok} ok, {stats.failed} failed {dict(stats.failures)}")
+    result.target("exit status 0", status == 0, f"{status}")
+    finish(result)
+    return result
+
+
+def crash_loop(ctx: Context) -> Result:
+    """Every worker dies at each request and new ones fail to boot, then it ends."""
+    fault = ctx.pick(4.0, 22.0)
+    size = 1  # one boot failure per backoff step: the steps are 0.1, 0.2, 0.4 ... s
+    result = Result(
+        "crash-loop",
+        f"static pool of {size} under load, after serving: for {fault:g} s (a marker "
+        "file) every worker exits 3 after each request and every new worker exits before "
+        "it boots; then the marker is removed",
+    )
+    marker = _unique(ctx, "crash-loop.on")
+    status_bind = f"unix:{_unique(ctx, 'crash-loop')}.status"
+    with engine(ctx, result, [
+        "--workers", str(size), "--pool-mode", "static", "--status-bind", status_bind,
+    ], handler=FAULTS, env={FAULT_MARKER: str(marker)}) as eng:
+        eng.wait_workers(size)
+        seen: dict[str, float] = {"boot_failures": 0, "next_spawn_in": 0.0}
+        samples = 0
+        with LoadGen(eng.address, clients=2, max_requests=5_000_000, timeout=2.0,
+                     max_seconds=fault + 90) as load:
+            wait_for(partial(_served_at_least, load, 100), 20, "some load served")
+            ok_before, failed_before = load.ok, load.failed
+            marker.touch()
+            end = time.monotonic() + fault
+            while time.monotonic() < end:
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    crash = json.loads(fetch_status(status_bind, timeout=2.0))[
+                        "master"]["crash_loop"]
+                    samples += 1
+                    for key in seen:
+                        seen[key] = max(seen[key], crash[key])
+                time.sleep(0.1)  # the sampling pace (and the fault's duration)
+            master_up = eng.master_alive()
+            served_during, failed_during = load.ok - ok_before, load.failed - failed_before
+            ok_at_end = load.ok
+            marker.unlink()
+            ended = time.monotonic()
+            try:
+                wait_for(lambda: load.ok > ok_at_end, 60, "a request served again", 0.005)
+                recovery = time.monotonic() - ended
+            except Deadline:
+                recovery = math.inf
+            with contextlib.suppress(Deadline):
+                eng.wait_workers(size, timeout=40)
+            load.stop()
+        with LoadGen(eng.address, clients=2, max_requests=ctx.pick(300, 3000),
+                     max_seconds=30) as after:
+            stats = after.join()
+        with contextlib.suppress(Deadline):  # the master notices a boot within a tick
+            wait_for(lambda: "crash loop over" in eng.log(), 10, "the recovery logged")
+        final: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            final = json.loads(fetch_status(status_bind))["master"]["crash_loop"]
+        log = eng.log()
+        status = eng.stop()
+    delays = _delays(log, "next spawn in")
+    result.figure("master_up", "yes" if master_up else "no")
+    result.figure("served_during_fault", served_during)
+    result.figure("failed_during_fault", failed_during)
+    result.figure("boot_failures", log.count("(before it booted)"))
+    result.figure("crash_loop_lines", log.count("crash loop: "))
+    result.figure("max_backoff_s", max(delays, default=math.nan))
+    result.figure("status_crash_loop_max", {k: seen[k] for k in seen})
+    result.figure("status_samples", samples)
+    result.figure("recovered_s", round(recovery, 2))
+    load_figures(result, stats, "after_")
+    result.figure("exit_status", status)
+    result.target("the master stays up through the crash loop", master_up)
+    result.target("backs off (doubling, capped at 30 s), loud from the 5th failure",
+                  log.count("crash loop: ") > 0 and 0.1 < max(delays, default=0) <= 30.0,
+                  f"max {max(delays, default=0)}s")
+    result.target("status shows crash_loop (boot_failures >= 5, next_spawn_in > 0)",
+                  seen["boot_failures"] >= 5 and seen["next_spawn_in"] > 0, f"{seen}")
+    result.target("recovers within the backoff step after the fault ends",
+                  recovery <= max(delays, default=0) + 2.0 and "crash loop over" in log,
+                  f"{recovery:.2f}s")
+    result.target("never fatal", "no worker could boot" not in log)
+    result.target("status back to 0 failures", final["boot_failures"] == 0 if final else False,
+                  f"{final}")
+    result.target("after recovery: every request answered", stats.failed + stats.refused == 0
+                  and stats.ok > 0, f"{stats.ok} ok, {stats.failed} failed")
+    result.target("exit status 0", status == 0, f"{status}")
+    finish(result)
+    return result
+
+
+def upgrade_killed(ctx: Context) -> Result:
+    """SIGUSR2, then SIGKILL the new master right after it wrote the pidfile, under load."""
+    rounds = ctx.pick(1, 3)
+    result = Result(
+        "upgrade-killed",
+        f"{rounds} round(s) under load: SIGUSR2 with --pidfile; the new release's workers "
+        "never finish booting, and the new master is SIGKILLed as soon as its pid is in "
+        "the pidfile: the old master keeps serving and puts the pidfile back",
+    )
+    pidfile = _unique(ctx, "upgrade-killed.pid")
+    oldbin = Path(f"{pidfile}.oldbin")
+    slow = _unique(ctx, "upgrade-killed.slow")
+    restored: list[float] = []
+    kill_after: list[float] = []
+    with engine(ctx, result, [
+        "--workers", "2", "--pool-mode", "static", "--pidfile", str(pidfile),
+    ], handler=FAULTS, env={SLOW_BOOT_MARKER: str(slow)}) as eng:
+        old = eng.master
+        eng.wait_workers(2)
+        slow.touch()  # from now on, the code a new master imports is the slow release
+        with LoadGen(eng.address, clients=4, max_requests=5_000_000,
+                     max_seconds=60 * rounds) as load:
+            wait_for(partial(_served_at_least, load, 100), 20, "some load served")
+            for done in range(1, rounds + 1):
+                sent = time.monotonic()
+                eng.signal(signal.SIGUSR2)
+                new = wait_for(lambda: (pid := _read_pid(pidfile)) not in (None, old) and pid,
+                               30, "the new master's pid in the pidfile", 0.001)
+                os.kill(new, signal.SIGKILL)
+                killed = time.monotonic()
+                kill_after.append(killed - sent)
+                eng.seen_pids.add(new)
+                try:
+                    wait_for(lambda: _read_pid(pidfile) == old and not oldbin.exists(), 10,
+                             "the pidfile back to the old master")
+                    restored.append(time.monotonic() - killed)
+                except Deadline:
+                    restored.append(math.inf)
+                with contextlib.suppress(Deadline):
+                    wait_for(partial(_logged, eng, "upgrade failed: new master", done),
+                             10, "the failure logged")
+                wait_for(partial(_served_at_least, load, load.ok + 100), 20,
+                         "load served after")
+            stats = load.stop()
+        master_same = eng.master_alive() and eng.master == old
+        pid_now = _read_pid(pidfile)
+        log = eng.log()
+        status = eng.stop()
+    removed = not pidfile.exists()
+    result.figure("rounds", rounds)
+    result.figure("killed_after_sigusr2_ms", ms(max(kill_after, default=math.nan)))
+    result.figure("pidfile_restored_ms", ms(max(restored, default=math.inf)))
+    result.figure("pidfile_is_old_master", "yes" if pid_now == old else f"no ({pid_now})")
+    result.figure("failure_lines", log.count("upgrade failed: new master"))
+    load_figures(result, stats)
+    result.figure("exit_status", status)
+    result.figure("pidfile_removed_at_exit", "yes" if removed else "no")
+    result.target("the pidfile back to the old master, no .oldbin",
+                  pid_now == old and all(math.isfinite(t) for t in restored),
+                  f"{pid_now} (old {old})")
+    result.target("the old master keeps serving", master_same)
+    result.target("failed == 0, refused == 0", stats.failed + stats.refused == 0 and
+                  stats.ok > 0, f"{stats.ok} ok, {stats.failed} failed")
+    result.target("each failed upgrade is logged", log.count("upgrade failed: new master")
+                  == rounds)
+    result.target("exit status 0, pidfile removed", status == 0 and removed, f"{status}")
+    finish(result)
+    return result
+
+
+def _fill(path: Path, mode: str = "wb") -> bool:
+    """Write to *path* until ENOSPC; True when its filesystem is full then."""
+    with open(path, mode, buffering=0) as out:
+        for _ in range(64 * 1024):  # bounded well above a 64 KiB tmpfs
+            try:
+                out.write(b"\0" * (4096 if mode == "wb" else 1))
+            except OSError as exc:
+                return exc.errno == errno.ENOSPC
+    return False
+
+
+LOST_REPORTS = re.compile(r"(\d+) error reports could not be written")
+
+
+def full_disk(ctx: Context) -> Result:
+    """stderr on a full tmpfs while handlers raise under load."""
+    seconds = ctx.pick(3.0, 20.0)
+    size = 2
+    result = Result(
+        "full-disk",
+        f"the engine's stderr on a full 64 KiB tmpfs, static pool of {size}: for "
+        f"{seconds:g} s two clients send requests whose handler raises (each a traceback "
+        "that cannot be written) while two send PING; then room is made again",
+    )
+    if os.geteuid() != 0:
+        result.skipped = "needs root (mounts a tmpfs)"
+        return result
+    mount = _unique(ctx, "full-disk")
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                             capture_output=True, text=True, timeout=30, check=False)
+    if mounted.returncode:
+        mount.rmdir()
+        result.skipped = f"cannot mount a tmpfs: {mounted.stderr.strip()}"
+        return result
+    try:
+        with engine(ctx, result, ["--workers", str(size), "--pool-mode", "static"],
+                    handler=FAULTS, log_dir=mount) as eng:
+            first = set(eng.wait_workers(size))
+            filler = mount / "filler"
+            full = _fill(filler) and _fill(eng.log_path, "ab")
+            with LoadGen(eng.address, clients=2, max_requests=5_000_000, max_seconds=seconds,
+                         request=b"FAIL\n", reply=b"FAILED\n") as failing, \
+                    LoadGen(eng.address, clients=2, max_requests=5_000_000,
+                            max_seconds=seconds) as pinging:
+                fails, pings = failing.join(), pinging.join()
+            same = set(eng.worker_pids()) == first
+            filler.unlink()  # room again: the next report says what was lost
+            later = [exchange(eng.address, b"FAIL\n") == b"FAILED\n" for _ in range(2)]
+            with contextlib.suppress(Deadline):
+                wait_for(lambda: LOST_REPORTS.search(eng.log()), 10, "the lost-reports line")
+            log = eng.log()
+            status = eng.stop()
+        (ctx.log_dir / f"full-disk-{time.monotonic_ns()}.log").write_text(log)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30,
+                       check=False)
+        with contextlib.suppress(OSError):
+            mount.rmdir()
+    lost = sum(int(n) for n in LOST_REPORTS.findall(log))
+    died = log.count(" died: ")
+    result.figure("disk_full", "yes" if full else "no")
+    result.figure("reports_attempted", fails.ok)
+    result.figure("workers_killed", died)
+    result.figure("lost_reports_said", lost)
+    load_figures(result, fails, "failing_")
+    load_figures(result, pings, "ping_")
+    result.figure("exit_status", status)
+    result.target("the disk was full during the load", full)
+    result.target("no worker killed by error reporting (same workers)", died == 0 and same,
+                  f"{died} died")
+    result.target("every request answered (failing ones too)", fails.failed + pings.failed
+                  + fails.refused + pings.refused == 0 and fails.ok > 0 and pings.ok > 0,
+                  f"{fails.ok}+{pings.ok} ok, {fails.failed + pings.failed} failed")
+    result.target("once there is room, the lost reports are counted in the log",
+                  lost > 0 and all(later), f"{lost}")
+    result.target("exit status 0", status == 0, f"{status}")
+    finish(result)
+    return result
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -1013,6 +1443,11 @@ SCENARIOS: dict[str, Callable[[Context], Result]] = {
     "exhaustion": exhaustion,
     "slowloris": slowloris,
     "hostile-clients": hostile,
+    "fork-failure": fork_failure,
+    "handler-exits": handler_exits,
+    "crash-loop": crash_loop,
+    "upgrade-killed": upgrade_killed,
+    "full-disk": full_disk,
 }
 
 
