@@ -265,6 +265,14 @@ def render_prometheus(snapshot: Snapshot) -> str:
     family("engine_master_open_fds", "gauge", "File descriptors open in the master."
            ).add(master.get("open_fds"))
 
+    crash_loop = master.get("crash_loop") or {}
+    family("engine_crash_loop_boot_failures", "gauge", "Workers in a row that exited "
+           "before they booted (the crash-loop backoff's count; 0 once one boots)."
+           ).add(crash_loop.get("boot_failures"))
+    family("engine_crash_loop_fork_failures", "gauge", "fork() failures in a row "
+           "(EAGAIN, ENOMEM); 0 once a fork succeeds.").add(crash_loop.get("fork_failures"))
+    family("engine_crash_loop_next_spawn_seconds", "gauge", "Seconds until the master "
+           "may fork again (0: not backing off).").add(crash_loop.get("next_spawn_in"))
     family("engine_max_children_reached_total", "counter", "Times the pool became full: "
            "every worker busy with no free connection slot and the pool at its limit "
            "(PHP-FPM's max children reached).").add(master.get("max_children_reached"))

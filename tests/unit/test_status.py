@@ -289,6 +289,16 @@ def test_prometheus_text_parses_with_expected_values(scoreboard: Scoreboard) -> 
     assert {s.labels["slot"] for s in families["engine_worker_open_fds"].samples} == {"0"}
 
 
+def test_prometheus_shows_the_crash_loop_backoff(scoreboard: Scoreboard) -> None:
+    """#13.3: the crash-loop state is visible in Prometheus as in the JSON document."""
+    crash = {"boot_failures": 4, "fork_failures": 0, "next_spawn_in": 1.6}
+    families = parse_prometheus(render_prometheus(
+        snapshot_of(scoreboard, {**MASTER, "crash_loop": crash})))
+    assert sample(families, "engine_crash_loop_boot_failures") == 4
+    assert sample(families, "engine_crash_loop_fork_failures") == 0
+    assert sample(families, "engine_crash_loop_next_spawn_seconds") == 1.6
+
+
 def test_prometheus_label_values_are_escaped(scoreboard: Scoreboard) -> None:
     name = 'we"ird\\name\nwith newline'
     families = parse_prometheus(render_prometheus(snapshot_of(scoreboard, {"name": name})))
