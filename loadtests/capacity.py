@@ -65,6 +65,7 @@ from typing import Any
 
 import psutil
 
+from engine.status_client import fetch_status
 from loadtests import bench
 from loadtests.bench import HOST, REPO, Watchdog, kill_group, machine_ticks, tree_cpu
 
@@ -76,6 +77,8 @@ BEGIN_MARKER = "<!-- capacity:begin (written by python -m loadtests.capacity --d
 END_MARKER = "<!-- capacity:end -->"
 HANDLERS = {"line": "loadtests.bench_servers:LineHandler",
             "http": "loadtests.bench_servers:HelloHandler"}
+# Workers an engine row starts with (the load waits until they have booted).
+ENGINE_WORKERS = {"engine-gevent": 2, "engine-threads": 3, "engine-default": 2}
 GEVENT_CONNECTIONS = 6000  # per worker: 2 workers take 10,000 clients with slack
 BACKLOG = "2048"  # every server's listen backlog, as in loadtests.bench_servers
 
@@ -98,7 +101,8 @@ class ServerDef:
         py = sys.executable
         bind = f"{HOST}:{port}"
         engine = [py, "-m", "engine", "serve", HANDLERS[proto], "--bind", bind,
-                  "--request-queue-size", BACKLOG, "--log-level", "warning"]
+                  "--request-queue-size", BACKLOG, "--log-level", "warning",
+                  "--status-bind", status_spec(port)]
         if self.key == "engine-gevent":
             return [*engine, "--worker-class", "gevent", "--workers", "2",
                     "--pool-mode", "static", "--worker-connections", str(GEVENT_CONNECTIONS)]
@@ -240,20 +244,42 @@ def _env() -> dict[str, str]:
     ))
 
 
+def status_spec(port: int) -> str:
+    """The status endpoint of the engine serving *port* (a Unix socket in /tmp)."""
+    return f"unix:/tmp/engine-capacity-{port}.sock"
+
+
+def engine_booted(port: int, workers: int) -> bool:
+    """Have *workers* of the engine on *port* booted (idle or busy in its status)?
+
+    Load starts only then: keep-alive clients that connect while a worker still boots
+    would all stay on the others, and the run would measure the start-up, not the pool.
+    """
+    try:
+        document = json.loads(fetch_status(status_spec(port), timeout=2.0))
+    except (OSError, ValueError):
+        return False
+    states = [worker.get("state") for worker in document.get("workers", [])]
+    return sum(state in ("idle", "busy") for state in states) >= workers
+
+
 @contextlib.contextmanager
 def running_server(key: str, proto: str, log: Path) -> Iterator[tuple[int, int]]:
-    """Start server *key*; yield (pid, port) once it answers a request; stop its group."""
+    """Start server *key*; yield (pid, port) once it answers a request (an engine: once
+    its workers have booted); stop its group."""
     port = bench.free_port()
     with log.open("ab") as log_file:
         proc = spawn(SERVERS[key].argv(proto, port), cwd=REPO, env=_env(),
                      stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30.0
-        while not bench.probe(proto, port):
+        booted = ENGINE_WORKERS.get(key, 0)
+        while not (bench.probe(proto, port) and (not booted or engine_booted(port, booted))):
             if proc.poll() is not None:
                 raise RuntimeError(f"{key} exited at start-up:\n{bench.tail(log)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{key} did not answer within 30s:\n{bench.tail(log)}")
+                raise RuntimeError(f"{key} did not answer (or boot its workers) within "
+                                   f"30s:\n{bench.tail(log)}")
             time.sleep(0.05)  # polling a start-up, bounded by the deadline
         yield proc.pid, port
     finally:

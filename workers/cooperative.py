@@ -36,11 +36,10 @@ import gevent.monkey
 import gevent.pool
 import gevent.ssl
 
-from workers.protocol import ExitCode, format_address
+from workers.protocol import ExitCode, WorkerState, format_address
 from workers.worker import (
     CAPACITY_BACKOFF,
     IDLE_WAKE,
-    WAITING_BATCH,
     Worker,
     drain_pipe,
     exit_status,
@@ -59,6 +58,15 @@ def patch_process() -> None:
     gevent.reinit()  # a hub inherited from a master that patched at import: renew it
 
 
+# A worker holding clearly more connections than a sibling that has room leaves the next
+# one to it for BALANCE_DEFER seconds: every worker is woken by the same readiness, and
+# the first awake would otherwise take a whole burst (its keep-alive clients then share
+# one CPU while the other idles).
+BALANCE_DEFER = 0.0005
+BALANCE_REFRESH = 0.002  # seconds between two reads of the loads
+_TAKING = (WorkerState.IDLE, WorkerState.BUSY)
+
+
 class GeventWorker(Worker):
     """A worker that serves each connection in its own greenlet."""
 
@@ -66,6 +74,8 @@ class GeventWorker(Worker):
     _stopped: gevent.event.Event
     _beat: gevent.Greenlet | None = None  # the heartbeat, kept up while draining
     _taken = 0  # connections taken so far (max_requests counts them)
+    _ahead = False  # a sibling with room held clearly fewer connections at the last read
+    _loads_read = float("-inf")
 
     def _prepare_process(self) -> None:
         patch_process()
@@ -140,15 +150,18 @@ class GeventWorker(Worker):
         hub = gevent.get_hub()
         readable = hub.loop.io(fileno, 1)
         group = self._group
-        taken = 0
+        deferred = False
         while not self.draining:
             if group.full():
                 group.wait_available()
                 continue
+            if not deferred and self._ahead_of_a_sibling():
+                deferred = True  # once per connection: a sibling that takes none is not waited on
+                gevent.sleep(BALANCE_DEFER)
+                continue
             try:
                 request, client_address = take()
             except (BlockingIOError, InterruptedError):
-                taken = 0
                 hub.wait(readable)
                 continue
             except OSError as exc:
@@ -156,15 +169,30 @@ class GeventWorker(Worker):
                     gevent.sleep(CAPACITY_BACKOFF if self._backoff_until else 0.001)
                 continue
             group.spawn(self._connection, request, client_address)
-            taken += 1
+            deferred = False
             self._taken += 1
             if self.spec.max_requests and self._taken >= self.spec.max_requests:
                 # The last one: the master forks our replacement while we finish.
                 self._announce_retirement()
                 self._stop_taking()
-            if taken >= WAITING_BATCH:  # a burst: let the connections taken run
-                taken = 0
-                gevent.sleep(0)
+            gevent.sleep(0)  # the new connection runs (and counts) before the next accept
+
+    def _ahead_of_a_sibling(self) -> bool:
+        """Does a sibling worker with room hold clearly fewer connections than we do?
+
+        Both counts come from one read of the scoreboard (every BALANCE_REFRESH), so
+        two workers never both see themselves ahead and both hold back.
+        """
+        now = time.monotonic()
+        if now - self._loads_read >= BALANCE_REFRESH:
+            self._loads_read = now
+            board, me, cap = self.scoreboard, self.spec.slot, self.spec.worker_connections
+            loads = [board.load(slot) for slot in range(board.size)]
+            least = min((n for slot, (state, n) in enumerate(loads)
+                         if slot != me and state in _TAKING and n < cap), default=None)
+            mine = loads[me][1]
+            self._ahead = least is not None and mine > least + max(2, least // 8)
+        return self._ahead
 
     def _connection(self, request: Any, client_address: Any) -> None:
         """One connection's greenlet: the pipeline within request_timeout."""

@@ -37,6 +37,7 @@ _BUSY = struct.Struct("<BHxddQH62s")
 _IDLE = struct.Struct("<BHxddQ")  # state, active, request_start, heartbeat, requests
 _STATE = struct.Struct("<B")
 _ACTIVE = struct.Struct("<H")
+_LOAD = struct.Struct("<BH")  # state, active: the start of the _IDLE and _BUSY layouts
 _PROGRESS = struct.Struct("<dQ")  # heartbeat, requests
 _HEARTBEAT = struct.Struct("<d")
 _CLIENT = struct.Struct("<H62s")
@@ -176,6 +177,12 @@ class Scoreboard:
         _STATE.pack_into(self._map, slot * SLOT_SIZE + 4, WorkerState.DRAINING)
 
     # --- read by the master ---
+
+    def load(self, slot: int) -> tuple[int, int]:
+        """``(state, connections in flight)`` of one slot: what a sibling worker reads to
+        balance connections (see :mod:`workers.cooperative`)."""
+        state, active = _LOAD.unpack_from(self._map, slot * SLOT_SIZE + 4)
+        return state, active
 
     def state(self, slot: int) -> WorkerState:
         """The state of one slot (a single byte read)."""

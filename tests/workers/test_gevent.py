@@ -299,3 +299,34 @@ def test_worker_init_runs_patched_and_the_master_is_not(engine_proc) -> None:
         and text, 10, "both lines",
     )
     assert "worker_init patched: True" in log and "master patched: False" in log
+
+
+def test_a_burst_of_keep_alive_clients_is_shared_between_workers(engine_proc, tmp_path) -> None:
+    """Every worker is woken by the same readiness; the first awake must not take the
+    whole burst, or its clients share one CPU for as long as they stay connected."""
+    sock_path = str(tmp_path / "status.sock")
+    engine = engine_proc(gevent_program(f"workers = 2\nstatus_bind = 'unix:{sock_path}'"))
+    pool = pool_of(engine, 2)
+    wait_until(lambda: os.path.exists(sock_path), 10, "status socket")
+
+    def booted() -> bool:
+        data = json.loads(exchange(sock_path, b"json\n", 5.0))
+        return sum(w["state"] in ("idle", "busy") for w in data["workers"]) == 2
+
+    wait_until(booted, 10, "both workers booted")
+    clients = [socket.socket() for _ in range(40)]
+    try:
+        for client in clients:  # a burst: all queued before any worker takes one
+            client.setblocking(False)
+            client.connect_ex(engine.address)
+        served: dict[int, int] = {}
+        for client in clients:
+            client.settimeout(10)
+            client.sendall(b"hi\n")
+            pid = int(recv_line(client).split()[0])
+            served[pid] = served.get(pid, 0) + 1
+    finally:
+        for client in clients:
+            client.close()
+    assert set(served) == pool, served
+    assert min(served.values()) >= 15, served
