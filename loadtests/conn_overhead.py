@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine import PreforkTCPServer
+from engine.intake import build_intake
 from loadtests.bench_servers import LineHandler
 from workers.scoreboard import Scoreboard
 from workers.worker import Worker, WorkerSpec
@@ -78,8 +79,12 @@ def floor_step(server: Server, count: int, half_close: bool) -> float:
 
 
 def make_worker(server: Server, traffic: bool) -> Worker:
-    """A Worker object for slot 0, as the master would make it (without forking)."""
-    spec = WorkerSpec(slot=0, generation=0, master_pid=os.getppid(), title="overhead")
+    """A Worker object for slot 0, as the master would make it (without forking), with
+    the intake the default settings build (client_timeout)."""
+    spec = WorkerSpec(slot=0, generation=0, master_pid=os.getppid(), title="overhead",
+                      intake=build_intake(server.prefork_settings(), server))
+    # As in a pool worker: process_request serves here (outside a pool it would fork).
+    server._prefork_pool_pid = os.getppid()
     server.__dict__.pop("shutdown_request", None)  # an earlier variant's wrapper
     worker = Worker(server, Scoreboard(4), spec)
     if traffic:
