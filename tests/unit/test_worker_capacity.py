@@ -70,6 +70,8 @@ def test_two_listeners_with_waiting_connections_do_not_overfill_the_threads(
     board = Scoreboard(1)
     worker = Worker(server, board, spec)
     worker._pool = ThreadPoolExecutor(THREADS)
+    # As in a pool worker: process_request serves here (outside a pool it forks a child).
+    server._prefork_pool_pid = os.getppid()
     clients = [
         socket.create_connection(address)
         for address in (server.server_address, extra.getsockname()) * THREADS
