@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine.config import Settings, connection_slots
 from engine.proctitle import format_address
 from workers.protocol import WorkerState
 
@@ -357,7 +358,7 @@ def sample_listener(sock: socket.socket) -> ListenerSample:
 
 def observe_pool(
     monitor: CapacityMonitor,
-    settings: Any,
+    settings: Settings,
     target: int,
     workers: Iterable[tuple[WorkerState, int, bool]],
     listeners: Iterable[socket.socket],
@@ -369,15 +370,12 @@ def observe_pool(
     tick's one scoreboard read. Costs one ``getsockopt`` (or one netlink query for a
     Unix socket) per listener.
     """
-    worker_class = getattr(settings, "worker_class", "sync")
-    connections = getattr(settings, "worker_connections", None)
-    slots = (connections or 1) if worker_class == "gevent" else settings.threads
     limit = target if settings.pool_mode == "static" else settings.max_children
     warning = monitor.observe(
         now, [sample_listener(sock) for sock in listeners],
-        pool_load(workers, slots, limit),
+        pool_load(workers, connection_slots(settings), limit),
         advice(settings.pool_mode, target, settings.max_children, settings.threads,
-               worker_class, connections),
+               settings.worker_class, settings.worker_connections),
     )
     if warning is not None:
         log.warning("%s", warning)

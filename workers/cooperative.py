@@ -42,7 +42,6 @@ from workers.worker import (
     IDLE_WAKE,
     Worker,
     drain_pipe,
-    exit_status,
 )
 
 
@@ -208,11 +207,7 @@ class GeventWorker(Worker):
                 raise  # a handler's own Timeout that it let escape: not ours to judge
             self._report_timeout(client_address, limit)
         except BaseException as exc:
-            self._report_exit(exc, client_address, " in a greenlet")
-            self._exit_status = (
-                exit_status(exc) if isinstance(exc, SystemExit) else ExitCode.ERROR
-            )
-            self._stop_taking()
+            self._exit_after_the_others(exc, client_address, " in a greenlet")
         finally:
             if timer is not None:
                 timer.close()

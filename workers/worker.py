@@ -449,17 +449,21 @@ class Worker:
             client_address = self._pipeline(request, client_address)
         except BaseException as exc:
             # Inline, SystemExit & co. end the worker; a pool's Future would swallow
-            # them silently. Report, and exit with that status once the others finish.
-            self._report_exit(exc, client_address, " in a pool thread")
-            self._exit_status = (
-                exit_status(exc) if isinstance(exc, SystemExit) else ExitCode.ERROR
-            )
-            self._stop_taking()
+            # them silently.
+            self._exit_after_the_others(exc, client_address, " in a pool thread")
         finally:
             self._finished(client_address, started, token)
 
-    def _report_exit(self, exc: BaseException, client_address: Any, where: str) -> None:
-        """One line (and the traceback unless SystemExit) for a handler's BaseException."""
+    def _exit_after_the_others(self, exc: BaseException, client_address: Any, where: str) -> None:
+        """A handler's BaseException beside other connections (a pool thread, a
+        greenlet): report it, take no more, and exit with its status once the others
+        finish."""
+        self._exit_status = self._report_exit(exc, client_address, where)
+        self._stop_taking()
+
+    def _report_exit(self, exc: BaseException, client_address: Any, where: str) -> int:
+        """One line (and the traceback unless SystemExit) for a handler's BaseException;
+        returns the status the worker exits with."""
         if isinstance(exc, SystemExit):
             status = exit_status(exc)
             what = f"the handler raised SystemExit({exc.code!r}){where}"
@@ -475,6 +479,7 @@ class Worker:
                 + (" once its other connections finish" if where else ""),
                 file=sys.stderr, flush=True,
             )
+        return status
 
     def _pipeline(self, request: Any, client_address: Any) -> Any:
         """The classic pipeline for one request, with the server's own methods.
