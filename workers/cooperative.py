@@ -36,6 +36,7 @@ import gevent.monkey
 import gevent.pool
 import gevent.ssl
 
+from workers.idle_sweep import IdleSweep, sweep_interval, tcp_counters
 from workers.protocol import ExitCode, WorkerState, format_address
 from workers.worker import (
     CAPACITY_BACKOFF,
@@ -64,6 +65,7 @@ def patch_process() -> None:
 BALANCE_DEFER = 0.0005
 BALANCE_REFRESH = 0.002  # seconds between two reads of the loads
 _TAKING = (WorkerState.IDLE, WorkerState.BUSY)
+SWEEP_SLICE = 64  # connections the idle sweep judges at a time (0.3 ms of the hub)
 
 
 class GeventWorker(Worker):
@@ -75,6 +77,8 @@ class GeventWorker(Worker):
     _taken = 0  # connections taken so far (max_requests counts them)
     _ahead = False  # a sibling with room held clearly fewer connections at the last read
     _loads_read = float("-inf")
+    _idle: IdleSweep | None = None  # client_timeout on plain TCP connections
+    _waiters: dict[Any, gevent.Greenlet]  # their sockets -> their greenlets
 
     def _prepare_process(self) -> None:
         patch_process()
@@ -86,6 +90,11 @@ class GeventWorker(Worker):
         self._stopped = gevent.event.Event()
         # Per-connection byte counts: local to each greenlet now that threading is patched.
         self._traffic = threading.local()
+        timeout = getattr(intake, "client_timeout", None)
+        if timeout is not None and context is None:
+            # A socket timeout costs a timer around every wait: sweep instead.
+            self._idle, self._waiters = IdleSweep(timeout), {}
+            intake.tcp_timeout_elsewhere = True  # type: ignore[union-attr]
 
     def _stop_taking(self) -> None:
         self.draining = True
@@ -99,6 +108,7 @@ class GeventWorker(Worker):
     def _serve(self) -> None:
         beat = gevent.spawn(self._heartbeat)
         wakeups = gevent.spawn(self._watch_signals)
+        sweeper = gevent.spawn(self._sweep_idle) if self._idle is not None else None
         takers = [
             gevent.spawn(self._take_from, take, listener.fileno())
             for take, listener in zip(self._takers, self._listeners(), strict=True)
@@ -106,7 +116,7 @@ class GeventWorker(Worker):
         try:
             self._stopped.wait()
         finally:
-            gevent.killall([*takers, wakeups])
+            gevent.killall([*takers, wakeups, *([sweeper] if sweeper else [])])
             self._beat = beat
 
     def _finish_serving(self) -> None:
@@ -143,6 +153,25 @@ class GeventWorker(Worker):
         while True:
             gevent.get_hub().wait(readable)
             drain_pipe(self._wake_r)
+
+    def _sweep_idle(self) -> None:
+        """client_timeout for plain TCP connections: see :mod:`workers.idle_sweep`."""
+        idle, waiters = self._idle, self._waiters
+        assert idle is not None
+        interval = sweep_interval(idle.timeout)
+        while True:
+            # Each connection once per interval, a slice at a time spread over it: 10,000
+            # probes in one go would hold every other connection for milliseconds.
+            watched = idle.watched()
+            pause = interval / max(1, -(-len(watched) // SWEEP_SLICE))
+            for start in range(0, max(1, len(watched)), SWEEP_SLICE):
+                gevent.sleep(pause)
+                now = time.monotonic()
+                for sock in watched[start:start + SWEEP_SLICE]:
+                    if idle.judge(sock, now, _probe(sock)):
+                        waiter = waiters.pop(sock, None)
+                        if waiter is not None:
+                            waiter.kill(TimeoutError("timed out"), block=False)
 
     def _take_from(self, take: Callable[[], tuple[Any, Any]], fileno: int) -> None:
         """Take connections (or datagrams) from one listener while slots are free."""
@@ -198,6 +227,11 @@ class GeventWorker(Worker):
         token, started = self._track(client_address)
         limit = self.spec.request_timeout
         timer = gevent.Timeout(limit) if limit else None
+        idle = self._idle
+        # A TCP connection: not a Unix socket (a str address), not a datagram (a tuple).
+        if idle is not None and type(client_address) is tuple and not isinstance(request, tuple):
+            idle.add(request)
+            self._waiters[request] = gevent.getcurrent()
         try:
             if timer is not None:
                 timer.start()
@@ -211,6 +245,9 @@ class GeventWorker(Worker):
         finally:
             if timer is not None:
                 timer.close()
+            if idle is not None:
+                idle.discard(request)
+                self._waiters.pop(request, None)
             self._finished(client_address, started, token)
 
     def _report_timeout(self, client_address: Any, limit: float | None) -> None:
@@ -224,3 +261,16 @@ class GeventWorker(Worker):
             )
             traceback.print_exc()
             sys.stderr.flush()
+
+
+def _probe(sock: Any) -> tuple[bool, tuple[int, int]] | None:
+    """Is a greenlet waiting on *sock*, and its byte counters (see IdleSweep)."""
+    if sock.timeout is not None:
+        return None  # the handler set its own timeout: gevent applies it
+    read, write = getattr(sock, "_read_event", None), getattr(sock, "_write_event", None)
+    if not ((read is not None and read.active) or (write is not None and write.active)):
+        return False, (0, 0)
+    try:
+        return True, tcp_counters(sock)
+    except OSError:
+        return None  # closed under us

@@ -111,6 +111,9 @@ class Intake:
         self.deny_from = Networks(deny_from)
         self.client_timeout = client_timeout
         self.ssl_context = ssl_context
+        # Set by a worker that bounds its TCP connections' waits itself (the gevent
+        # worker's idle sweep): plain TCP connections then get no socket timeout here.
+        self.tcp_timeout_elsewhere = False
 
     def admit(self, request: Any, client_address: Any) -> tuple[Any, Any] | None:
         """Return the request and client address to serve, or None if it was refused.
@@ -161,7 +164,9 @@ class Intake:
             request = self._handshake(request, client_address, peer, deadline)
             if request is None:
                 return None
-        elif self.client_timeout is not None:
+        elif self.client_timeout is not None and not (
+            self.tcp_timeout_elsewhere and type(peer) is tuple  # TCP, not a Unix socket
+        ):
             request.settimeout(self.client_timeout)
         return request, client_address
 
