@@ -487,9 +487,10 @@ def _upgrade(eng: Engine, pidfile: Path, watcher: PoolWatcher) -> dict[str, Any]
 
 def graceful_stop(ctx: Context) -> Result:
     """SIGTERM with long requests in flight: they finish, nothing new is served."""
+    sleep = ctx.pick(1, 2)  # seconds each in-flight request lasts
     result = Result(
         "graceful-stop",
-        "SIGTERM under load with `SLEEP 2` requests in flight: every one completes within "
+        f"SIGTERM under load with `SLEEP {sleep}` requests in flight: every one completes within "
         "graceful_timeout, connections opened after the stop began are never served, "
         "exit status 0",
     )
@@ -517,7 +518,7 @@ def graceful_stop(ctx: Context) -> Result:
                 sleepers = [_sleeper(eng.address) for _ in range(inflight)]
                 busy = {pid for _, pid in sleepers}
                 for sock, _ in sleepers:
-                    sock.sendall(b"SLEEP 2\n")
+                    sock.sendall(b"SLEEP %d\n" % sleep)
                 term_at = time.monotonic()
                 eng.signal(signal.SIGTERM)
                 wait_for(lambda: "graceful stop" in eng.log(), 20, "the graceful stop")
@@ -526,7 +527,7 @@ def graceful_stop(ctx: Context) -> Result:
                 late = [_late_client(eng.address) for _ in range(8)]
                 for sock, _ in sleepers:
                     reply = recv_line(sock, graceful_timeout + 10, tolerate=OSError)
-                    if reply == b"SLEPT 2\n":
+                    if reply == b"SLEPT %d\n" % sleep:
                         completed += 1
                         worst = max(worst, time.monotonic() - term_at)
                     sock.close()
@@ -1059,7 +1060,7 @@ def _control(fifo: Path, line: str) -> None:
 
 def fork_failure(ctx: Context) -> Result:
     """fork() fails (RLIMIT_NPROC as nobody) under load, then works again."""
-    outage = ctx.pick(1.5, 15.0)
+    outage = ctx.pick(0.8, 15.0)  # short: 4 failed forks (0.1, 0.2, 0.4 s apart)
     size, kills = 4, 2
     result = Result(
         "fork-failure",
