@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -81,13 +82,25 @@ def expect(package: str, mode: str, run: Run, minimum: int) -> None:
     assert all(outcome != "skipped" or "unix" in name for name, outcome in run.outcomes.items())
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_werkzeug_dev_server_suite(scratch: tuple[Path, Path], mode: str) -> None:
+@pytest.fixture(scope="module")
+def werkzeug_runs(scratch: tuple[Path, Path]) -> dict[str, Run]:
+    """Werkzeug's tests in every mode, two runs at a time: a run mostly waits (each test
+    starts a dev server in a new interpreter and polls it every 0.1 s until it answers);
+    its dev servers take free ports, and each run writes its own report."""
     python, where = scratch
     source = sources("werkzeug", where)
-    run = pypi_users.run_pytest(python, mode, source, [*WERKZEUG_TESTS, "-k", "not reloader"],
-                                timeout=240)
-    expect("werkzeug", mode, run, minimum=8)
+
+    def run(mode: str) -> Run:
+        return pypi_users.run_pytest(python, mode, source,
+                                     [*WERKZEUG_TESTS, "-k", "not reloader"], timeout=240)
+
+    with ThreadPoolExecutor(max_workers=2) as runs:
+        return dict(zip(MODES, runs.map(run, MODES), strict=True))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_werkzeug_dev_server_suite(werkzeug_runs: dict[str, Run], mode: str) -> None:
+    expect("werkzeug", mode, werkzeug_runs[mode], minimum=8)
 
 
 WERKZEUG_SERVER = """
