@@ -522,7 +522,9 @@ def test_serve_with_any_setting_value_refuses_or_gets_to_listening() -> None:
 
         outcomes: Counter[int] = Counter()
         check()
-        assert outcomes[1] >= 10, f"too few runs got as far as listening: {outcomes}"
+        # Of the 100 examples, 7 to 23 got as far as listening in 14 runs: at least 10
+        # failed about one run in six; at least 3 still says the fuzz reaches listening.
+        assert outcomes[1] >= 3, f"too few runs got as far as listening: {outcomes}"
 
 
 # --------------------------------------------------------------------------- bugs found
