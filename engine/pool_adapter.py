@@ -220,6 +220,8 @@ class PoolAdapter:
             return True  # first boot: READY (and an upgrade's hand-over) waits on it
         if len(children) < self.target or backing_off:
             return True
+        if any(not c.booted for c in children):
+            return True  # its boot ends a crash loop's streak: look soon, not at a deadline
         if self.settings.pool_mode == "static":
             return len(children) != self.target
         return any(tick.state(c) != WorkerState.IDLE for c in children)

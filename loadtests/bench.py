@@ -55,6 +55,7 @@ from tests.kit.net import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+SYSTEM_PACKAGES = HERE / "system_packages.sh"  # installs wrk (as root, with apt-get)
 LOADGEN_SOURCE = HERE / "loadgen.c"
 WRK_SCRIPT = HERE / "wrk_report.lua"
 HOST = "127.0.0.1"
@@ -1037,7 +1038,7 @@ def write_markdown(
         "directory unless `--out` is given):",
         "",
         "```",
-        "pip install -e '.[load]' && apt-get install -y wrk",
+        "bash loadtests/system_packages.sh && pip install -e '.[load]'",
         "python -m loadtests.bench [--quick] [--rounds N] [--duration S]",
         "```",
         "",
@@ -1069,7 +1070,10 @@ def write_markdown(
         "(HTTP/1.1, a 14-byte body, no access log, `wbufsize = -1` so that headers and "
         "body leave in one write: unbuffered, Nagle's algorithm and delayed ACKs add "
         "40 ms to every keep-alive request), and gunicorn's sync workers serving the "
-        f"equivalent WSGI app. Generator: wrk with {opts.wrk_threads} threads; one "
+        f"equivalent WSGI app. Generator: wrk with {opts.wrk_threads} threads (installed "
+        "by `loadtests/system_packages.sh`, which the bench runs when wrk is missing; "
+        "without wrk it stops before measuring anything rather than leave the HTTP "
+        "scenarios out); one "
         "connection per request means `Connection: close`. wrk's latency leaves out the "
         "connect, and wrk counts each connection the server closes as a read error: "
         "those are not errors here (errors = connect + write + timeouts + non-2xx). wrk "
@@ -1289,6 +1293,19 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
 
 
+def find_wrk() -> str | None:
+    """wrk's path; when it is missing, loadtests/system_packages.sh installs it first
+    (as root, with apt-get; otherwise it says what to install and nothing changes)."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print(f"bench: wrk not found; running {SYSTEM_PACKAGES.relative_to(REPO)}",
+              file=sys.stderr)
+        subprocess.run(["bash", str(SYSTEM_PACKAGES)], stdin=subprocess.DEVNULL,
+                       timeout=900, check=False)
+        wrk = shutil.which("wrk")
+    return wrk
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; return the exit status."""
     opts = parse_args(argv)
@@ -1296,14 +1313,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else list(argv)
     )
     notes: list[str] = []
-    loadgen = build_loadgen()
-    wrk = shutil.which("wrk")
     scenarios = [SCENARIOS[k] for k in opts.scenarios]
-    if wrk is None and any(s.proto == "http" for s in scenarios):
-        message = ("wrk not found (apt-get install -y wrk): the HTTP scenarios are skipped")
-        print(f"bench: {message}", file=sys.stderr)
-        notes.append(f"- {message}.")
-        scenarios = [s for s in scenarios if s.proto != "http"]
+    wrk = None
+    if any(s.proto == "http" for s in scenarios):
+        wrk = find_wrk()
+        if wrk is None:
+            tcp = ",".join(k for k, s in SCENARIOS.items() if s.proto != "http")
+            print("bench: the HTTP scenarios need wrk, and it is not installed; run "
+                  f"`bash {SYSTEM_PACKAGES.relative_to(REPO)}` as root (it installs it), "
+                  f"or leave them out: --scenarios {tcp}", file=sys.stderr)
+            return 1
+    loadgen = build_loadgen()
     if "gunicorn" in opts.servers and not have_gunicorn():
         message = "gunicorn is not installed (pip install -e '.[load]'): its rows are skipped"
         print(f"bench: {message}", file=sys.stderr)

@@ -196,8 +196,8 @@ def worker_chaos(ctx: Context) -> Result:
         "SIGKILL a random worker every 50-200 ms for the whole run, under continuous load "
         "(static pool of 4, one connection per request)",
     )
-    seconds = ctx.pick(4.0, 60.0)
-    max_kills = ctx.pick(80, 1200)
+    seconds = ctx.pick(2.5, 60.0)
+    max_kills = ctx.pick(50, 1200)
     size = 4
     rng = random.Random(ctx.seed)
     with engine(ctx, result, ["--workers", str(size), "--pool-mode", "static",
@@ -373,7 +373,7 @@ def restarts(ctx: Context) -> Result:
         "--max-requests-jitter 50), SIGTTIN/SIGTTOU storms against max_children 6, and "
         "one SIGUSR2 upgrade",
     )
-    seconds = ctx.pick(6.0, 40.0)
+    seconds = ctx.pick(4.0, 40.0)
     max_children = 6
     pidfile = ctx.log_dir / f"restarts-{os.getpid()}-{time.monotonic_ns()}.pid"
     args = [
@@ -487,9 +487,10 @@ def _upgrade(eng: Engine, pidfile: Path, watcher: PoolWatcher) -> dict[str, Any]
 
 def graceful_stop(ctx: Context) -> Result:
     """SIGTERM with long requests in flight: they finish, nothing new is served."""
+    sleep = ctx.pick(1, 2)  # seconds each in-flight request lasts
     result = Result(
         "graceful-stop",
-        "SIGTERM under load with `SLEEP 2` requests in flight: every one completes within "
+        f"SIGTERM under load with `SLEEP {sleep}` requests in flight: every one completes within "
         "graceful_timeout, connections opened after the stop began are never served, "
         "exit status 0",
     )
@@ -517,7 +518,7 @@ def graceful_stop(ctx: Context) -> Result:
                 sleepers = [_sleeper(eng.address) for _ in range(inflight)]
                 busy = {pid for _, pid in sleepers}
                 for sock, _ in sleepers:
-                    sock.sendall(b"SLEEP 2\n")
+                    sock.sendall(b"SLEEP %d\n" % sleep)
                 term_at = time.monotonic()
                 eng.signal(signal.SIGTERM)
                 wait_for(lambda: "graceful stop" in eng.log(), 20, "the graceful stop")
@@ -526,7 +527,7 @@ def graceful_stop(ctx: Context) -> Result:
                 late = [_late_client(eng.address) for _ in range(8)]
                 for sock, _ in sleepers:
                     reply = recv_line(sock, graceful_timeout + 10, tolerate=OSError)
-                    if reply == b"SLEPT 2\n":
+                    if reply == b"SLEPT %d\n" % sleep:
                         completed += 1
                         worst = max(worst, time.monotonic() - term_at)
                     sock.close()
@@ -715,7 +716,10 @@ def exhaustion(ctx: Context) -> Result:
                 sock = socket.create_connection(eng.address, timeout=10)
                 socks.append(sock)
             try:
-                wait_for(lambda: eng.log_count(emfile) >= 2 * workers, 30, "EMFILE in the log")
+                # Short: one line from each worker. Long: a second one too, which a worker
+                # writes CAPACITY_REPORT_EVERY (10 s) after its first, with the count since.
+                lines = ctx.pick(workers, 2 * workers)
+                wait_for(lambda: eng.log_count(emfile) >= lines, 30, "EMFILE in the log")
             except Deadline:
                 pass
             served_during = ping(eng.address, timeout=1.0)
@@ -799,7 +803,7 @@ def slowloris(ctx: Context) -> Result:
         "against the default pool and against threads + client_timeout",
     )
     raise_fd_limit(attackers + 1024)
-    quiet_seconds, attack_seconds = ctx.pick((1.5, 3.0), (3.0, 10.0))
+    quiet_seconds, attack_seconds = ctx.pick((0.5, 3.0), (3.0, 10.0))
     timeout = 3.0
     for defence in defences:
         with engine(ctx, result, [*defence.args, "--log-level", "warning"],
@@ -1023,6 +1027,7 @@ def hostile(ctx: Context) -> Result:
 FAULTS = "loadtests.reliability_apps:FaultHandler"
 CANNOT_FORK = "cannot fork a worker"
 BOOT_FAILURE_LINES = ("failed to boot", "before it booted", "no worker could boot")
+LOUD_BOOT_FAILURES = 5  # a crash loop is logged as an error from this failure in a row on
 
 
 def _unique(ctx: Context, stem: str) -> Path:
@@ -1055,7 +1060,7 @@ def _control(fifo: Path, line: str) -> None:
 
 def fork_failure(ctx: Context) -> Result:
     """fork() fails (RLIMIT_NPROC as nobody) under load, then works again."""
-    outage = ctx.pick(3.0, 15.0)
+    outage = ctx.pick(0.8, 15.0)  # short: 4 failed forks (0.1, 0.2, 0.4 s apart)
     size, kills = 4, 2
     result = Result(
         "fork-failure",
@@ -1141,7 +1146,7 @@ EXIT_KINDS = (b"EXIT3", b"SYSEXIT3", b"EXIT0")  # os._exit(3), SystemExit(3), os
 
 def handler_exits(ctx: Context) -> Result:
     """Handlers that os._exit(3), raise SystemExit(3) or os._exit(0), under load."""
-    seconds = ctx.pick(4.0, 30.0)
+    seconds = ctx.pick(2.0, 30.0)
     size = 2
     result = Result(
         "handler-exits",
@@ -1200,7 +1205,8 @@ def crash_loop(ctx: Context) -> Result:
     size = 1  # one boot failure per backoff step: the steps are 0.1, 0.2, 0.4 ... s
     result = Result(
         "crash-loop",
-        f"static pool of {size} under load, after serving: for {fault:g} s (a marker "
+        f"static pool of {size} under load, after serving: for {fault:g} s (short: until "
+        f"the status shows {LOUD_BOOT_FAILURES} failed boots, at most {fault:g} s; a marker "
         "file) every worker exits 3 after each request and every new worker exits before "
         "it boots; then the marker is removed",
     )
@@ -1225,6 +1231,8 @@ def crash_loop(ctx: Context) -> Result:
                     samples += 1
                     for key in seen:
                         seen[key] = max(seen[key], crash[key])
+                if ctx.short and seen["boot_failures"] >= LOUD_BOOT_FAILURES:
+                    break  # short: the loop has gone loud; how it ends is what is left
                 time.sleep(0.1)  # the sampling pace (and the fault's duration)
             master_up = eng.master_alive()
             served_during, failed_during = load.ok - ok_before, load.failed - failed_before
@@ -1265,8 +1273,10 @@ def crash_loop(ctx: Context) -> Result:
     result.target("backs off (doubling, capped at 30 s), loud from the 5th failure",
                   log.count("crash loop: ") > 0 and 0.1 < max(delays, default=0) <= 30.0,
                   f"max {max(delays, default=0)}s")
-    result.target("status shows crash_loop (boot_failures >= 5, next_spawn_in > 0)",
-                  seen["boot_failures"] >= 5 and seen["next_spawn_in"] > 0, f"{seen}")
+    result.target(f"status shows crash_loop (boot_failures >= {LOUD_BOOT_FAILURES}, "
+                  "next_spawn_in > 0)",
+                  seen["boot_failures"] >= LOUD_BOOT_FAILURES and seen["next_spawn_in"] > 0,
+                  f"{seen}")
     result.target("recovers within the backoff step after the fault ends",
                   recovery <= max(delays, default=0) + 2.0 and "crash loop over" in log,
                   f"{recovery:.2f}s")
@@ -1366,7 +1376,7 @@ LOST_REPORTS = re.compile(r"(\d+) error reports could not be written")
 
 def full_disk(ctx: Context) -> Result:
     """stderr on a full tmpfs while handlers raise under load."""
-    seconds = ctx.pick(3.0, 20.0)
+    seconds = ctx.pick(1.5, 20.0)
     size = 2
     result = Result(
         "full-disk",

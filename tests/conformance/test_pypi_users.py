@@ -23,6 +23,8 @@ from __future__ import annotations
 import importlib.metadata
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -60,10 +62,29 @@ WERKZEUG_TESTS = [
 ]
 
 
+PACKAGES = ("werkzeug", "dnslib", "jsonrpclib-pelix")  # whose test sources are run
+
+
+@dataclass
+class Scratch:
+    """The module's venv, its directory, and each package's unpacked sources (fetched
+    all at once in the background: on a first run, ``pip download`` prepares each
+    sdist's metadata in a build environment of its own, 3 to 11 s a package)."""
+
+    python: Path
+    where: Path
+    trees: dict[str, Future[Path]]
+
+    def sources(self, name: str) -> Path:
+        return self.trees[name].result()
+
+
 @pytest.fixture(scope="module")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scratch]:
     where = tmp_path_factory.mktemp("pypi-users")
-    yield pypi_users.make_venv(where / "venv"), where
+    with ThreadPoolExecutor(max_workers=len(PACKAGES)) as fetching:
+        trees = {name: fetching.submit(sources, name, where) for name in PACKAGES}
+        yield Scratch(pypi_users.make_venv(where / "venv"), where, trees)
 
 
 def sources(name: str, where: Path) -> Path:
@@ -81,13 +102,24 @@ def expect(package: str, mode: str, run: Run, minimum: int) -> None:
     assert all(outcome != "skipped" or "unix" in name for name, outcome in run.outcomes.items())
 
 
+@pytest.fixture(scope="module")
+def werkzeug_runs(scratch: Scratch) -> dict[str, Run]:
+    """Werkzeug's tests in every mode, two runs at a time: a run mostly waits (each test
+    starts a dev server in a new interpreter and polls it every 0.1 s until it answers);
+    its dev servers take free ports, and each run writes its own report."""
+    python, source = scratch.python, scratch.sources("werkzeug")
+
+    def run(mode: str) -> Run:
+        return pypi_users.run_pytest(python, mode, source,
+                                     [*WERKZEUG_TESTS, "-k", "not reloader"], timeout=240)
+
+    with ThreadPoolExecutor(max_workers=2) as runs:
+        return dict(zip(MODES, runs.map(run, MODES), strict=True))
+
+
 @pytest.mark.parametrize("mode", MODES)
-def test_werkzeug_dev_server_suite(scratch: tuple[Path, Path], mode: str) -> None:
-    python, where = scratch
-    source = sources("werkzeug", where)
-    run = pypi_users.run_pytest(python, mode, source, [*WERKZEUG_TESTS, "-k", "not reloader"],
-                                timeout=240)
-    expect("werkzeug", mode, run, minimum=8)
+def test_werkzeug_dev_server_suite(werkzeug_runs: dict[str, Run], mode: str) -> None:
+    expect("werkzeug", mode, werkzeug_runs[mode], minimum=8)
 
 
 WERKZEUG_SERVER = """
@@ -171,8 +203,8 @@ WERKZEUG_CHECKS = {
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_werkzeug_multiprocess_and_tls_script(scratch: tuple[Path, Path], mode: str) -> None:
-    python, where = scratch
+def test_werkzeug_multiprocess_and_tls_script(scratch: Scratch, mode: str) -> None:
+    python, where = scratch.python, scratch.where
     code = f"SERVER = {WERKZEUG_SERVER!r}\n" + WERKZEUG_SCRIPT
     run = pypi_users.run_script(python, mode, where, code, timeout=120)
     assert run.returncode == 0, run.output
@@ -181,9 +213,8 @@ def test_werkzeug_multiprocess_and_tls_script(scratch: tuple[Path, Path], mode: 
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_dnslib_server_doctests(scratch: tuple[Path, Path], mode: str) -> None:
-    python, where = scratch
-    source = sources("dnslib", where)
+def test_dnslib_server_doctests(scratch: Scratch, mode: str) -> None:
+    python, source = scratch.python, scratch.sources("dnslib")
     run = pypi_users.run_pytest(
         python, mode, source,
         ["--doctest-modules", "--doctest-continue-on-failure", "dnslib/server.py",
@@ -232,8 +263,8 @@ for transport in ("udp", "tcp"):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_dnslib_server_script(scratch: tuple[Path, Path], mode: str) -> None:
-    python, where = scratch
+def test_dnslib_server_script(scratch: Scratch, mode: str) -> None:
+    python, where = scratch.python, scratch.where
     run = pypi_users.run_script(python, mode, where, DNSLIB_SCRIPT, timeout=120)
     assert run.returncode == 0, run.output
     assert run.left_behind == [], run.left_behind
@@ -249,9 +280,8 @@ POOLED_TEST = "tests/test_server.py::PooledServerTests::test_default_pool"
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_jsonrpclib_server_suite(scratch: tuple[Path, Path], mode: str) -> None:
-    python, where = scratch
-    source = sources("jsonrpclib-pelix", where)
+def test_jsonrpclib_server_suite(scratch: Scratch, mode: str) -> None:
+    python, source = scratch.python, scratch.sources("jsonrpclib-pelix")
     run = pypi_users.run_pytest(python, mode, source,
                                 ["tests/test_unix.py", POOLED_TEST], timeout=120)
     expect("jsonrpclib-pelix", mode, run, minimum=3)
@@ -290,8 +320,8 @@ print("OK stopped, no process left", flush=True)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_jsonrpclib_forking_server_script(scratch: tuple[Path, Path], mode: str) -> None:
-    python, where = scratch
+def test_jsonrpclib_forking_server_script(scratch: Scratch, mode: str) -> None:
+    python, where = scratch.python, scratch.where
     run = pypi_users.run_script(python, mode, where, JSONRPCLIB_SCRIPT, timeout=60)
     assert run.returncode == 0, run.output
     assert run.left_behind == [], run.left_behind

