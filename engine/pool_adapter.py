@@ -278,22 +278,23 @@ class PoolAdapter:
     ) -> bool:
         """Should growth pause for a CPU-bound load (see :mod:`engine.growth`)?
 
-        Only asked when at least one worker per CPU is busy and the pool is short of
-        spare workers, so a quiet pool reads nothing from /proc.
+        Only asked when some worker is busy and the pool is short of spare workers, so
+        a quiet pool reads nothing from /proc.
         """
         if self.settings.pool_mode == "static":
             return False
         pids = {c.slot: c.pid for c in children}
+        serving = [pids[v.slot] for v in views if not v.draining]
         busy = [pids[v.slot] for v in views if v.state == WorkerState.BUSY and not v.draining]
         spare = sum(1 for v in views if not v.draining and pool.is_spare(v))
-        if len(busy) < self.growth.cpus or spare >= self.settings.min_spare:
+        if not busy or spare >= self.settings.min_spare:
             return False
         requests = {
             c.pid: record.requests
             for c in children
             if (record := tick.records.get(c.slot)) is not None
         }
-        return self.growth.saturated(busy, requests, time.monotonic())
+        return self.growth.saturated(busy, requests, time.monotonic(), serving)
 
     def _connections_waiting(self, views: list[pool.WorkerView]) -> bool:
         """Is a connection (or datagram) waiting that no idle worker will take?"""
