@@ -69,6 +69,8 @@ _TAKING = (WorkerState.IDLE, WorkerState.BUSY)
 class GeventWorker(Worker):
     """A worker that serves each connection in its own greenlet."""
 
+    blocking_connections = False  # client_timeout stays a Python timeout (TimeoutError)
+
     _group: gevent.pool.Pool
     _stopped: gevent.event.Event
     _beat: gevent.Greenlet | None = None  # the heartbeat, kept up while draining

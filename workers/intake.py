@@ -12,7 +12,21 @@
 3. **TLS**: the handshake, within what is left of ``handshake_timeout``; the request
    becomes an ``ssl.SSLSocket``.
 4. **client_timeout**: set on the socket (a handler's own ``timeout`` attribute still
-   overrides it in ``StreamRequestHandler.setup``).
+   overrides it in ``StreamRequestHandler.setup``), unless the connection inherited it
+   from its listener (below).
+
+**The timeout in the kernel.** A Python socket with a timeout polls before every
+``recv`` and ``send`` (CPython's ``sock_call_ex``), and ``settimeout`` itself is a system
+call: about 10% of the CPU of a short connection. Linux copies a TCP listener's
+``SO_RCVTIMEO`` and ``SO_SNDTIMEO`` into each socket ``accept()`` returns (Unix-socket
+listeners do not), so a sync worker sets ``client_timeout`` on its TCP listeners once, at
+boot (:meth:`Intake.inherit_timeout`), and the intake leaves those connections alone:
+they stay blocking sockets with ``gettimeout()`` None, on which a read or write the
+client keeps waiting past the timeout fails with ``EAGAIN`` (``BlockingIOError``;
+``rfile.readline()`` returns what it has, ``b""`` if nothing: an end of file). A socket
+with a Python timeout is non-blocking underneath, so the kernel timeout never fires on
+it: a handler's own ``timeout``, TLS connections (which get ``settimeout``) and the
+gevent worker's sockets keep ``TimeoutError``.
 
 Datagram requests (``(data, socket)``) only get step 2. A connection refused at any step
 is closed here, with one line on the ``engine.intake`` logger:
@@ -40,6 +54,7 @@ import math
 import select
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -50,6 +65,11 @@ from workers.proxy_protocol import HeaderTruncated, ProxyProtocolError, read_hea
 log = logging.getLogger("engine.intake")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_SOCKET = socket.socket
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
+_TCP = (socket.AF_INET, socket.AF_INET6)
+_KNOWN_FAMILIES = (*_TCP, socket.AF_UNIX)  # stream addresses: a tuple iff TCP
 
 
 class Networks:
@@ -111,6 +131,11 @@ class Intake:
         self.deny_from = Networks(deny_from)
         self.client_timeout = client_timeout
         self.ssl_context = ssl_context
+        # Set in a worker by inherit_timeout(): TCP connections (a tuple address) come
+        # with client_timeout from their listener, and need nothing more from the intake
+        # when `_pass_tcp` (no PROXY header, access list or TLS either).
+        self.timeout_inherited = False
+        self._pass_tcp = False
 
     def admit(self, request: Any, client_address: Any) -> tuple[Any, Any] | None:
         """Return the request and client address to serve, or None if it was refused.
@@ -119,6 +144,8 @@ class Intake:
         the one from a PROXY header. On None the connection is already closed and one
         line logged. Client misbehaviour (garbage, resets, EOF, timeouts) never raises.
         """
+        if self._pass_tcp and type(client_address) is tuple and type(request) is _SOCKET:
+            return request, client_address  # TCP: client_timeout came from the listener
         if isinstance(request, tuple):  # a datagram: (data, the server's socket)
             reason = self.refusal(client_address)
             if reason is None:
@@ -131,6 +158,24 @@ class Intake:
             # A bug, or SystemExit & co. on the way out: the connection must not leak.
             _close(request)
             raise
+
+    def inherit_timeout(self, listeners: Iterable[socket.socket], *, blocking: bool) -> None:
+        """At a worker's boot: let TCP connections inherit client_timeout from *listeners*.
+
+        *blocking*: whether the worker's handlers get blocking sockets (the sync
+        worker), on which the kernel's timeout applies; the gevent worker's never block.
+        The listeners get no timeout (an earlier master's is cleared) when client_timeout
+        is off, under TLS (the handshake's socket gets a Python timeout anyway), or when
+        ``socket.setdefaulttimeout`` gave every new socket a timeout of its own.
+        """
+        seconds = self.client_timeout
+        if not blocking or self.ssl_context is not None or socket.getdefaulttimeout() is not None:
+            seconds = None
+        inherited = set_listener_timeout(listeners, seconds) and seconds is not None
+        self.timeout_inherited = inherited
+        self._pass_tcp = inherited and not (
+            self.proxy_protocol or self.allow_from or self.deny_from
+        )
 
     def refusal(self, client_address: Any) -> str | None:
         """Why the access lists refuse *client_address*, or None if they let it in."""
@@ -161,7 +206,9 @@ class Intake:
             request = self._handshake(request, client_address, peer, deadline)
             if request is None:
                 return None
-        elif self.client_timeout is not None:
+        elif self.client_timeout is not None and not (
+            self.timeout_inherited and type(peer) is tuple and type(request) is _SOCKET
+        ):
             request.settimeout(self.client_timeout)
         return request, client_address
 
@@ -228,6 +275,33 @@ class Intake:
             log.exception("closed %s: error during the TLS handshake", who)
         _close(tls)
         return None
+
+
+def set_listener_timeout(listeners: Iterable[socket.socket], seconds: float | None) -> bool:
+    """Set SO_RCVTIMEO and SO_SNDTIMEO of the TCP listeners among *listeners* to *seconds*
+    (None: no timeout), which the sockets their ``accept()`` returns inherit (Linux).
+
+    Datagram and Unix-socket listeners are left alone. Returns whether every TCP
+    listener took the value and a connection's address tells whether it came from one:
+    every stream listener is TCP (a tuple address) or Unix (a string).
+    """
+    # At least 1 µs (0 is none), at most about 31 years (the settings' longest duration).
+    usec = 0 if seconds is None else min(max(1, round(seconds * 1e6)), 10**15)
+    timeval = _TIMEVAL.pack(*divmod(usec, 1_000_000))
+    took = True
+    for listener in listeners:
+        try:
+            if listener.type != socket.SOCK_STREAM:
+                continue
+            family = listener.family
+            if family not in _KNOWN_FAMILIES:
+                took = False  # its addresses may be tuples too
+            elif family in _TCP:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        except OSError:
+            took = False
+    return took
 
 
 def _do_handshake(tls: ssl.SSLSocket, deadline: float) -> None:

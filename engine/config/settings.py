@@ -173,9 +173,13 @@ class Settings:
         "allow_from.", "clients", v.cidr_list, metavar="CIDR",
     )
     client_timeout: float | None = setting(
-        30.0, "Socket timeout set on every accepted connection before the handler runs "
-        "(a handler's own `timeout` attribute overrides it): a client silent this long "
-        "no longer holds a worker. `off` (or `none`) turns it off, as in socketserver.",
+        30.0, "How long a read or write on an accepted connection may wait, so that a "
+        "client silent this long no longer holds a worker. Sync worker on TCP: the kernel "
+        "enforces it (SO_RCVTIMEO/SO_SNDTIMEO inherited from the listener; the handler's "
+        "socket reports gettimeout() None, `rfile` ends as at EOF, recv/send raise "
+        "BlockingIOError). Unix sockets, TLS and the gevent worker: settimeout() "
+        "(TimeoutError). A handler's own `timeout` attribute overrides it. `off` (or "
+        "`none`) turns it off, as in socketserver.",
         "clients", v.optional(v.duration(0.0, exclusive=True)), metavar="SECONDS",
     )
     # --- pool ---
