@@ -17,16 +17,16 @@
 
 **The timeout in the kernel.** A Python socket with a timeout polls before every
 ``recv`` and ``send`` (CPython's ``sock_call_ex``), and ``settimeout`` itself is a system
-call: about 10% of the CPU of a short connection. Linux copies a TCP listener's
-``SO_RCVTIMEO`` and ``SO_SNDTIMEO`` into each socket ``accept()`` returns (Unix-socket
-listeners do not), so a sync worker sets ``client_timeout`` on its TCP listeners once, at
-boot (:meth:`Intake.inherit_timeout`), and the intake leaves those connections alone:
-they stay blocking sockets with ``gettimeout()`` None, on which a read or write the
-client keeps waiting past the timeout fails with ``EAGAIN`` (``BlockingIOError``;
-``rfile.readline()`` returns what it has, ``b""`` if nothing: an end of file). A socket
-with a Python timeout is non-blocking underneath, so the kernel timeout never fires on
-it: a handler's own ``timeout``, TLS connections (which get ``settimeout``) and the
-gevent worker's sockets keep ``TimeoutError``.
+call: about 12% of the CPU of a short connection (docs/tls-and-proxy.md). Linux copies
+a TCP listener's ``SO_RCVTIMEO`` and ``SO_SNDTIMEO`` into each socket ``accept()``
+returns (Unix-socket listeners do not), so a sync worker sets ``client_timeout`` on its
+TCP listeners once, at boot (:meth:`Intake.inherit_timeout`), and the intake leaves
+those connections alone: they stay blocking sockets with ``gettimeout()`` None, on
+which a read or write the client keeps waiting past the timeout fails with ``EAGAIN``
+(``BlockingIOError``; ``rfile.readline()`` returns what it has, ``b""`` if nothing: an
+end of file). A socket with a Python timeout is non-blocking underneath, so the kernel
+timeout never fires on it: a handler's own ``timeout``, TLS connections (which get
+``settimeout``) and the gevent worker's sockets keep ``TimeoutError``.
 
 Datagram requests (``(data, socket)``) only get step 2. A connection refused at any step
 is closed here, with one line on the ``engine.intake`` logger:
