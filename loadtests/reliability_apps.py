@@ -2,7 +2,11 @@
 
 * :class:`UntimedDemoHandler`: the demo protocol without the demo's own 30 s read
   timeout, so the engine's ``--client-timeout`` is what bounds an idle connection
-  (a handler's own ``timeout`` attribute overrides the setting).
+  (a handler's own ``timeout`` attribute overrides the setting). In the sync worker on
+  TCP that timeout is the kernel's, and a read it ends returns the unfinished line (see
+  docs/tls-and-proxy.md#client_timeout): this handler ends, as on a timeout, on a line
+  without its newline, or a client dripping a byte every few seconds would keep its
+  thread.
 * :class:`StrictLineHandler`: a strict line protocol that does *not* forgive its
   clients: every failure (a reset, garbage, an over-long line, a client that never
   reads and so makes a write time out) propagates out of ``handle()``, so the
@@ -33,6 +37,11 @@ class UntimedDemoHandler(DemoHandler):
     """The demo protocol; idle connections are bounded by ``--client-timeout`` only."""
 
     timeout = None  # type: ignore[assignment]  # DemoHandler's is an int
+
+    def respond(self, line: bytes) -> tuple[bytes, bool]:
+        if not line.endswith(b"\n"):  # the kernel's client_timeout (or EOF) cut it short
+            raise TimeoutError("unfinished line")  # handle() ends quietly, as on a timeout
+        return super().respond(line)
 
 
 class StrictLineHandler(StreamRequestHandler):

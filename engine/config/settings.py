@@ -176,10 +176,10 @@ class Settings:
         30.0, "How long a read or write on an accepted connection may wait, so that a "
         "client silent this long no longer holds a worker. Sync worker on TCP: the kernel "
         "enforces it (SO_RCVTIMEO/SO_SNDTIMEO inherited from the listener; the handler's "
-        "socket reports gettimeout() None, `rfile` ends as at EOF, recv/send raise "
-        "BlockingIOError). Unix sockets, TLS and the gevent worker: settimeout() "
-        "(TimeoutError). A handler's own `timeout` attribute overrides it. `off` (or "
-        "`none`) turns it off, as in socketserver.",
+        "socket reports gettimeout() None, `rfile` ends as at EOF after any unfinished "
+        "line, recv/send raise BlockingIOError). Unix sockets, TLS and the gevent "
+        "worker: settimeout() (TimeoutError). A handler's own `timeout` attribute "
+        "overrides it. `off` (or `none`) turns it off, as in socketserver.",
         "clients", v.optional(v.duration(0.0, exclusive=True)), metavar="SECONDS",
     )
     # --- pool ---
