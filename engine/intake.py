@@ -14,7 +14,7 @@ from engine import tls
 from engine.config import Settings
 from engine.config.settings import check_stream_only
 from engine.errors import ConfigError
-from workers.intake import Intake
+from workers.intake import Intake, set_listener_timeout
 
 
 def build_intake(settings: Settings, server: Any) -> Intake | None:
@@ -39,9 +39,14 @@ def build_intake(settings: Settings, server: Any) -> Intake | None:
         or settings.deny_from
         or settings.client_timeout is not None
     )
+    listeners = [
+        sock for sock in (getattr(server, "socket", None), *getattr(server, "extra_listeners", ()))
+        if isinstance(sock, socket.socket)
+    ]
     if not enabled:
+        set_listener_timeout(listeners, None)  # an earlier master's, inherited
         return None
-    return Intake(
+    intake = Intake(
         handshake_timeout=settings.handshake_timeout,
         proxy_protocol=settings.proxy_protocol,
         proxy_allow_from=settings.proxy_allow_from,
@@ -50,6 +55,11 @@ def build_intake(settings: Settings, server: Any) -> Intake | None:
         client_timeout=settings.client_timeout,
         ssl_context=context,
     )
+    # Now, before "serving": a connection takes its listener's SO_RCVTIMEO when the
+    # kernel queues it, and one queued before the first worker boots must have it too.
+    # Every worker sets it again at its boot (an upgrade may have changed it).
+    intake.inherit_timeout(listeners, blocking=settings.worker_class == "sync")
+    return intake
 
 
 def _datagram_intake(settings: Settings, context: Any) -> Intake | None:

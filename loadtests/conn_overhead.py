@@ -11,7 +11,9 @@ has connected, sent one line and half-closed before the timer starts, so the clo
 * ``floor + SHUT_WR``: the same with the stdlib's ``shutdown(SHUT_WR)`` before close;
 * ``engine``: the engine's real worker step (``Worker._take_waiting``) on a
   ``PreforkTCPServer``, as its default settings configure it (no per-connection
-  TCP_INFO byte count), and the same with ``count_bytes`` on;
+  TCP_INFO byte count; ``client_timeout`` 30 s, which the worker's boot puts on the
+  listener for the kernel to enforce), the same with ``client_timeout`` off, and with
+  ``count_bytes`` on;
 * ablations of the engine: without the TCP_INFO byte count, then also without the
   half-close, then also without the scoreboard writes.
 
@@ -37,6 +39,7 @@ from typing import Any
 from engine import PreforkTCPServer
 from engine.intake import build_intake
 from loadtests.bench_servers import LineHandler
+from workers.intake import set_listener_timeout
 from workers.scoreboard import Scoreboard
 from workers.worker import Worker, WorkerSpec
 
@@ -66,6 +69,7 @@ def floor_step(server: Server, count: int, half_close: bool) -> float:
     """The floor's loop; CPU µs per connection."""
     sock = server.socket
     sock.setblocking(True)
+    set_listener_timeout([sock], None)  # what an engine variant's boot set
     started = time.process_time()
     for _ in range(count):
         conn, address = sock.accept()
@@ -78,9 +82,10 @@ def floor_step(server: Server, count: int, half_close: bool) -> float:
     return (time.process_time() - started) / count * 1e6
 
 
-def make_worker(server: Server, traffic: bool) -> Worker:
+def make_worker(server: Server, traffic: bool, client_timeout: float | None) -> Worker:
     """A Worker object for slot 0, as the master would make it (without forking), with
-    the intake the default settings build (client_timeout)."""
+    the intake the settings build (client_timeout), booted as far as the listener."""
+    server.client_timeout = client_timeout
     spec = WorkerSpec(slot=0, generation=0, master_pid=os.getppid(), title="overhead",
                       intake=build_intake(server.prefork_settings(), server))
     # As in a pool worker: process_request serves here (outside a pool it would fork).
@@ -89,16 +94,17 @@ def make_worker(server: Server, traffic: bool) -> Worker:
     worker = Worker(server, Scoreboard(4), spec)
     if traffic:
         worker.count_bytes_on_shutdown()  # as the worker does with count_bytes on
+    worker._inherit_client_timeout()  # as the worker's boot does
     return worker
 
 
 def engine_step(
     server: Server, count: int, *, traffic: bool = True, half_close: bool = True,
-    scoreboard: bool = True,
+    scoreboard: bool = True, client_timeout: float | None = Server.client_timeout,
 ) -> float:
     """The engine's worker step, optionally with parts switched off; CPU µs per connection."""
     server.socket.setblocking(False)
-    worker = make_worker(server, traffic)
+    worker = make_worker(server, traffic, client_timeout)
     if not half_close:
         server.shutdown_request = lambda request: request.close()  # type: ignore[method-assign]
     if not scoreboard:
@@ -125,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         "floor": lambda: floor_step(server, n, half_close=False),
         "floor + SHUT_WR": lambda: floor_step(server, n, half_close=True),
         "engine (default)": lambda: engine_step(server, n, traffic=False),
+        "engine, client_timeout off": lambda: engine_step(
+            server, n, traffic=False, client_timeout=None
+        ),
         "engine + TCP_INFO count": lambda: engine_step(server, n, traffic=True),
         "engine - TCP_INFO - SHUT_WR": lambda: engine_step(
             server, n, traffic=False, half_close=False

@@ -71,6 +71,8 @@ SWEEP_SLICE = 64  # connections the idle sweep judges at a time (0.3 ms of the h
 class GeventWorker(Worker):
     """A worker that serves each connection in its own greenlet."""
 
+    blocking_connections = False  # never blocking: client_timeout is the idle sweep (TCP)
+
     _group: gevent.pool.Pool
     _stopped: gevent.event.Event
     _beat: gevent.Greenlet | None = None  # the heartbeat, kept up while draining

@@ -12,7 +12,21 @@
 3. **TLS**: the handshake, within what is left of ``handshake_timeout``; the request
    becomes an ``ssl.SSLSocket``.
 4. **client_timeout**: set on the socket (a handler's own ``timeout`` attribute still
-   overrides it in ``StreamRequestHandler.setup``).
+   overrides it in ``StreamRequestHandler.setup``), unless the connection inherited it
+   from its listener (below).
+
+**The timeout in the kernel.** A Python socket with a timeout polls before every
+``recv`` and ``send`` (CPython's ``sock_call_ex``), and ``settimeout`` itself is a system
+call: about 12% of the CPU of a short connection (docs/tls-and-proxy.md). Linux copies
+a TCP listener's ``SO_RCVTIMEO`` and ``SO_SNDTIMEO`` into each socket ``accept()``
+returns (Unix-socket listeners do not), so a sync worker sets ``client_timeout`` on its
+TCP listeners once, at boot (:meth:`Intake.inherit_timeout`), and the intake leaves
+those connections alone: they stay blocking sockets with ``gettimeout()`` None, on
+which a read or write the client keeps waiting past the timeout fails with ``EAGAIN``
+(``BlockingIOError``; ``rfile.readline()`` returns what it has, ``b""`` if nothing: an
+end of file). A socket with a Python timeout is non-blocking underneath, so the kernel
+timeout never fires on it: a handler's own ``timeout``, TLS connections (which get
+``settimeout``) and the gevent worker's sockets keep ``TimeoutError``.
 
 Datagram requests (``(data, socket)``) only get step 2. A connection refused at any step
 is closed here, with one line on the ``engine.intake`` logger:
@@ -40,6 +54,7 @@ import math
 import select
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -50,6 +65,87 @@ from workers.proxy_protocol import HeaderTruncated, ProxyProtocolError, read_hea
 log = logging.getLogger("engine.intake")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_SOCKET = socket.socket
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
+_TCP = (socket.AF_INET, socket.AF_INET6)
+_KNOWN_FAMILIES = (*_TCP, socket.AF_UNIX)  # stream addresses: a tuple iff TCP
+
+
+class KernelTimedSocket(socket.socket):
+    """A TCP connection whose client_timeout the kernel enforces, as a socket timeout would
+    look to its handler.
+
+    The connection inherited SO_RCVTIMEO/SO_SNDTIMEO from its listener, so a read or
+    write that waits longer fails with EAGAIN; here it raises ``TimeoutError("timed
+    out")`` instead, as CPython's own timeout does (``rfile.readline()`` raises it too,
+    rather than returning half a line). ``gettimeout()`` reports the timeout; a handler
+    that sets its own (``StreamRequestHandler.timeout``) gets a Python timeout as usual,
+    and ``settimeout(None)`` or ``setblocking(True)`` removes the kernel's too. The
+    intake gives each connection a subclass that carries the seconds: assigning
+    ``__class__`` costs no system call, unlike ``settimeout`` and the ``poll()`` a
+    Python timeout adds before every read and write.
+    """
+
+    __slots__ = ()
+    kernel_timeout: float = 0.0
+
+    def gettimeout(self) -> float | None:
+        own = super().gettimeout()
+        return self.kernel_timeout if own is None else own
+
+    def settimeout(self, value: float | None) -> None:
+        super().settimeout(value)
+        if value is None:
+            self._forget_kernel_timeout()
+
+    def setblocking(self, flag: bool) -> None:
+        super().setblocking(flag)
+        if flag:
+            self._forget_kernel_timeout()
+
+    def _forget_kernel_timeout(self) -> None:
+        none = _TIMEVAL.pack(0, 0)
+        with contextlib.suppress(OSError):
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, none)
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, none)
+        self.__class__ = _SOCKET  # type: ignore[assignment]
+
+    def _timed_out(self) -> bool:
+        """Was that EAGAIN the kernel's timeout (the socket is blocking in Python)?"""
+        return super().gettimeout() is None
+
+    def recv(self, *args: Any) -> bytes:
+        try:
+            return super().recv(*args)
+        except BlockingIOError:
+            if self._timed_out():
+                raise TimeoutError("timed out") from None
+            raise
+
+    def recv_into(self, *args: Any) -> int:
+        try:
+            return super().recv_into(*args)
+        except BlockingIOError:
+            if self._timed_out():
+                raise TimeoutError("timed out") from None
+            raise
+
+    def send(self, *args: Any) -> int:
+        try:
+            return super().send(*args)
+        except BlockingIOError:
+            if self._timed_out():
+                raise TimeoutError("timed out") from None
+            raise
+
+    def sendall(self, *args: Any) -> None:
+        try:
+            super().sendall(*args)
+        except BlockingIOError:
+            if self._timed_out():
+                raise TimeoutError("timed out") from None
+            raise
 
 
 class Networks:
@@ -111,6 +207,12 @@ class Intake:
         self.deny_from = Networks(deny_from)
         self.client_timeout = client_timeout
         self.ssl_context = ssl_context
+        # Set in a worker by inherit_timeout(): TCP connections (a tuple address) come
+        # with client_timeout from their listener, and need nothing more from the intake
+        # when `_pass_tcp` (no PROXY header, access list or TLS either).
+        self.timeout_inherited = False
+        self._pass_tcp = False
+        self._timed: type[KernelTimedSocket] = KernelTimedSocket  # carries the seconds
         # Set by a worker that bounds its TCP connections' waits itself (the gevent
         # worker's idle sweep): plain TCP connections then get no socket timeout here.
         self.tcp_timeout_elsewhere = False
@@ -122,6 +224,9 @@ class Intake:
         the one from a PROXY header. On None the connection is already closed and one
         line logged. Client misbehaviour (garbage, resets, EOF, timeouts) never raises.
         """
+        if self._pass_tcp and type(client_address) is tuple and type(request) is _SOCKET:
+            request.__class__ = self._timed  # TCP: client_timeout came from the listener
+            return request, client_address
         if isinstance(request, tuple):  # a datagram: (data, the server's socket)
             reason = self.refusal(client_address)
             if reason is None:
@@ -134,6 +239,27 @@ class Intake:
             # A bug, or SystemExit & co. on the way out: the connection must not leak.
             _close(request)
             raise
+
+    def inherit_timeout(self, listeners: Iterable[socket.socket], *, blocking: bool) -> None:
+        """At a worker's boot: let TCP connections inherit client_timeout from *listeners*.
+
+        *blocking*: whether the worker's handlers get blocking sockets (the sync
+        worker), on which the kernel's timeout applies; the gevent worker's never block.
+        The listeners get no timeout (an earlier master's is cleared) when client_timeout
+        is off, under TLS (the handshake's socket gets a Python timeout anyway), or when
+        ``socket.setdefaulttimeout`` gave every new socket a timeout of its own.
+        """
+        seconds = self.client_timeout
+        if not blocking or self.ssl_context is not None or socket.getdefaulttimeout() is not None:
+            seconds = None
+        inherited = set_listener_timeout(listeners, seconds) and seconds is not None
+        self.timeout_inherited = inherited
+        if inherited and seconds is not None:
+            self._timed = type("KernelTimedSocket", (KernelTimedSocket,),
+                               {"__slots__": (), "kernel_timeout": seconds})
+        self._pass_tcp = inherited and not (
+            self.proxy_protocol or self.allow_from or self.deny_from
+        )
 
     def refusal(self, client_address: Any) -> str | None:
         """Why the access lists refuse *client_address*, or None if they let it in."""
@@ -165,9 +291,13 @@ class Intake:
             if request is None:
                 return None
         elif self.client_timeout is not None and not (
-            self.tcp_timeout_elsewhere and type(peer) is tuple  # TCP, not a Unix socket
+            type(peer) is tuple  # TCP, not a Unix socket
+            and (self.tcp_timeout_elsewhere
+                 or (self.timeout_inherited and type(request) is _SOCKET))
         ):
             request.settimeout(self.client_timeout)
+        elif self.timeout_inherited and type(request) is _SOCKET and type(peer) is tuple:
+            request.__class__ = self._timed
         return request, client_address
 
     def _proxy_header(self, request: Any, peer: Any, deadline: float) -> Any:
@@ -233,6 +363,33 @@ class Intake:
             log.exception("closed %s: error during the TLS handshake", who)
         _close(tls)
         return None
+
+
+def set_listener_timeout(listeners: Iterable[socket.socket], seconds: float | None) -> bool:
+    """Set SO_RCVTIMEO and SO_SNDTIMEO of the TCP listeners among *listeners* to *seconds*
+    (None: no timeout), which the sockets their ``accept()`` returns inherit (Linux).
+
+    Datagram and Unix-socket listeners are left alone. Returns whether every TCP
+    listener took the value and a connection's address tells whether it came from one:
+    every stream listener is TCP (a tuple address) or Unix (a string).
+    """
+    # At least 1 µs (0 is none), at most about 31 years (the settings' longest duration).
+    usec = 0 if seconds is None else min(max(1, round(seconds * 1e6)), 10**15)
+    timeval = _TIMEVAL.pack(*divmod(usec, 1_000_000))
+    took = True
+    for listener in listeners:
+        try:
+            if listener.type != socket.SOCK_STREAM:
+                continue
+            family = listener.family
+            if family not in _KNOWN_FAMILIES:
+                took = False  # its addresses may be tuples too
+            elif family in _TCP:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        except OSError:
+            took = False
+    return took
 
 
 def _do_handshake(tls: ssl.SSLSocket, deadline: float) -> None:

@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.intake import Intake, set_listener_timeout
 from workers.protocol import Admitter, ExitCode, ServerLike, format_address
 from workers.scoreboard import Scoreboard
 
@@ -123,6 +124,10 @@ def _die_with_parent() -> None:
 class Worker:
     """One worker process's state and loop."""
 
+    # Handlers get blocking sockets, on which a kernel timeout inherited from the
+    # listener applies (see _inherit_client_timeout); the gevent worker's never block.
+    blocking_connections = True
+
     def __init__(self, server: ServerLike, scoreboard: Scoreboard, spec: WorkerSpec) -> None:
         self.server = server
         self.scoreboard = scoreboard
@@ -169,6 +174,7 @@ class Worker:
             hook = getattr(self.server, "worker_init", None)
             if hook is not None:
                 hook()
+            self._inherit_client_timeout()
         except Exception:
             traceback.print_exc()
             return ExitCode.BOOT_FAILED
@@ -192,6 +198,21 @@ class Worker:
     def _prepare_process(self) -> None:
         """After fork and signal set-up, before worker_init: nothing for the sync worker
         (the gevent worker monkey-patches here). An exception is a failed boot."""
+
+    def _inherit_client_timeout(self) -> None:
+        """Put client_timeout on the TCP listeners, for the connections to inherit.
+
+        The kernel then enforces it, and the intake skips a ``settimeout`` per connection
+        (see :mod:`workers.intake`). The listeners are shared by every worker, this
+        master's and a new master's after an upgrade (SIGUSR2): each worker sets them at
+        boot, so an upgrade that changes or turns off client_timeout takes effect; until
+        the old workers have drained, their new connections get the new value too.
+        """
+        intake = self.spec.intake
+        if isinstance(intake, Intake):
+            intake.inherit_timeout(self._listeners(), blocking=self.blocking_connections)
+        else:  # no client_timeout: clear an earlier generation's
+            set_listener_timeout(self._listeners(), None)
 
     def _start_serving(self) -> None:
         """Once worker_init is done: the thread pool, if there is one."""

@@ -173,9 +173,12 @@ class Settings:
         "allow_from.", "clients", v.cidr_list, metavar="CIDR",
     )
     client_timeout: float | None = setting(
-        30.0, "Socket timeout set on every accepted connection before the handler runs "
-        "(a handler's own `timeout` attribute overrides it): a client silent this long "
-        "no longer holds a worker. `off` (or `none`) turns it off, as in socketserver.",
+        30.0, "How long a read or write on an accepted connection may wait, so that a "
+        "client silent this long no longer holds a worker: the handler gets TimeoutError. "
+        "On TCP the kernel enforces it in the sync worker (SO_RCVTIMEO/SO_SNDTIMEO "
+        "inherited from the listener) and an idle sweep in the gevent worker; Unix "
+        "sockets and TLS get settimeout(). A handler's own `timeout` attribute overrides "
+        "it. `off` (or `none`) turns it off, as in socketserver.",
         "clients", v.optional(v.duration(0.0, exclusive=True)), metavar="SECONDS",
     )
     # --- pool ---

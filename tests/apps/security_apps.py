@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from engine.classic import StreamRequestHandler
+from tests.apps.intake_apps import timeouts
 
 LEAK: list[bytes] = []
 
@@ -23,8 +24,9 @@ class Leaky(StreamRequestHandler):
 
 
 class Timeout(StreamRequestHandler):
-    """Answers each line with the socket timeout the connection was given."""
+    """Answers each line with the socket timeouts the connection was given:
+    ``gettimeout() SO_RCVTIMEO SO_SNDTIMEO`` (see intake_apps.timeouts)."""
 
     def handle(self) -> None:
         for _ in self.rfile:
-            self.wfile.write(b"%r\n" % (self.connection.gettimeout(),))
+            self.wfile.write(timeouts(self.connection) + b"\n")

@@ -2,7 +2,10 @@
 
 A sync worker serves one connection at a time: a client that connects and says
 nothing holds it. ``client_timeout`` is 30 s by default (as gunicorn's ``timeout``
-and Apache's ``Timeout``) and ``off`` turns it off.
+and Apache's ``Timeout``) and ``off`` turns it off. On TCP the sync worker's
+connections carry it in the kernel, inherited from the listener: the handler's socket
+reports ``gettimeout()`` None and ``SO_RCVTIMEO`` / ``SO_SNDTIMEO`` 30 s (the
+``Timeout`` handler answers ``gettimeout() SO_RCVTIMEO SO_SNDTIMEO``).
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ def test_client_timeout_is_30_seconds_by_default(engine_proc: Start) -> None:
     assert Settings().client_timeout == 30.0
     assert PreforkTCPServer.client_timeout == 30.0
     engine = engine_proc(CLI, env=READY, args=SERVE)
-    assert exchange(engine.address, b"x\n") == b"30.0\n"
+    assert exchange(engine.address, b"x\n") == b"30.0 30.0 30.0\n"
 
 
 def test_client_timeout_off_turns_it_off(engine_proc: Start) -> None:
     engine = engine_proc(CLI, env=READY, args=[*SERVE, "--client-timeout", "off"])
-    assert exchange(engine.address, b"x\n") == b"None\n"
+    assert exchange(engine.address, b"x\n") == b"None 0.0 0.0\n"
 
 
 def test_idle_clients_past_capacity_no_longer_hold_the_pool(engine_proc: Start) -> None:
@@ -45,7 +48,7 @@ def test_idle_clients_past_capacity_no_longer_hold_the_pool(engine_proc: Start) 
         started = time.monotonic()
         with socket.create_connection(engine.address, timeout=15) as client:
             client.sendall(b"x\n")
-            assert recv_line(client, timeout=15) == b"1.0\n"
+            assert recv_line(client, timeout=15) == b"1.0 1.0 1.0\n"
         assert time.monotonic() - started < 10
     finally:
         for sock in idle:

@@ -24,7 +24,7 @@ import trustme
 from engine.config import build
 from engine.errors import ConfigError
 from engine.intake import build_intake
-from workers.intake import Intake
+from workers.intake import KernelTimedSocket, Intake, set_listener_timeout
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1 = b"PROXY TCP4 10.1.2.3 192.0.2.1 5555 80\r\n"
@@ -310,6 +310,124 @@ def test_client_timeout_is_set_on_the_connection(loopback: Loopback) -> None:
     assert time.monotonic() - started < 2
 
 
+def kernel_timeouts(sock: Any) -> tuple[float, float]:
+    """A socket's SO_RCVTIMEO and SO_SNDTIMEO, in seconds (0.0: none)."""
+    return tuple(  # type: ignore[return-value]
+        sec + usec / 1e6
+        for sec, usec in (
+            struct.unpack("@ll", sock.getsockopt(socket.SOL_SOCKET, option, 16))
+            for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO)
+        )
+    )
+
+
+def test_tcp_connections_inherit_client_timeout_from_the_listener(loopback: Loopback) -> None:
+    intake = Intake(client_timeout=0.3)
+    intake.inherit_timeout([loopback.listener], blocking=True)  # a sync worker's boot
+    assert kernel_timeouts(loopback.listener) == (0.3, 0.3)
+    client, conn, peer = loopback.connect()
+    assert intake.admit(conn, peer) == (conn, peer)
+    # No settimeout: a blocking socket, no poll() before each recv; the kernel's timeout,
+    # which gettimeout() reports and which ends a wait with TimeoutError, as Python's does.
+    assert isinstance(conn, KernelTimedSocket)
+    assert conn.gettimeout() == 0.3
+    assert kernel_timeouts(conn) == (0.3, 0.3)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        conn.recv(10)  # EAGAIN once the idle client has said nothing for 0.3 s
+    assert 0.25 < time.monotonic() - started < 2
+    client.sendall(b"partial")
+    with conn.makefile("rb") as rfile:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            rfile.readline()  # never half a line: the bytes stay buffered
+        assert 0.25 < time.monotonic() - started < 2
+    # The handler turns it off: blocking with no timeout at all, in Python or the kernel.
+    conn.settimeout(None)
+    assert type(conn) is socket.socket
+    assert kernel_timeouts(conn) == (0.0, 0.0)
+
+
+def test_a_kernel_timed_socket_in_non_blocking_mode_says_blocking_io(loopback: Loopback) -> None:
+    intake = Intake(client_timeout=0.3)
+    intake.inherit_timeout([loopback.listener], blocking=True)
+    client, conn, peer = loopback.connect()
+    intake.admit(conn, peer)
+    conn.setblocking(False)  # the handler's choice: EAGAIN means "nothing yet" again
+    with pytest.raises(BlockingIOError):
+        conn.recv(10)
+    conn.settimeout(0.05)  # a Python timeout of its own: Python's TimeoutError
+    with pytest.raises(TimeoutError):
+        conn.recv(10)
+
+
+def test_a_proxied_tcp_connection_keeps_the_inherited_timeout(loopback: Loopback) -> None:
+    intake = Intake(client_timeout=0.3, proxy_protocol=True)
+    intake.inherit_timeout([loopback.listener], blocking=True)
+    client, conn, peer = loopback.connect()
+    client.sendall(V1)
+    assert intake.admit(conn, peer) == (conn, ("10.1.2.3", 5555))
+    assert conn.gettimeout() == 0.3  # blocking again after the header, the kernel's
+    assert kernel_timeouts(conn) == (0.3, 0.3)
+
+
+def test_unix_socket_connections_keep_a_python_timeout(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        listener.bind(str(tmp_path / "s"))
+        listener.listen()
+        intake = Intake(client_timeout=0.3)
+        intake.inherit_timeout([listener], blocking=True)
+        client.connect(str(tmp_path / "s"))
+        conn, peer = listener.accept()
+        with conn:
+            assert kernel_timeouts(conn) == (0.0, 0.0)  # Unix sockets do not inherit it
+            assert intake.admit(conn, peer) == (conn, peer)
+            assert conn.gettimeout() == 0.3
+            with pytest.raises(TimeoutError):
+                conn.recv(10)
+
+
+@pytest.mark.parametrize(("client_timeout", "blocking"), [
+    pytest.param(0.3, False, id="non-blocking sockets (gevent)"),
+    pytest.param(None, True, id="client_timeout off"),
+])
+def test_listener_timeout_cleared_where_the_kernel_does_not_enforce_it(
+    loopback: Loopback, client_timeout: float | None, blocking: bool
+) -> None:
+    intake = Intake(client_timeout=client_timeout, allow_from=["127.0.0.1/32"])
+    set_listener_timeout([loopback.listener], 1.0)  # an earlier generation's
+    intake.inherit_timeout([loopback.listener], blocking=blocking)
+    assert kernel_timeouts(loopback.listener) == (0.0, 0.0)
+    _, conn, peer = loopback.connect()
+    assert intake.admit(conn, peer) == (conn, peer)
+    assert kernel_timeouts(conn) == (0.0, 0.0)
+    assert conn.gettimeout() == client_timeout  # 0.3 in Python, or none at all
+
+
+def test_a_default_socket_timeout_keeps_client_timeout_in_python(loopback: Loopback) -> None:
+    intake = Intake(client_timeout=0.3)
+    socket.setdefaulttimeout(5)
+    try:
+        intake.inherit_timeout([loopback.listener], blocking=True)
+    finally:
+        socket.setdefaulttimeout(None)
+    assert kernel_timeouts(loopback.listener) == (0.0, 0.0)
+    _, conn, peer = loopback.connect()
+    intake.admit(conn, peer)
+    assert conn.gettimeout() == 0.3
+
+
+def test_listener_timeout_leaves_datagram_sockets_alone() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+            socket.create_server(("127.0.0.1", 0)) as tcp:
+        assert set_listener_timeout([udp, tcp], 2.5)
+        assert kernel_timeouts(udp) == (0.0, 0.0)
+        assert kernel_timeouts(tcp) == (2.5, 2.5)
+        assert set_listener_timeout([udp, tcp], None)
+        assert kernel_timeouts(tcp) == (0.0, 0.0)
+
+
 # --- TLS ---
 
 
@@ -368,6 +486,26 @@ def test_tls_handshake_then_the_handler_reads_plaintext(
     assert request.recv(10) == b"ping"
     assert isinstance(outcome[0], ssl.SSLSocket)
     loopback.keep(outcome[0])
+
+
+def test_tls_connections_keep_a_python_timeout(
+    loopback: Loopback, server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    intake = Intake(ssl_context=server_context, client_timeout=0.3)
+    set_listener_timeout([loopback.listener], 1.0)  # an earlier generation's
+    intake.inherit_timeout([loopback.listener], blocking=True)
+    assert kernel_timeouts(loopback.listener) == (0.0, 0.0)
+    client, conn, peer = loopback.connect()
+    thread, outcome = tls_client(client, client_context)
+    admitted = intake.admit(conn, peer)
+    thread.join(10)
+    assert admitted is not None
+    request = loopback.keep(admitted[0])
+    loopback.keep(outcome[0])
+    assert request.gettimeout() == 0.3
+    assert request.recv(10) == b"ping"
+    with pytest.raises(TimeoutError):
+        request.recv(10)
 
 
 def test_tls_handshake_failure_is_closed_and_logged(
