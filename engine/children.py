@@ -11,10 +11,12 @@ import contextlib
 import enum
 import errno
 import gc
+import importlib
 import logging
 import os
 import random
 import signal
+import sys
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,19 @@ log = logging.getLogger("engine.master")
 
 # How long a worker told to dump its traceback (SIGABRT), or to quit, gets before SIGKILL.
 ABORT_GRACE = 1.0
+# What a gevent worker imports after fork: its class, gevent, and what
+# ``gevent.monkey.patch_all()`` imports (gevent's replacement modules; its plugin events
+# read the installed packages' entry points with importlib.metadata). Imported once in
+# the master, without patching anything, their pages are shared by every worker instead
+# of copied into each: 2.8 MiB less USS per idle gevent worker (docs/benchmarks.md).
+GEVENT_MODULES = (
+    "workers.cooperative", "gevent.events", "gevent.local", "gevent.select",
+    "gevent.selectors", "gevent.signal", "gevent.subprocess", "gevent.thread",
+    "gevent.threading", "gevent.time", "importlib.metadata",
+    # patch_all()'s thread patcher, one module per Python version (gevent's own choice)
+    "gevent.monkey._patch_thread_common",
+    "gevent.monkey._patch_thread_" + ("lt313" if sys.version_info < (3, 13) else "gte313"),
+)
 
 
 @dataclass
@@ -330,6 +345,20 @@ def call_hook(server: Any, name: str, *args: Any) -> None:
         log.exception("hook %s raised", getattr(hook, "__name__", hook))
 
 
+def preload_worker_modules(worker_class: str) -> None:
+    """Import, in the master before any fork, what a *worker_class* worker would import
+    after it (gevent's modules; nothing for sync). Importing patches nothing: the master
+    stays on the standard library. A module that fails to import is left to the worker,
+    which reports the error as a failed boot, as it would have without this."""
+    if worker_class != "gevent":
+        return
+    for name in GEVENT_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the worker's own import raises it again, with its traceback
+            log.debug("preloading %s failed", name, exc_info=True)
+
+
 def describe_fork_error(exc: OSError) -> str:
     """``fork()``'s error in words, with the usual cause for the usual errnos."""
     hint = {
@@ -361,6 +390,7 @@ class SpecFactory:
         """Build the intake now, before any fork or privilege drop (key files may be
         root's alone). The CLI sets ``_engine_request_done``; otherwise ``access_log``
         builds the access-log callback."""
+        preload_worker_modules(settings.worker_class)
         return cls(
             settings, name=name, extra_listeners=tuple(getattr(server, "extra_listeners", ())),
             intake=build_intake(settings, server), close_fds=close_fds,
