@@ -123,6 +123,7 @@ class Children:
         self.fork_blocked = fork_blocked  # signals blocked across fork()
         self.scoreboard = scoreboard
         self.gc_freeze = gc_freeze
+        self.frozen = False  # the master's objects at its first fork: frozen for good
         self.reap_orphans = reap_orphans  # PID 1: adopted orphans are ours to reap
         self.by_slot: dict[int, Child] = {}
         self.backoff = SpawnBackoff()
@@ -146,8 +147,17 @@ class Children:
     def spawn(self, spec: WorkerSpec, generation: int, now: float) -> Child | None:
         """Fork one worker for *spec*; None when fork() failed (backed off, logged once)."""
         self.scoreboard.clear(spec.slot)
-        if self.gc_freeze:
-            gc.freeze()  # keep the master's objects out of the workers' collections: CoW
+        if self.gc_freeze and not self.frozen:
+            # Once, for good: what the master holds by its first fork (modules, classes,
+            # the server) lives as long as it does. Frozen, it is skipped by every
+            # collection, the workers' and the master's own: a full collection writes
+            # the header of each object it walks, and the page copies it makes became
+            # every worker's private memory (the master used to unfreeze after each
+            # fork: 6 MiB more USS for a lone worker after one; docs/benchmarks.md).
+            # The price: start-up garbage in cycles is never collected (not collected
+            # here first: that cost each worker 70 KiB, the holes it leaves in pages).
+            gc.freeze()
+            self.frozen = True
         # Block the master's signals across fork(): the child must not run the master's
         # handlers (a SIGTERM would be lost); it unblocks them once its own are in place.
         spec.signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.fork_blocked)
@@ -159,11 +169,9 @@ class Children:
         finally:
             if os.getpid() == spec.master_pid:
                 signal.pthread_sigmask(signal.SIG_SETMASK, spec.signal_mask)
-                if self.gc_freeze:
-                    # The child keeps them frozen (that is the point); the master must
-                    # not, or garbage made between forks would never be collected.
-                    gc.unfreeze()
         if pid == 0:
+            if self.gc_freeze:
+                gc.freeze()  # and what the master made since: out of this worker's collections
             run_worker(self.server, self.scoreboard, spec)
         child = self.by_slot[spec.slot] = Child(spec.slot, pid, generation, now)
         recovered = self.backoff.fork_worked()
@@ -271,6 +279,9 @@ class Children:
             with contextlib.suppress(ChildProcessError):
                 _, status = os.waitpid(child.pid, 0)
             exits.append(self._exited(child, status, stopping))
+        if self.frozen:  # no worker left to share pages with (serve_forever may return)
+            gc.unfreeze()
+            self.frozen = False
         return exits
 
     # --- reaping ---
