@@ -106,7 +106,8 @@ class StdThreading(socketserver.ThreadingTCPServer):
 
 
 def run_engine(port: int, handler: type[socketserver.BaseRequestHandler], args: Any) -> None:
-    """PreforkTCPServer with ``workers`` and ``pool_mode`` from the command line."""
+    """PreforkTCPServer with ``workers``, ``pool_mode`` and ``worker_class`` from the
+    command line."""
     from engine import PreforkTCPServer
 
     attrs: dict[str, Any] = {
@@ -114,6 +115,7 @@ def run_engine(port: int, handler: type[socketserver.BaseRequestHandler], args: 
         "request_queue_size": BACKLOG,
         "workers": args.workers,
         "pool_mode": args.pool_mode,
+        "worker_class": args.worker_class,
     }
     if args.max_children is not None:
         attrs["max_children"] = args.max_children
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pool-mode", default="dynamic")
     parser.add_argument("--max-children", type=int, default=None)
+    parser.add_argument("--worker-class", choices=("sync", "gevent"), default="sync")
     args = parser.parse_args(argv)
 
     def on_term(signum: int, frame: object) -> None:

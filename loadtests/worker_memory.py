@@ -1,12 +1,15 @@
 """What one worker process costs in memory: the engine against a forked child and the floor.
 
     python -m loadtests.worker_memory [--proto http|line] [--requests 200]
-        [--servers engine,engine-static,forking,floor,gunicorn] [--maps] [--json]
+        [--servers engine,engine-static,forking,floor,gunicorn,engine-gevent] [--maps]
+        [--json]
 
 Every server is the benchmark's (``loadtests.bench_servers``: same handler, 2 workers)
 and gets the same small load: *requests* connections of one request each, one at a
 time, then one keep-alive connection that makes one request and stays open (so that
 ForkingTCPServer has a child to measure: it only has one while a client is connected).
+``engine-gevent`` (not in the default list) is the engine's static pool with
+``worker_class = "gevent"``.
 Once the processes' memory stops changing, each worker's USS (pages no other process
 maps) and PSS (every page divided by the number of processes mapping it) are read with
 psutil. The workers are the server's descendants: the engine's and the floor's workers,
@@ -40,13 +43,15 @@ from tests.kit import kill_group
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-SERVERS = ("engine", "engine-static", "forking", "floor", "gunicorn")
+SERVERS = ("engine", "engine-static", "forking", "floor", "gunicorn", "engine-gevent")
+DEFAULT_SERVERS = SERVERS[:5]  # engine-gevent on request: its worker is another kind
 LABELS = {
     "engine": "engine (default pool)",
     "engine-static": "engine static",
     "forking": "ForkingTCPServer child",
     "floor": "floor",
     "gunicorn": "gunicorn sync",
+    "engine-gevent": "engine gevent (static)",
 }
 REFERENCE = "forking"  # the target: a worker costs what a forked child costs
 LINE = b"x" * 64 + b"\n"
@@ -141,7 +146,9 @@ def server_argv(server: str, proto: str, port: int, workers: int) -> list[str]:
             "loadtests.bench_servers:wsgi_app",
         ]
     argv = [sys.executable, "-m", "loadtests.bench_servers"]
-    if server.startswith("engine"):
+    if server == "engine-gevent":
+        argv += ["engine", "--pool-mode", "static", "--worker-class", "gevent"]
+    elif server.startswith("engine"):
         argv += ["engine", "--pool-mode", "static" if server == "engine-static" else "dynamic"]
     else:
         argv.append(server)
@@ -317,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--proto", choices=("http", "line"), default="http")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS))
     parser.add_argument("--maps", action="store_true", help="private KiB per mapping kind")
     parser.add_argument("--json", action="store_true", help="raw figures as JSON")
     args = parser.parse_args(argv)
