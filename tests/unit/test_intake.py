@@ -24,7 +24,7 @@ import trustme
 from engine.config import build
 from engine.errors import ConfigError
 from engine.intake import build_intake
-from workers.intake import KernelTimedSocket, Intake, set_listener_timeout
+from workers.intake import Intake, KernelTimedSocket, set_listener_timeout
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1 = b"PROXY TCP4 10.1.2.3 192.0.2.1 5555 80\r\n"
@@ -351,7 +351,7 @@ def test_tcp_connections_inherit_client_timeout_from_the_listener(loopback: Loop
 def test_a_kernel_timed_socket_in_non_blocking_mode_says_blocking_io(loopback: Loopback) -> None:
     intake = Intake(client_timeout=0.3)
     intake.inherit_timeout([loopback.listener], blocking=True)
-    client, conn, peer = loopback.connect()
+    _client, conn, peer = loopback.connect()
     intake.admit(conn, peer)
     conn.setblocking(False)  # the handler's choice: EAGAIN means "nothing yet" again
     with pytest.raises(BlockingIOError):
