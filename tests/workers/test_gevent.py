@@ -329,4 +329,6 @@ def test_a_burst_of_keep_alive_clients_is_shared_between_workers(engine_proc, tm
         for client in clients:
             client.close()
     assert set(served) == pool, served
-    assert min(served.values()) >= 15, served
+    # Shared, not split evenly: on a loaded machine the sibling may wake late (13/27 was
+    # seen with a CPU burner beside the test). Without balancing one took nearly all 40.
+    assert min(served.values()) >= 10, served
