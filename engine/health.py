@@ -257,13 +257,28 @@ def _read(proc: psutil.Process) -> WorkerHealth:
         cpu = proc.cpu_percent(interval=None)  # never pass an interval: it sleeps
         fds: int | None
         try:
-            fds = proc.num_fds()
-        except psutil.AccessDenied:
+            fds = count_fds(proc)
+        except (psutil.AccessDenied, PermissionError):
             fds = None
         threads = proc.num_threads()
     return WorkerHealth(
         rss=rss, uss=uss, cpu_percent=cpu, open_fds=fds, num_threads=threads
     )
+
+
+def count_fds(proc: psutil.Process) -> int:
+    """The open fds of *proc*: ``stat()`` of ``/proc/PID/fd`` (Linux 6.2 and later give
+    the count as its size), else psutil's listing of the directory.
+
+    The listing costs about 3.5 µs per fd in the master, on a CPU the workers and their
+    clients share: 14 ms every health_interval for a gevent worker with 4,000
+    connections, which showed in their p99.
+    """
+    try:
+        size = os.stat(f"/proc/{proc.pid}/fd").st_size
+    except FileNotFoundError:
+        raise psutil.NoSuchProcess(proc.pid) from None
+    return size if size > 0 else proc.num_fds()
 
 
 def _fd_limit(proc: psutil.Process) -> int:

@@ -273,6 +273,6 @@ def _probe(sock: Any) -> tuple[bool, tuple[int, int]] | None:
     if not ((read is not None and read.active) or (write is not None and write.active)):
         return False, (0, 0)
     try:
-        return True, tcp_counters(sock)
+        return True, tcp_counters(getattr(sock, "_sock", sock))  # gevent's wrapper: skip it
     except OSError:
         return None  # closed under us

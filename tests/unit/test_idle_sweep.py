@@ -76,8 +76,8 @@ def test_an_expired_or_discarded_connection_is_no_longer_watched() -> None:
 
 
 def test_sweep_interval_is_a_fraction_of_the_timeout_within_bounds() -> None:
-    assert sweep_interval(30) == 3.75
-    assert sweep_interval(3600) == 5.0
+    assert sweep_interval(30) == 7.5
+    assert sweep_interval(3600) == 10.0
     assert sweep_interval(0.1) == 0.05
 
 
