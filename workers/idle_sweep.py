@@ -3,7 +3,8 @@
 A socket timeout on a gevent socket costs a timer started and stopped around every wait
 (about 20 µs and half a KiB per waiting connection, measured with 4,096 keep-alive
 clients). With thousands of mostly idle connections the worker instead leaves its TCP
-sockets without a timeout and, every :func:`sweep_interval` (a quarter of the timeout), looks at each one:
+sockets without a timeout and, every :func:`sweep_interval` (a quarter of the
+timeout), looks at each one:
 
 * is a greenlet waiting on it (its read or write watcher is active)?
 * how many bytes has the kernel received on it, and had acknowledged by the peer
