@@ -46,6 +46,7 @@ from engine import classic, listeners
 from engine.config import Settings, build, class_attr_names, registry
 from engine.config.settings import LogLevel, PoolMode, TlsMinVersion, TlsVerifyClient, WorkerClass
 from engine.master import Master
+from workers.intake import set_listener_timeout
 
 Socket = socket.socket  # for annotations inside the class, whose `socket` is an attribute
 
@@ -259,6 +260,9 @@ class PreforkLayer:
             for each, blocking in zip(restore, was_blocking, strict=False):
                 with contextlib.suppress(OSError):  # closed meanwhile by server_close()
                     each.setblocking(blocking)
+            # Nor its client_timeout (SO_RCVTIMEO/SO_SNDTIMEO, for the connections to
+            # inherit): a blocking accept() on the caller's socket must not time out.
+            set_listener_timeout(restore, None)
             with state.lock:
                 self._prefork_master = None
                 self._prefork_pool_pid = None

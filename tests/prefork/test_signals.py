@@ -143,3 +143,45 @@ def test_workers_ignore_master_only_signals(engine_proc) -> None:
         worker.send_signal(sig)
     assert tcp_exchange(engine.address, b"alive\n").startswith(str(worker.pid).encode())
     assert worker.is_running()
+
+
+def test_listener_timeouts_are_cleared_after_serve_forever(engine_proc) -> None:
+    """client_timeout lives on the listener while serving (its connections inherit it);
+    after serve_forever() the socket is the caller's again: a blocking accept() on it
+    must not time out."""
+    code = """
+import socket, struct, threading
+import engine
+from tests.apps.prefork_apps import PidEcho
+from tests.kit import exchange as tcp_exchange
+
+class Server(engine.PreforkTCPServer):
+    workers = 1
+    pool_mode = 'static'
+    client_timeout = 0.2
+
+def kernel_timeouts(sock):
+    return [struct.unpack('@ll', sock.getsockopt(socket.SOL_SOCKET, option, 16))
+            for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO)]
+
+srv = Server(('127.0.0.1', 0), PidEcho)
+thread = threading.Thread(target=srv.serve_forever)
+thread.start()
+for _ in range(200):
+    try:
+        tcp_exchange(srv.server_address, b'x\\n', 5)
+        break
+    except OSError:
+        threading.Event().wait(0.05)
+serving = kernel_timeouts(srv.socket)
+srv.shutdown()
+thread.join(10)
+after = kernel_timeouts(srv.socket)
+srv.server_close()
+assert serving == [(0, 200000), (0, 200000)], serving
+assert after == [(0, 0), (0, 0)], after
+print("READY 'done'", flush=True)
+"""
+    engine = engine_proc(code)
+    assert engine.address == "done"
+    assert engine.wait(20) == 0
