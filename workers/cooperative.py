@@ -80,7 +80,6 @@ class GeventWorker(Worker):
     _ahead = False  # a sibling with room held clearly fewer connections at the last read
     _loads_read = float("-inf")
     _idle: IdleSweep | None = None  # client_timeout on plain TCP connections
-    _waiters: dict[Any, gevent.Greenlet]  # their sockets -> their greenlets
 
     def _prepare_process(self) -> None:
         patch_process()
@@ -95,7 +94,7 @@ class GeventWorker(Worker):
         timeout = getattr(intake, "client_timeout", None)
         if timeout is not None and context is None:
             # A socket timeout costs a timer around every wait: sweep instead.
-            self._idle, self._waiters = IdleSweep(timeout), {}
+            self._idle = IdleSweep(timeout)
             intake.tcp_timeout_elsewhere = True  # type: ignore[union-attr]
 
     def _stop_taking(self) -> None:
@@ -158,7 +157,7 @@ class GeventWorker(Worker):
 
     def _sweep_idle(self) -> None:
         """client_timeout for plain TCP connections: see :mod:`workers.idle_sweep`."""
-        idle, waiters = self._idle, self._waiters
+        idle = self._idle
         assert idle is not None
         interval = sweep_interval(idle.timeout)
         while True:
@@ -170,10 +169,9 @@ class GeventWorker(Worker):
                 gevent.sleep(pause)
                 now = time.monotonic()
                 for sock in watched[start:start + SWEEP_SLICE]:
-                    if idle.judge(sock, now, _probe(sock)):
-                        waiter = waiters.pop(sock, None)
-                        if waiter is not None:
-                            waiter.kill(TimeoutError("timed out"), block=False)
+                    waiter = idle.judge(sock, now, _probe(sock))
+                    if waiter is not None:
+                        waiter.kill(TimeoutError("timed out"), block=False)
 
     def _take_from(self, take: Callable[[], tuple[Any, Any]], fileno: int) -> None:
         """Take connections (or datagrams) from one listener while slots are free."""
@@ -232,8 +230,7 @@ class GeventWorker(Worker):
         idle = self._idle
         # A TCP connection: not a Unix socket (a str address), not a datagram (a tuple).
         if idle is not None and type(client_address) is tuple and not isinstance(request, tuple):
-            idle.add(request)
-            self._waiters[request] = gevent.getcurrent()
+            idle.add(request, gevent.getcurrent())
         try:
             if timer is not None:
                 timer.start()
@@ -249,7 +246,6 @@ class GeventWorker(Worker):
                 timer.close()
             if idle is not None:
                 idle.discard(request)
-                self._waiters.pop(request, None)
             self._finished(client_address, started, token)
 
     def _report_timeout(self, client_address: Any, limit: float | None) -> None:

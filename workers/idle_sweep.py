@@ -26,6 +26,7 @@ import socket
 import struct
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
 # struct tcp_info (linux/tcp.h): the two u64 byte counters, present since Linux 4.2.
 TCP_INFO_BYTES_ACKED = 120
@@ -56,6 +57,7 @@ def tcp_counters(sock: socket.socket) -> Counters:
 
 @dataclass(slots=True)  # one per connection: 10,000 of them in a worker
 class _Seen:
+    owner: Any  # what the caller acts on when it times out (its greenlet)
     counters: Counters | None = None  # at the last sweep that saw it waiting
     since: float | None = None  # when it was first seen waiting with these counters
 
@@ -70,9 +72,10 @@ class IdleSweep:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def add(self, conn: Hashable) -> None:
-        """Start watching *conn* (a connection the handler is about to get)."""
-        self._seen[conn] = _Seen()
+    def add(self, conn: Hashable, owner: Any = None) -> None:
+        """Start watching *conn* (a connection the handler is about to get); *owner*
+        (default: *conn*) is what :meth:`judge` returns when it times out."""
+        self._seen[conn] = _Seen(conn if owner is None else owner)
 
     def discard(self, conn: Hashable) -> None:
         """Stop watching *conn* (its greenlet ended)."""
@@ -80,26 +83,28 @@ class IdleSweep:
 
     def sweep(self, now: float, probe: Probe) -> list[Hashable]:
         """The connections that timed out at *now*, all judged at once."""
-        return [conn for conn in self.watched() if self.judge(conn, now, probe(conn))]
+        return [conn for conn in self.watched()
+                if self.judge(conn, now, probe(conn)) is not None]
 
     def watched(self) -> list[Hashable]:
         """The connections watched now (a copy: a worker judges them a few at a time,
         yielding between, while connections come and go)."""
         return list(self._seen)
 
-    def judge(self, conn: Hashable, now: float, state: tuple[bool, Counters] | None) -> bool:
-        """Has *conn* (in *state* at *now*) timed out? If so it is no longer watched."""
+    def judge(self, conn: Hashable, now: float, state: tuple[bool, Counters] | None) -> Any:
+        """The owner of *conn* if it (in *state* at *now*) timed out, else None. A
+        connection that timed out is no longer watched."""
         seen = self._seen.get(conn)
         if seen is None:
-            return False  # gone since watched() was taken
+            return None  # gone since watched() was taken
         if state is None or not state[0]:
             seen.since = seen.counters = None  # not waiting on its client now
-            return False
+            return None
         counters = state[1]
         if seen.since is None or counters != seen.counters:
             seen.since, seen.counters = now, counters  # a wait begins (or data moved)
-            return False
+            return None
         if now - seen.since < self.timeout:
-            return False
+            return None
         del self._seen[conn]
-        return True
+        return seen.owner

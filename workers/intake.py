@@ -20,13 +20,14 @@
 call: about 12% of the CPU of a short connection (docs/tls-and-proxy.md). Linux copies
 a TCP listener's ``SO_RCVTIMEO`` and ``SO_SNDTIMEO`` into each socket ``accept()``
 returns (Unix-socket listeners do not), so a sync worker sets ``client_timeout`` on its
-TCP listeners once, at boot (:meth:`Intake.inherit_timeout`), and the intake leaves
-those connections alone: they stay blocking sockets with ``gettimeout()`` None, on
-which a read or write the client keeps waiting past the timeout fails with ``EAGAIN``
-(``BlockingIOError``; ``rfile.readline()`` returns what it has, ``b""`` if nothing: an
-end of file). A socket with a Python timeout is non-blocking underneath, so the kernel
-timeout never fires on it: a handler's own ``timeout``, TLS connections (which get
-``settimeout``) and the gevent worker's sockets keep ``TimeoutError``.
+TCP listeners (:meth:`Intake.inherit_timeout`: the master before "serving", each
+worker at its boot) and the intake only turns those connections into a
+:class:`KernelTimedSocket`: blocking underneath, ``gettimeout()`` reporting the
+timeout, and ``TimeoutError`` where the kernel's ``EAGAIN`` ends a wait, as with a
+Python timeout. A socket with a Python timeout is non-blocking underneath, so the
+kernel timeout never fires on it: a handler's own ``timeout`` and TLS connections
+(which get ``settimeout``) keep CPython's; the gevent worker's TCP connections are
+bounded by its idle sweep (:mod:`workers.idle_sweep`).
 
 Datagram requests (``(data, socket)``) only get step 2. A connection refused at any step
 is closed here, with one line on the ``engine.intake`` logger:
@@ -241,7 +242,8 @@ class Intake:
             raise
 
     def inherit_timeout(self, listeners: Iterable[socket.socket], *, blocking: bool) -> None:
-        """At a worker's boot: let TCP connections inherit client_timeout from *listeners*.
+        """Let TCP connections inherit client_timeout from *listeners* (the master before
+        "serving", then each worker at its boot).
 
         *blocking*: whether the worker's handlers get blocking sockets (the sync
         worker), on which the kernel's timeout applies; the gevent worker's never block.
@@ -254,7 +256,7 @@ class Intake:
             seconds = None
         inherited = set_listener_timeout(listeners, seconds) and seconds is not None
         self.timeout_inherited = inherited
-        if inherited and seconds is not None:
+        if inherited:
             self._timed = type("KernelTimedSocket", (KernelTimedSocket,),
                                {"__slots__": (), "kernel_timeout": seconds})
         self._pass_tcp = inherited and not (
@@ -290,14 +292,12 @@ class Intake:
             request = self._handshake(request, client_address, peer, deadline)
             if request is None:
                 return None
+        elif type(peer) is tuple and self.timeout_inherited and type(request) is _SOCKET:
+            request.__class__ = self._timed  # TCP: client_timeout came from the listener
         elif self.client_timeout is not None and not (
-            type(peer) is tuple  # TCP, not a Unix socket
-            and (self.tcp_timeout_elsewhere
-                 or (self.timeout_inherited and type(request) is _SOCKET))
+            self.tcp_timeout_elsewhere and type(peer) is tuple  # the gevent worker's sweep
         ):
             request.settimeout(self.client_timeout)
-        elif self.timeout_inherited and type(request) is _SOCKET and type(peer) is tuple:
-            request.__class__ = self._timed
         return request, client_address
 
     def _proxy_header(self, request: Any, peer: Any, deadline: float) -> Any:
