@@ -118,6 +118,25 @@ def test_gevent_worker_times_out_by_its_idle_sweep(engine_proc: Start) -> None:
     assert TIMEOUT * 0.8 <= waited < TIMEOUT + 5
 
 
+def test_gevent_idle_sweep_spares_a_client_that_keeps_talking(engine_proc: Start) -> None:
+    """Each wait that ends counts: a client sending a line every TIMEOUT/3 for four
+    times TIMEOUT is never timed out, and it is once it falls silent."""
+    pytest.importorskip("gevent")
+    engine = serve(engine_proc, "--client-timeout", str(TIMEOUT), "--worker-class", "gevent")
+    with idle_client(engine.address) as (client, _):
+        talked_until = time.monotonic() + 4 * TIMEOUT
+        while time.monotonic() < talked_until:
+            client.sendall(b"still here\n")
+            assert recv_line(client) == b"still here\n"
+            with pytest.raises(TimeoutError):  # the pace of a slow client (no reply due)
+                client.settimeout(TIMEOUT / 3)
+                client.recv(10)
+            client.settimeout(10)
+        last, waited = ending(client)
+    assert last == b"TIMEOUT\n"
+    assert waited < TIMEOUT + 5
+
+
 def test_an_upgrade_that_turns_client_timeout_off_clears_it(
     engine_proc: Start, tmp_path: Path
 ) -> None:
