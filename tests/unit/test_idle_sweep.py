@@ -14,23 +14,25 @@ OWN = "own"  # not ours to judge: the handler set its own timeout, or it closed
 
 def sweeps(timeout: float, states: dict[str, list[str]]) -> list[tuple[float, list[str]]]:
     """Sweep once a second over the per-second states of each connection; returns the
-    (time, expired) of every sweep that expired something."""
+    (time, expired) of every sweep that expired something. An expired connection is
+    closed: it is not judged again."""
     idle = IdleSweep(timeout)
-    for conn in states:
-        idle.add(conn)
-    fired = []
+    fired, gone = [], set()
     for second in range(max(len(s) for s in states.values())):
+        expired = []
         for conn, seq in states.items():
-            if (seq[second] if second < len(seq) else seq[-1]) == WOKE:
-                idle.woke.add(conn)  # what the worker's socket does when a wait ends
-
-        def look(conn: object, second: int = second) -> bool | None:
-            seq = states[conn]  # type: ignore[index]
+            if conn in gone:
+                continue
             state = seq[second] if second < len(seq) else seq[-1]
-            return None if state == OWN else state != BUSY
-        expired = idle.sweep(float(second), look)
+            if state == WOKE:
+                idle.wait_ended(conn)  # what the worker's socket does when a wait ends
+            if idle.judge(conn, float(second), None if state == OWN else state != BUSY):
+                expired.append(conn)
+                gone.add(conn)
+                idle.wait_ended(conn)  # the connection ends
         if expired:
             fired.append((float(second), sorted(expired)))
+    assert not idle.waiting.keys() & gone  # nothing kept for a connection that is gone
     return fired
 
 
@@ -65,27 +67,24 @@ def test_a_connection_that_is_not_ours_to_judge_never_expires() -> None:
     assert sweeps(1, {"own": [OWN] * 10}) == []
 
 
-def test_an_expired_or_discarded_connection_is_no_longer_watched() -> None:
+def test_an_expired_connection_is_forgotten() -> None:
     idle = IdleSweep(1)
-    idle.add("a")
-    idle.add("b")
-    idle.woke.add("b")
-    idle.discard("b")
-    assert len(idle) == 1
-    assert idle.woke == set()  # nothing kept for a connection that is gone
-    assert idle.sweep(0.0, lambda conn: True) == []
-    assert idle.sweep(1.0, lambda conn: True) == ["a"]
-    assert len(idle) == 0
-    assert idle.sweep(2.0, lambda conn: True) == []
+    assert idle.judge("a", 0.0, True) is False
+    assert idle.waiting == {"a": 0.0}
+    assert idle.judge("a", 1.0, True) is True
+    assert idle.waiting == {}
+    # Seen waiting again (its greenlet not yet gone): a new wait, judged afresh.
+    assert idle.judge("a", 1.5, True) is False
 
 
-def test_judging_a_connection_forgets_that_it_woke() -> None:
+def test_only_connections_seen_waiting_are_kept() -> None:
     idle = IdleSweep(1)
-    idle.add("a")
-    idle.woke.add("a")
-    assert idle.judge("a", 0.0, True) is None
-    assert idle.woke == set()
-    assert idle.judge("a", 1.0, True) == "a"
+    idle.judge("busy", 0.0, False)
+    idle.judge("own", 0.0, None)
+    idle.judge("waiting", 0.0, True)
+    assert idle.waiting == {"waiting": 0.0}
+    idle.wait_ended("waiting")
+    assert idle.waiting == {}
 
 
 def test_sweep_interval_is_a_fraction_of_the_timeout_within_bounds() -> None:
