@@ -99,3 +99,39 @@ def test_a_gevent_worker_calls_gevents_plugins_without_reading_metadata(
     assert f"PLUGIN {worker}" in log  # the plugin still runs, in the worker
     assert f"SCAN {engine.master}" in log  # looked up once, before the fork
     assert f"SCAN {worker}" not in log
+
+
+SETTINGS_APP = '''
+import sys
+import socketserver
+
+def resolved_settings():
+    from gevent._config import config
+    return sorted(name for name, setting in config.settings.items() if "value" in vars(setting))
+
+class Settings(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.rfile.readline()
+        self.wfile.write((" ".join(resolved_settings()) + "\\n").encode())
+'''
+SETTINGS_ATTRS = '''
+worker_class = 'gevent'
+pool_mode = 'static'
+workers = 1
+def worker_spawned(self, slot, pid):
+    print("MASTER-SETTINGS", " ".join(resolved_settings()), file=sys.stderr, flush=True)
+'''
+
+
+def test_a_gevent_worker_reads_no_gevent_setting_its_master_has_not(engine_proc) -> None:
+    """Making the hub reads gevent's settings (and imports what they name): read once,
+    in the master, they are not 0.45 MiB of each worker's private memory."""
+    engine = engine_proc(program(before=SETTINGS_APP, attrs=SETTINGS_ATTRS,
+                                 handler="Settings"))
+    in_worker = set(exchange(engine.address, b"settings\n").split())
+    assert b"loop" in in_worker  # the worker's hub is made
+    log = wait_until(lambda: "MASTER-SETTINGS" in (text := engine.log()) and text, 10,
+                     "the master's report")
+    found = re.search(r"MASTER-SETTINGS (.*)", log)
+    assert found, log
+    assert in_worker - {name.encode() for name in found.group(1).split()} == set()
