@@ -21,24 +21,21 @@ Supervision, in the worker's own hub:
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import os
 import sys
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import gevent
 import gevent.event
-import gevent.events
-import gevent.monkey
 import gevent.pool
 import gevent.socket
 import gevent.ssl
 
+from workers.gevent_process import patch_process
 from workers.idle_sweep import IdleSweep, sweep_interval
 from workers.protocol import ExitCode, WorkerState, format_address
 from workers.worker import (
@@ -47,69 +44,6 @@ from workers.worker import (
     Worker,
     drain_pipe,
 )
-
-
-def find_gevent_plugins() -> dict[str, tuple[Any, ...]] | None:
-    """gevent's plugins (entry points in its ``gevent.plugins.*`` groups) by group, or
-    None if the installed distributions cannot be read."""
-    try:
-        found = importlib.metadata.entry_points()
-        return {group: tuple(found.select(group=group))
-                for group in found.groups if group.startswith("gevent.plugins.")}
-    except Exception:  # a broken distribution: let gevent look (and report) itself
-        return None
-
-
-# Found once, at import: in the master before it forks when worker_class is gevent.
-GEVENT_PLUGINS = find_gevent_plugins()
-
-
-# The gevent settings a worker's hub reads when it is made (gevent.get_hub()).
-HUB_SETTINGS = ("loop", "libev_backend", "format_context", "disable_watch_children",
-                "monitor_thread", "track_greenlet_tree")
-
-
-def resolve_hub_settings() -> None:
-    """Have gevent read the settings its hub will read (environment variables, and the
-    modules they name: the loop's, and pprint for ``format_context``) now, in the master
-    before it forks, instead of in each worker: 0.45 MiB of each worker's private memory.
-    Nothing is patched and no hub is made. A setting that fails is left to the worker,
-    which fails on it as it did."""
-    config = gevent.config
-    for name in HUB_SETTINGS:
-        with contextlib.suppress(Exception):
-            getattr(config, name)
-
-
-resolve_hub_settings()  # at import: in the master before it forks when worker_class is gevent
-
-
-def notify_known_plugins(event: Any) -> None:
-    """gevent's ``notify_and_call_entry_points`` over :data:`GEVENT_PLUGINS`.
-
-    gevent reads every installed distribution's metadata again for each event it
-    notifies (four while patching); in a worker that was 1.8 MiB of private memory,
-    the pages its garbage landed in. The subscribers and plugins called are the same.
-    """
-    gevent.events.notify(event)
-    assert GEVENT_PLUGINS is not None
-    for plugin in GEVENT_PLUGINS.get(getattr(event, "ENTRY_POINT_NAME", ""), ()):
-        plugin.load()(event)
-
-
-def patch_process() -> None:
-    """Monkey-patch this (freshly forked) process for gevent, quietly.
-
-    Modules the master imported before (ssl, threading...) trigger gevent's "imported
-    before patching" warnings: expected in a prefork server, and not the user's doing.
-    """
-    if GEVENT_PLUGINS is not None and hasattr(gevent.events, "notify_and_call_entry_points"):
-        gevent.events.notify_and_call_entry_points = notify_known_plugins
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gevent.monkey.patch_all()
-    gevent.reinit()  # a hub inherited from a master that patched at import: renew it
-
 
 # A worker holding clearly more connections than a sibling that has room leaves the next
 # one to it for BALANCE_DEFER seconds: every worker is woken by the same readiness, and
