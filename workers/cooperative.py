@@ -107,7 +107,7 @@ class GeventWorker(Worker):
     _stopped: gevent.event.Event
     _beat: gevent.Greenlet | None = None  # the heartbeat, kept up while draining
     _taken = 0  # connections taken so far (max_requests counts them)
-    _ahead = False  # a sibling with room held clearly fewer connections at the last read
+    _least: int | None = None  # the fewest a sibling with room held at the last read
     _loads_read = float("-inf")
     _idle: IdleSweep | None = None  # client_timeout on plain TCP connections
 
@@ -239,19 +239,22 @@ class GeventWorker(Worker):
     def _ahead_of_a_sibling(self) -> bool:
         """Does a sibling worker with room hold clearly fewer connections than we do?
 
-        Both counts come from one read of the scoreboard (every BALANCE_REFRESH), so
-        two workers never both see themselves ahead and both hold back.
+        The siblings' counts are read from the scoreboard every BALANCE_REFRESH; our
+        own is counted live. (Ours was read with theirs, and a burst of 40 queued
+        connections takes less than BALANCE_REFRESH to accept: the first worker awake
+        took nearly all of it while its count still read 0.) Each connection is held
+        back at most once, so two workers that both see themselves ahead lose 0.5 ms.
         """
         now = time.monotonic()
         if now - self._loads_read >= BALANCE_REFRESH:
             self._loads_read = now
             board, me, cap = self.scoreboard, self.spec.slot, self.spec.worker_connections
-            loads = [board.load(slot) for slot in range(board.size)]
-            least = min((n for slot, (state, n) in enumerate(loads)
-                         if slot != me and state in _TAKING and n < cap), default=None)
-            mine = loads[me][1]
-            self._ahead = least is not None and mine > least + max(2, least // 8)
-        return self._ahead
+            self._least = min(
+                (n for slot in range(board.size) if slot != me
+                 for state, n in (board.load(slot),) if state in _TAKING and n < cap),
+                default=None)
+        least = self._least
+        return least is not None and self.active > least + max(2, least // 8)
 
     def _connection(self, request: Any, client_address: Any) -> None:
         """One connection's greenlet: the pipeline within request_timeout."""
