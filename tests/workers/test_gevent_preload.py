@@ -26,13 +26,16 @@ APP = '''
 import sys
 import socketserver
 
-def all_modules():
-    return sorted(sys.modules)
+def report(what):
+    if what == "modules":
+        return sorted(sys.modules)
+    from gevent._config import config  # the settings gevent has read so far
+    return sorted(name for name, setting in config.settings.items() if "value" in vars(setting))
 
-class Modules(socketserver.StreamRequestHandler):
+class Report(socketserver.StreamRequestHandler):
     def handle(self):
-        self.rfile.readline()
-        self.wfile.write((" ".join(all_modules()) + "\\n").encode())
+        what = self.rfile.readline().strip().decode()
+        self.wfile.write((" ".join(report(what)) + "\\n").encode())
 '''
 ATTRS = '''
 worker_class = 'gevent'
@@ -42,25 +45,30 @@ def worker_spawned(self, slot, pid):
     import socket
     monkey = sys.modules.get("gevent.monkey")
     patched = monkey is not None and monkey.is_anything_patched()
-    print("MASTER-MODULES", " ".join(all_modules()), file=sys.stderr, flush=True)
+    print("MASTER-MODULES", " ".join(report("modules")), file=sys.stderr, flush=True)
+    print("MASTER-SETTINGS", " ".join(report("settings")), file=sys.stderr, flush=True)
     print("MASTER-PATCHED", patched or socket.socket.__module__ != "socket",
           file=sys.stderr, flush=True)
 '''
 
 
-def test_a_gevent_worker_imports_no_module_its_master_has_not(engine_proc) -> None:
-    engine = engine_proc(program(before=APP, attrs=ATTRS, handler="Modules"))
-    in_worker = set(exchange(engine.address, b"modules\n").split())
-    assert b"workers.cooperative" in in_worker  # it does run the gevent worker
+def in_master(engine, what: str) -> set[bytes]:
+    """What the master reported holding (``modules`` or ``settings``) when it forked."""
     log = wait_until(lambda: "MASTER-PATCHED" in (text := engine.log()) and text, 10,
                      "the master's report")
-    found = re.search(r"MASTER-MODULES (.*)", log)
+    found = re.search(rf"MASTER-{what.upper()} (.*)", log)
     assert found, log
-    in_master = {name.encode() for name in found.group(1).split()}
+    return {name.encode() for name in found.group(1).split()}
+
+
+def test_a_gevent_worker_imports_no_module_its_master_has_not(engine_proc) -> None:
+    engine = engine_proc(program(before=APP, attrs=ATTRS, handler="Report"))
+    in_worker = set(exchange(engine.address, b"modules\n").split())
+    assert b"workers.cooperative" in in_worker  # it does run the gevent worker
     # Nothing imported after the fork: neither gevent's modules nor what patch_all() and
     # the hub import (_threading_local: 0.33 MiB of each idle worker's private memory)
-    assert in_worker - in_master == set()
-    assert "MASTER-PATCHED False" in log  # and the master was patched by none of it
+    assert in_worker - in_master(engine, "modules") == set()
+    assert "MASTER-PATCHED False" in engine.log()  # and the master was patched by none of it
 
 
 PLUGIN_APP = '''
@@ -80,7 +88,7 @@ def test_a_gevent_worker_calls_gevents_plugins_without_reading_metadata(
     engine_proc, tmp_path
 ) -> None:
     """gevent looks up its plugins in every distribution's metadata for each event of
-    patch_all() (1.8 MiB of each worker's private memory); the master looks once, and
+    patch_all() (1.2 MiB of each worker's private memory); the master looks once, and
     the worker still calls them."""
     info = tmp_path / "engine_test_plugin-1.0.dist-info"
     info.mkdir()
@@ -103,37 +111,10 @@ def test_a_gevent_worker_calls_gevents_plugins_without_reading_metadata(
     assert f"SCAN {worker}" not in log
 
 
-SETTINGS_APP = '''
-import sys
-import socketserver
-
-def resolved_settings():
-    from gevent._config import config
-    return sorted(name for name, setting in config.settings.items() if "value" in vars(setting))
-
-class Settings(socketserver.StreamRequestHandler):
-    def handle(self):
-        self.rfile.readline()
-        self.wfile.write((" ".join(resolved_settings()) + "\\n").encode())
-'''
-SETTINGS_ATTRS = '''
-worker_class = 'gevent'
-pool_mode = 'static'
-workers = 1
-def worker_spawned(self, slot, pid):
-    print("MASTER-SETTINGS", " ".join(resolved_settings()), file=sys.stderr, flush=True)
-'''
-
-
 def test_a_gevent_worker_reads_no_gevent_setting_its_master_has_not(engine_proc) -> None:
     """Making the hub reads gevent's settings (and imports what they name): read once,
     in the master, they are not 0.45 MiB of each worker's private memory."""
-    engine = engine_proc(program(before=SETTINGS_APP, attrs=SETTINGS_ATTRS,
-                                 handler="Settings"))
+    engine = engine_proc(program(before=APP, attrs=ATTRS, handler="Report"))
     in_worker = set(exchange(engine.address, b"settings\n").split())
     assert b"loop" in in_worker  # the worker's hub is made
-    log = wait_until(lambda: "MASTER-SETTINGS" in (text := engine.log()) and text, 10,
-                     "the master's report")
-    found = re.search(r"MASTER-SETTINGS (.*)", log)
-    assert found, log
-    assert in_worker - {name.encode() for name in found.group(1).split()} == set()
+    assert in_worker - in_master(engine, "settings") == set()
