@@ -249,10 +249,9 @@ class GeventWorker(Worker):
         if now - self._loads_read >= BALANCE_REFRESH:
             self._loads_read = now
             board, me, cap = self.scoreboard, self.spec.slot, self.spec.worker_connections
-            self._least = min(
-                (n for slot in range(board.size) if slot != me
-                 for state, n in (board.load(slot),) if state in _TAKING and n < cap),
-                default=None)
+            loads = (board.load(slot) for slot in range(board.size) if slot != me)
+            self._least = min((n for state, n in loads if state in _TAKING and n < cap),
+                              default=None)
         least = self._least
         return least is not None and self.active > least + max(2, least // 8)
 
@@ -262,7 +261,7 @@ class GeventWorker(Worker):
         limit = self.spec.request_timeout
         timer = gevent.Timeout(limit) if limit else None
         idle = self._idle
-        # A TCP connection: not a Unix socket (a str address), not a datagram (a tuple).
+        # Plain TCP: not a Unix socket (a str address), a datagram (a tuple) or TLS.
         if idle is not None and type(client_address) is tuple and type(request) is _GEVENT_SOCKET:
             request.__class__ = SweptSocket
         try:
