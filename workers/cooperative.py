@@ -20,6 +20,7 @@ Supervision, in the worker's own hub:
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import os
 import sys
@@ -55,6 +56,25 @@ _TAKING = (WorkerState.IDLE, WorkerState.BUSY)
 SWEEP_SLICE = 64  # connections the idle sweep judges at a time (about 0.1 ms of the hub)
 _GEVENT_SOCKET = gevent.socket.socket
 _GEVENT_WAIT = _GEVENT_SOCKET._wait
+_RAW_SOCKET = _socket.socket  # what gevent's socket wraps (its _sock)
+
+
+def _noting_waits(read: Callable[..., Any]) -> Callable[..., Any]:
+    """gevent's read loop around *read* (a ``_socket.socket`` method), noting each wait
+    that ends: the loop itself, not a wrapper around gevent's (see SweptSocket)."""
+
+    def loop(self: SweptSocket, *args: Any) -> Any:
+        while True:
+            try:
+                return read(self._sock, *args)
+            except BlockingIOError:
+                if self.timeout == 0.0:
+                    raise
+            _GEVENT_WAIT(self, self._read_event)
+            self.waiting.pop(self, None)
+
+    loop.__name__ = loop.__qualname__ = read.__name__
+    return loop
 
 
 class SweptSocket(gevent.socket.socket):
@@ -71,25 +91,8 @@ class SweptSocket(gevent.socket.socket):
     __slots__ = ()
     waiting: dict[Any, float] = {}
 
-    def recv(self, *args: Any) -> bytes:
-        while True:
-            try:
-                return self._sock.recv(*args)  # type: ignore[no-any-return]
-            except BlockingIOError:
-                if self.timeout == 0.0:
-                    raise
-            _GEVENT_WAIT(self, self._read_event)
-            self.waiting.pop(self, None)
-
-    def recv_into(self, *args: Any) -> int:
-        while True:
-            try:
-                return self._sock.recv_into(*args)  # type: ignore[no-any-return]
-            except BlockingIOError:
-                if self.timeout == 0.0:
-                    raise
-            _GEVENT_WAIT(self, self._read_event)
-            self.waiting.pop(self, None)
+    recv = _noting_waits(_RAW_SOCKET.recv)
+    recv_into = _noting_waits(_RAW_SOCKET.recv_into)
 
     def _wait(self, watcher: Any, timeout_exc: Any = None) -> None:
         try:

@@ -57,7 +57,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from workers.protocol import format_address
@@ -71,6 +71,22 @@ _SOCKET = socket.socket
 _TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
 _TCP = (socket.AF_INET, socket.AF_INET6)
 _KNOWN_FAMILIES = (*_TCP, socket.AF_UNIX)  # stream addresses: a tuple iff TCP
+
+
+def _kernel_timeout(method: Callable[..., Any]) -> Callable[..., Any]:
+    """*method* (of ``socket.socket``), with the kernel's EAGAIN on a socket that is
+    blocking in Python raised as ``TimeoutError("timed out")``, as CPython's timeout."""
+
+    def call(self: KernelTimedSocket, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except BlockingIOError:
+            if self._timed_out():
+                raise TimeoutError("timed out") from None
+            raise
+
+    call.__name__ = call.__qualname__ = method.__name__
+    return call
 
 
 class KernelTimedSocket(socket.socket):
@@ -116,37 +132,10 @@ class KernelTimedSocket(socket.socket):
         """Was that EAGAIN the kernel's timeout (the socket is blocking in Python)?"""
         return super().gettimeout() is None
 
-    def recv(self, *args: Any) -> bytes:
-        try:
-            return super().recv(*args)
-        except BlockingIOError:
-            if self._timed_out():
-                raise TimeoutError("timed out") from None
-            raise
-
-    def recv_into(self, *args: Any) -> int:
-        try:
-            return super().recv_into(*args)
-        except BlockingIOError:
-            if self._timed_out():
-                raise TimeoutError("timed out") from None
-            raise
-
-    def send(self, *args: Any) -> int:
-        try:
-            return super().send(*args)
-        except BlockingIOError:
-            if self._timed_out():
-                raise TimeoutError("timed out") from None
-            raise
-
-    def sendall(self, *args: Any) -> None:
-        try:
-            super().sendall(*args)
-        except BlockingIOError:
-            if self._timed_out():
-                raise TimeoutError("timed out") from None
-            raise
+    recv = _kernel_timeout(_SOCKET.recv)
+    recv_into = _kernel_timeout(_SOCKET.recv_into)
+    send = _kernel_timeout(_SOCKET.send)
+    sendall = _kernel_timeout(_SOCKET.sendall)
 
 
 class Networks:
