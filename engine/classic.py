@@ -215,7 +215,16 @@ class BaseServer:
 
     def finish_request(self, request: _Request, client_address: _Address) -> None:
         """Finish one request by instantiating :attr:`RequestHandlerClass`."""
-        self.RequestHandlerClass(request, client_address, self)
+        handler_class = self.RequestHandlerClass
+        if type(handler_class) is not type or handler_class.__new__ is not object.__new__:
+            handler_class(request, client_address, self)
+            return
+        # What calling the class does, minus its C recursion (before Python 3.13): a
+        # handler that waits in a greenlet keeps its C stack saved, 1 KB less this way.
+        handler: Any = object.__new__(handler_class)
+        returned = handler.__init__(request, client_address, self)
+        if returned is not None:
+            raise TypeError(f"__init__() should return None, not {type(returned).__name__!r}")
 
     def shutdown_request(self, request: _Request) -> None:
         """Shut down and close one request. May be overridden."""

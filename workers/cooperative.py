@@ -70,7 +70,20 @@ def _noting_waits(read: Callable[..., Any]) -> Callable[..., Any]:
             except BlockingIOError:
                 if self.timeout == 0.0:
                     raise
-            _GEVENT_WAIT(self, self._read_event)
+            watcher = self._read_event
+            if self.timeout is not None or watcher.callback is not None:
+                # A timeout to enforce, or another greenlet already reading (gevent
+                # raises ConcurrentObjectUseError): gevent's own wait.
+                _GEVENT_WAIT(self, watcher)
+            else:
+                # The wait itself, without gevent's four calls around it: their C frames
+                # are in the stack saved with every waiting greenlet (1 KB a connection).
+                # A stray switch back here is harmless: the read is retried.
+                watcher.start(gevent.getcurrent().switch)
+                try:
+                    self.hub.switch()
+                finally:
+                    watcher.stop()
             self.waiting.pop(self, None)
 
     loop.__name__ = loop.__qualname__ = read.__name__

@@ -251,3 +251,50 @@ def test_base_handler_runs_in_constructor(no_leaks: None) -> None:
     with pytest.raises(LookupError):
         Handler("req", "addr", "srv")  # type: ignore[arg-type]
     assert order == ["setup req addr srv", "handle", "finish"]
+
+
+def test_finish_request_makes_the_handler_as_calling_its_class_would() -> None:
+    # finish_request skips type.__call__ for plain classes (a greenlet's C stack is
+    # smaller); whatever the class customises must still take effect.
+    made: list[Any] = []
+
+    class Plain(engine.BaseRequestHandler):
+        def handle(self) -> None:
+            made.append(("plain", self.request, self.client_address, self.server))
+
+    class Meta(type):
+        def __call__(cls, *args: Any) -> Any:
+            made.append(("metaclass", *args))
+            return None
+
+    class ViaMeta(engine.BaseRequestHandler, metaclass=Meta):
+        pass
+
+    class OwnNew(engine.BaseRequestHandler):
+        def __new__(cls, *args: Any) -> Any:
+            made.append(("new", *args))
+            return object.__new__(cls)
+
+        def handle(self) -> None:
+            made.append(("handled",))
+
+    class ReturnsValue(engine.BaseRequestHandler):
+        def __init__(self, *args: Any) -> None:  # type: ignore[misc]
+            return 1  # type: ignore[return-value]
+
+    def factory(*args: Any) -> None:
+        made.append(("factory", *args))
+
+    server = type("S", (), {})()
+    for handler in (Plain, ViaMeta, OwnNew, factory):
+        server.RequestHandlerClass = handler  # type: ignore[attr-defined]
+        engine.BaseServer.finish_request(server, "req", "addr")  # type: ignore[arg-type]
+    assert made == [("plain", "req", "addr", server), ("metaclass", "req", "addr", server),
+                    ("new", "req", "addr", server), ("handled",),
+                    ("factory", "req", "addr", server)]
+    server.RequestHandlerClass = ReturnsValue  # type: ignore[attr-defined]
+    with pytest.raises(TypeError) as ours:
+        engine.BaseServer.finish_request(server, "req", "addr")  # type: ignore[arg-type]
+    with pytest.raises(TypeError) as calling:
+        ReturnsValue("req", "addr", server)  # type: ignore[arg-type]
+    assert str(ours.value) == str(calling.value)

@@ -111,3 +111,17 @@ def test_a_client_that_keeps_talking_is_not_timed_out(engine_proc) -> None:
                 assert client.recv(1) == b"", "nothing else may come"
             client.settimeout(10)
         assert sent >= 5
+
+
+def test_a_handlers_own_socket_timeout_still_applies_under_the_sweep(engine_proc) -> None:
+    # The sweep's sockets wait without gevent's timer; one with a timeout must keep it.
+    engine = engine_proc(CLI, env=READY, args=[
+        "serve", "tests.apps.intake_apps:OwnTimeoutHandler", *ONE_GEVENT_WORKER,
+        "--client-timeout", "30",
+    ])
+    with socket.create_connection(engine.address, timeout=10) as idle, \
+            idle.makefile("rb") as replies:
+        assert replies.readline()
+        started = time.monotonic()
+        assert replies.readline() == b"TIMEOUT\n"  # the handler's 0.5 s, not the 30 s sweep
+        assert time.monotonic() - started < 5
