@@ -97,8 +97,9 @@ class SweptSocket(gevent.socket.socket):
     worker's ``IdleSweep.waiting``): a dict lookup per wait, where asking the kernel
     for byte counters at each sweep was a system call per connection. ``recv`` and
     ``recv_into``, where an idle connection waits, are gevent's loops with that added
-    rather than wrappers around them: a wrapper's frame, live in every waiting
-    greenlet, cost 210 bytes a connection. Other waits (sending) go through ``_wait``.
+    (a wrapper's frame, live in every waiting greenlet, cost 210 bytes a connection)
+    and with a shallower wait (:func:`_noting_waits`). Other waits (sending) go
+    through ``_wait``.
     """
 
     __slots__ = ()
