@@ -56,6 +56,7 @@ _TAKING = (WorkerState.IDLE, WorkerState.BUSY)
 SWEEP_SLICE = 64  # connections the idle sweep judges at a time (about 0.1 ms of the hub)
 _GEVENT_SOCKET = gevent.socket.socket
 _GEVENT_WAIT = _GEVENT_SOCKET._wait
+_CURRENT_GREENLET = gevent.getcurrent
 _RAW_SOCKET = _socket.socket  # what gevent's socket wraps (its _sock)
 
 
@@ -79,7 +80,7 @@ def _noting_waits(read: Callable[..., Any]) -> Callable[..., Any]:
                 # The wait itself, without gevent's four calls around it: their C frames
                 # are in the stack saved with every waiting greenlet (1 KB a connection).
                 # A stray switch back here is harmless: the read is retried.
-                watcher.start(gevent.getcurrent().switch)
+                watcher.start(_CURRENT_GREENLET().switch)
                 try:
                     self.hub.switch()
                 finally:
