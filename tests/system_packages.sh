@@ -3,6 +3,7 @@
 #   haproxy                  tests/deploy/test_haproxy.py (a real load balancer in front)
 #   systemd-socket-activate  socket-activation tests (package: systemd)
 #   openssl                  TLS tests (generates throwaway certificates)
+#   strace                   system calls per reply (tests/workers/test_gevent_sendall.py)
 #
 # Idempotent: when every command is already there it does nothing and returns at once.
 # As root it runs apt-get non-interactively; as another user it only says what is
@@ -17,10 +18,11 @@ declare -A wanted=(
     [haproxy]=haproxy
     [systemd-socket-activate]=systemd
     [openssl]=openssl
+    [strace]=strace
 )
 
 missing_packages=()
-for command in haproxy systemd-socket-activate openssl; do
+for command in haproxy systemd-socket-activate openssl strace; do
     if ! command -v "$command" >/dev/null 2>&1; then
         missing_packages+=("${wanted[$command]}")
     fi

@@ -56,6 +56,7 @@ _TAKING = (WorkerState.IDLE, WorkerState.BUSY)
 SWEEP_SLICE = 64  # connections the idle sweep judges at a time (about 0.1 ms of the hub)
 _GEVENT_SOCKET = gevent.socket.socket
 _GEVENT_WAIT = _GEVENT_SOCKET._wait
+_GEVENT_SENDALL = _GEVENT_SOCKET.sendall
 _CURRENT_GREENLET = gevent.getcurrent
 _RAW_SOCKET = _socket.socket  # what gevent's socket wraps (its _sock)
 
@@ -100,7 +101,7 @@ class SweptSocket(gevent.socket.socket):
     ``recv_into``, where an idle connection waits, are gevent's loops with that added
     (a wrapper's frame, live in every waiting greenlet, cost 210 bytes a connection)
     and with a shallower wait (:func:`_noting_waits`). Other waits (sending) go
-    through ``_wait``.
+    through ``_wait``. ``sendall`` tries one plain send first (see its docstring).
     """
 
     __slots__ = ()
@@ -108,6 +109,24 @@ class SweptSocket(gevent.socket.socket):
 
     recv = _noting_waits(_RAW_SOCKET.recv)
     recv_into = _noting_waits(_RAW_SOCKET.recv_into)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        """gevent's ``sendall``, after one plain ``send`` of *data* (bytes or bytearray).
+
+        A reply that fits in the socket's buffer, nearly every one, is then sent with one
+        system call: gevent's ``sendall`` also asks the kernel for ``SO_SNDBUF`` on every
+        call (to size its chunks) and goes through three more Python calls. What the
+        first send leaves is sent by gevent's, waiting and timing out as it does.
+        """
+        if data.__class__ is bytes or data.__class__ is bytearray:
+            try:
+                sent = self._sock.send(data, flags)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+        _GEVENT_SENDALL(self, data, flags)
 
     def _wait(self, watcher: Any, timeout_exc: Any = None) -> None:
         try:
