@@ -11,7 +11,6 @@ import contextlib
 import csv
 import io
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,9 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from tests.kit import assert_no_leftovers, free_port, kill_group, process_tree, wait_until
+from tests.kit.processes import system_command_or_skip
 
 BACKEND = "engines"
 
@@ -32,13 +30,7 @@ def haproxy_or_skip() -> str:
     ``tests/system_packages.sh`` installs it (as root); CI runs that script first, so a
     missing haproxy there is a broken setup, not a reason to skip.
     """
-    path = shutil.which("haproxy")
-    if path:
-        return path
-    reason = "haproxy is not installed (run: bash tests/system_packages.sh as root)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip")
-    pytest.skip(reason)
+    return system_command_or_skip("haproxy")
 
 
 

@@ -11,6 +11,7 @@ import contextlib
 import os
 import resource
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,3 +170,18 @@ def checked_self() -> Iterator[dict[str, Any]]:
     yield report
     report["leaked_fds"] = sorted(open_fds() - before)
     report["children_left"] = [p.pid for p in children(os.getpid())]
+
+
+def system_command_or_skip(name: str) -> str:
+    """The path of the system command *name*; skip the test without it, but fail it
+    under CI=true: ``tests/system_packages.sh`` installs it (as root) and CI runs that
+    script first, so a missing command there is a broken setup, not a reason to skip."""
+    import pytest  # only tests call this; the kit also serves loadtests without pytest
+
+    path = shutil.which(name)
+    if path:
+        return path
+    reason = f"{name} is not installed (run: bash tests/system_packages.sh as root)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip")
+    pytest.skip(reason)

@@ -7,13 +7,14 @@ serving side is made a SweptSocket as the gevent worker makes a plain TCP connec
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.kit.processes import system_command_or_skip
 
 pytest.importorskip("gevent")
 
@@ -103,12 +104,7 @@ def test_sendall_sends_everything_and_keeps_gevents_waits_and_errors() -> None:
 def strace_or_skip() -> str:
     """strace, able to trace a child here; skip without it (fail under CI=true when it is
     not installed: tests/system_packages.sh installs it)."""
-    path = shutil.which("strace")
-    if not path:
-        reason = "strace is not installed (run: bash tests/system_packages.sh as root)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip")
-        pytest.skip(reason)
+    path = system_command_or_skip("strace")
     check = subprocess.run([path, "-o", os.devnull, "true"], capture_output=True, timeout=30)
     if check.returncode != 0:
         pytest.skip(f"strace cannot trace here (ptrace refused?): {check.stderr[-200:]!r}")
