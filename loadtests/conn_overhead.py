@@ -1,11 +1,13 @@
 """Where the engine's per-connection CPU goes, against the hand-written floor.
 
-``python -m loadtests.conn_overhead [--conns N] [--rounds R]``
+``python -m loadtests.conn_overhead [--conns N] [--rounds R] [--proto line|http]``
 
 Each variant serves N queued loopback connections in this one process: every client
 has connected, sent one line and half-closed before the timer starts, so the clock
 (``time.process_time``) sees only the server side: accept, the handler (the bench's
-:class:`~loadtests.bench_servers.LineHandler`), and whatever the server adds. Variants:
+:class:`~loadtests.bench_servers.LineHandler`, or with ``--proto http`` its
+``HelloHandler`` and a ``Connection: close`` request), and whatever the server adds.
+Variants:
 
 * ``floor``: ``accept()``, the handler, ``close()`` (what :mod:`loadtests.floor` does);
 * ``floor + SHUT_WR``: the same with the stdlib's ``shutdown(SHUT_WR)`` before close;
@@ -38,12 +40,13 @@ from typing import Any
 
 from engine import PreforkTCPServer
 from engine.intake import build_intake
-from loadtests.bench_servers import LineHandler
+from loadtests.bench_servers import HANDLERS
 from workers.intake import set_listener_timeout
 from workers.scoreboard import Scoreboard
 from workers.worker import Worker, WorkerSpec
 
 LINE = b"x" * 64 + b"\n"
+HTTP_CLOSE = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 NO_SERVER: Any = None  # the floor hands its handler no server object
 
 
@@ -54,13 +57,17 @@ class Server(PreforkTCPServer):
     request_queue_size = 4096
 
 
-def queue_clients(port: int, count: int) -> list[socket.socket]:
-    """Connect *count* clients that each send one line and half-close."""
+def queue_clients(port: int, count: int, proto: str = "line") -> list[socket.socket]:
+    """Connect *count* clients that each send one request: a line, then half-close, or
+    an HTTP request with ``Connection: close``."""
     clients = []
     for _ in range(count):
         client = socket.create_connection(("127.0.0.1", port))
-        client.sendall(LINE)
-        client.shutdown(socket.SHUT_WR)
+        if proto == "line":
+            client.sendall(LINE)
+            client.shutdown(socket.SHUT_WR)
+        else:
+            client.sendall(HTTP_CLOSE)
         clients.append(client)
     return clients
 
@@ -74,7 +81,7 @@ def floor_step(server: Server, count: int, half_close: bool) -> float:
     for _ in range(count):
         conn, address = sock.accept()
         try:
-            LineHandler(conn, address, NO_SERVER)
+            server.RequestHandlerClass(conn, address, NO_SERVER)
         finally:
             if half_close:
                 conn.shutdown(socket.SHUT_WR)
@@ -123,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conns", type=int, default=1500, help="connections per round")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--proto", choices=sorted(HANDLERS), default="line")
     args = parser.parse_args(argv)
-    server = Server(("127.0.0.1", 0), LineHandler)
+    server = Server(("127.0.0.1", 0), HANDLERS[args.proto])
     port = server.server_address[1]
     n = args.conns
     variants: dict[str, Callable[[], float]] = {
@@ -146,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(args.rounds):
             for name, run in variants.items():
-                clients = queue_clients(port, n)
+                clients = queue_clients(port, n, args.proto)
                 time.sleep(0.05)
                 results[name].append(run())
                 for client in clients:
@@ -154,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.server_close()
     floor = statistics.median(results["floor"])
-    print(f"server-side CPU per connection, {args.rounds} rounds of {n} connections")
+    print(f"{args.proto}: server-side CPU per connection, {args.rounds} rounds of {n} "
+          "connections")
     for name, values in results.items():
         median = statistics.median(values)
         print(f"  {name:42} median {median:6.1f} µs  min {min(values):6.1f} µs  "
