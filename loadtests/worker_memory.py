@@ -318,6 +318,15 @@ def have_gunicorn() -> bool:
     return importlib.util.find_spec("gunicorn") is not None
 
 
+def servers_arg(parser: argparse.ArgumentParser, value: str, known: Sequence[str]) -> list[str]:
+    """The servers a ``--servers a,b`` option names; a parser error for an unknown one."""
+    servers = [s for s in value.split(",") if s]
+    unknown = [s for s in servers if s not in known]
+    if unknown:
+        parser.error(f"--servers: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    return servers
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure the servers asked for and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -328,10 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--maps", action="store_true", help="private KiB per mapping kind")
     parser.add_argument("--json", action="store_true", help="raw figures as JSON")
     args = parser.parse_args(argv)
-    servers = [s for s in args.servers.split(",") if s]
-    unknown = [s for s in servers if s not in SERVERS]
-    if unknown:
-        parser.error(f"--servers: unknown {', '.join(unknown)} (known: {', '.join(SERVERS)})")
+    servers = servers_arg(parser, args.servers, SERVERS)
     if args.proto == "line" and "gunicorn" in servers:
         servers.remove("gunicorn")  # a WSGI server: HTTP only
     if "gunicorn" in servers and not have_gunicorn():

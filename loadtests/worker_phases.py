@@ -183,19 +183,15 @@ def table(results: dict[str, dict[str, float]], requests: int) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Measure the servers asked for and print the table (or serve, with --serve)."""
-    args_in = list(sys.argv[1:] if argv is None else argv)
+    """Measure the servers asked for and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proto", choices=("http", "line"), default="http")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--json", action="store_true", help="raw figures as JSON")
-    args = parser.parse_args(args_in)
-    servers = [s for s in args.servers.split(",") if s]
-    unknown = [s for s in servers if s not in SERVERS]
-    if unknown:
-        parser.error(f"--servers: unknown {', '.join(unknown)} (known: {', '.join(SERVERS)})")
+    args = parser.parse_args(argv)
+    servers = worker_memory.servers_arg(parser, args.servers, SERVERS)
     if args.requests < 2 or args.rounds < 1:
         parser.error("--requests must be at least 2 and --rounds at least 1")
     results = {s: measure(s, args.proto, args.requests, args.rounds) for s in servers}
