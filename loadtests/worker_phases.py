@@ -1,7 +1,7 @@
 """Where a worker's private memory comes from, step by step of its life.
 
     python -m loadtests.worker_phases [--proto http|line] [--requests 200] [--rounds 3]
-        [--servers engine,floor,forking] [--json]
+        [--servers engine,floor,floor-engine,forking] [--json]
 
 :mod:`loadtests.worker_memory` measures a worker once, at the end. This stops one
 worker (``SIGSTOP`` from inside, at fixed points) and reads its USS from outside at
@@ -55,9 +55,6 @@ SERVERS = ("engine", "floor", "floor-engine", "forking")
 POINTS = ("forked", "booted", "first reply", "1 connection", "N connections")
 STOP_LIMIT = 20.0  # seconds for a process to reach its next stop point
 KIB = 1024
-
-
-# --- the measuring side ---
 
 
 def _wait_stopped(pid: int) -> None:
