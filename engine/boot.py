@@ -2,7 +2,7 @@
 
 Every step here that can fail for a setting raises :class:`~engine.errors.ConfigError`
 naming it, before the master's "serving" line: the status endpoint's address, the
-pidfile, and the switch to an unprivileged account.
+pidfile, the switch to an unprivileged account, and ``ksm``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine import listeners, pidfile, privileges, safefiles, sdnotify, upgrade
+from engine import ksm, listeners, pidfile, privileges, safefiles, sdnotify, upgrade
 from engine.config import Settings
 from engine.errors import ConfigError
 from engine.handover import Handover
@@ -49,11 +49,14 @@ def open_status(settings: Settings, snapshot: Callable[[], Snapshot]) -> StatusS
 
 
 def settle_in(settings: Settings, sockets: Sequence[Any], status: StatusServer | None) -> None:
-    """Write the pidfile, then give up root (the sockets are bound by now).
+    """Mark the memory mergeable if ``ksm`` asks for it (the workers inherit that: see
+    :mod:`engine.ksm`), write the pidfile, then give up root (the sockets are bound by now).
 
     Raises:
-        ConfigError: the pidfile cannot be written, or the account does not exist.
+        ConfigError: ``ksm`` is on and the kernel cannot do it, the pidfile cannot be
+            written, or the account does not exist.
     """
+    ksm.apply(settings.ksm)
     if settings.pidfile:
         pidfile.write(settings.pidfile, os.getpid())
     if not settings.user:

@@ -822,7 +822,8 @@ def evaluate_targets(
 
     targets: list[Target] = []
     # #16.3: CPU per connection within 5% of the floor, in both pool modes.
-    for key, label in (("engine", "engine (default pool)"), ("engine-static", "engine static")):
+    for key, label in (("engine", "engine (default pool)"), ("engine-static", "engine static"),
+                       ("engine-ksm", "engine static with ksm = true")):
         compare("tcp-close", key, "floor", "cpu",
                 f"TCP, one connection per request: {label} CPU/request ≤ 1.05x the floor's",
                 1.05, at_least=False)
@@ -859,7 +860,8 @@ def evaluate_targets(
     # #16.5: a worker costs what a forked child costs.
     by_server = {m.server: m for m in memory}
     child = by_server.get("forking")
-    for key, label in (("engine", "engine (default pool)"), ("engine-static", "engine static")):
+    for key, label in (("engine", "engine (default pool)"), ("engine-static", "engine static"),
+                       ("engine-ksm", "engine static with ksm = true")):
         eng_mem = by_server.get(key)
         if eng_mem is None or child is None:
             continue
@@ -983,11 +985,15 @@ def busy_notes(
 
 def measure_memory(opts: Options, work: Path) -> list[Any]:
     """USS and PSS per worker after a small HTTP load (loadtests/worker_memory.py)."""
+    from engine import ksm
     from loadtests import worker_memory
 
     servers = [k for k in worker_memory.SERVERS if k in opts.servers or k == "forking"]
     if "gunicorn" in servers and not have_gunicorn():
         servers.remove("gunicorn")
+    if "engine-static" in servers and ksm.daemon_state() == "1":
+        # ksm = true only helps where root turned the kernel's daemon on: measured then.
+        servers.insert(servers.index("engine-static") + 1, "engine-ksm")
     results = []
     for key in servers:
         try:
@@ -1012,6 +1018,13 @@ def memory_lines(memory: Sequence[Any]) -> list[str]:
         "Target: an engine worker's USS ≤ 1.25x a forked child's.",
         "",
         *worker_memory.table(memory),
+        "",
+        ("*engine static, ksm = true*: the kernel merged identical pages (KSM daemon on, "
+         "read after its fourth full scan following the load; `ksm` is off by default, "
+         "see docs/operations.md)."
+         if any(m.server == "engine-ksm" for m in memory) else
+         "*engine with `ksm = true`* was not measured: the kernel's KSM daemon was off "
+         "(`/sys/kernel/mm/ksm/run`)."),
     ]
 
 

@@ -17,7 +17,7 @@ measure TCP retransmission timers instead of servers).
 Usage::
 
     python -m loadtests.bench_servers KIND --port PORT [--proto line|http]
-        [--workers N] [--pool-mode static|dynamic|ondemand]
+        [--workers N] [--pool-mode static|dynamic|ondemand] [--ksm]
 """
 
 from __future__ import annotations
@@ -119,6 +119,8 @@ def run_engine(port: int, handler: type[socketserver.BaseRequestHandler], args: 
     }
     if args.max_children is not None:
         attrs["max_children"] = args.max_children
+    if args.ksm:
+        attrs["ksm"] = True
     server_class = type("BenchPreforkServer", (PreforkTCPServer,), attrs)
     with server_class(("127.0.0.1", port), handler) as server:
         server.serve_forever()
@@ -152,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-mode", default="dynamic")
     parser.add_argument("--max-children", type=int, default=None)
     parser.add_argument("--worker-class", choices=("sync", "gevent"), default="sync")
+    parser.add_argument("--ksm", action="store_true", help="engine: ksm = true")
     args = parser.parse_args(argv)
 
     def on_term(signum: int, frame: object) -> None:

@@ -9,7 +9,9 @@ and gets the same small load: *requests* connections of one request each, one at
 time, then one keep-alive connection that makes one request and stays open (so that
 ForkingTCPServer has a child to measure: it only has one while a client is connected).
 ``engine-gevent`` (not in the default list) is the engine's static pool with
-``worker_class = "gevent"``.
+``worker_class = "gevent"``; ``engine-ksm`` its static pool with ``ksm = true``, measured
+when the kernel's KSM daemon is on (``/sys/kernel/mm/ksm/run`` is 1), once it has
+scanned everything 4 times after the load.
 Once the processes' memory stops changing, each worker's USS (pages no other process
 maps) and PSS (every page divided by the number of processes mapping it) are read with
 psutil. The workers are the server's descendants: the engine's and the floor's workers,
@@ -39,15 +41,18 @@ from pathlib import Path
 
 import psutil
 
+from engine import ksm
 from tests.kit import kill_group
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-SERVERS = ("engine", "engine-static", "forking", "floor", "gunicorn", "engine-gevent")
-DEFAULT_SERVERS = SERVERS[:5]  # engine-gevent on request: its worker is another kind
+SERVERS = ("engine", "engine-static", "engine-ksm", "forking", "floor", "gunicorn",
+           "engine-gevent")
+DEFAULT_SERVERS = SERVERS[:6]  # engine-gevent on request: its worker is another kind
 LABELS = {
     "engine": "engine (default pool)",
     "engine-static": "engine static",
+    "engine-ksm": "engine static, ksm = true",
     "forking": "ForkingTCPServer child",
     "floor": "floor",
     "gunicorn": "gunicorn sync",
@@ -61,6 +66,9 @@ BODY_END = b"Hello, world!\n"
 # The memory is "settled" once two readings this far apart agree to the page.
 SETTLE_STEP = 0.2
 SETTLE_LIMIT = 5.0
+KSM_FULL_SCANS = Path("/sys/kernel/mm/ksm/full_scans")
+KSM_SCANS = 4  # full scans of the KSM daemon to wait for after the load (engine-ksm)
+KSM_LIMIT = 120.0  # seconds for them
 KIB = 1024
 
 
@@ -148,6 +156,8 @@ def server_argv(server: str, proto: str, port: int, workers: int) -> list[str]:
     argv = [sys.executable, "-m", "loadtests.bench_servers"]
     if server == "engine-gevent":
         argv += ["engine", "--pool-mode", "static", "--worker-class", "gevent"]
+    elif server == "engine-ksm":
+        argv += ["engine", "--pool-mode", "static", "--ksm"]
     elif server.startswith("engine"):
         argv += ["engine", "--pool-mode", "static" if server == "engine-static" else "dynamic"]
     else:
@@ -246,17 +256,50 @@ def settled(root: int) -> list[int]:
         time.sleep(SETTLE_STEP)  # a reading interval, not a synchronisation
 
 
+def ksm_scans() -> int:
+    """How many full scans the kernel's KSM daemon has made (-1: no KSM here)."""
+    try:
+        return int(KSM_FULL_SCANS.read_text())
+    except (OSError, ValueError):
+        return -1
+
+
+def ksm_merged(scans_before: int) -> None:
+    """Wait (bounded) until the KSM daemon has scanned all memory KSM_SCANS times since
+    *scans_before*: a page is merged at the earliest on the second scan that finds it
+    unchanged, and the first scans after a load are short (measured: the workers' USS
+    stopped falling after 3 or 4)."""
+    deadline = time.monotonic() + KSM_LIMIT
+    while ksm_scans() < scans_before + KSM_SCANS:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the KSM daemon made no {KSM_SCANS} full scans in {KSM_LIMIT:.0f} s"
+            )
+        time.sleep(SETTLE_STEP)  # a kernel counter: nothing to wait on
+
+
 def measure(
     server: str, proto: str = "http", requests: int = 200, workers: int = 2,
     maps: bool = False, log: Path | None = None,
 ) -> ServerMemory:
-    """Load *server* with *requests* one-request connections, then read its workers."""
+    """Load *server* with *requests* one-request connections, then read its workers.
+
+    ``engine-ksm`` needs the kernel's KSM daemon on (RuntimeError otherwise): its
+    workers are read once the daemon has had time to merge their pages.
+    """
+    if server == "engine-ksm" and ksm.daemon_state() != "1":
+        raise RuntimeError(
+            f"the kernel's KSM daemon is off ({ksm.KSM_RUN} is "
+            f"{ksm.daemon_state() or 'missing'}; as root: echo 1 > {ksm.KSM_RUN})"
+        )
     log = log or Path(os.devnull)
     with running(server, proto, workers, log) as (root, port):
         for _ in range(requests):
             one_request(port, proto)
         with socket.create_connection((HOST, port), timeout=5.0) as held:
             one_request(port, proto, held)
+            if server == "engine-ksm":
+                ksm_merged(ksm_scans())
             pids = settled(root)
             found = []
             for pid in pids:
@@ -342,6 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers.remove("gunicorn")  # a WSGI server: HTTP only
     if "gunicorn" in servers and not have_gunicorn():
         servers.remove("gunicorn")
+    if "engine-ksm" in servers and ksm.daemon_state() != "1":
+        servers.remove("engine-ksm")
+        print(f"engine-ksm left out: the kernel's KSM daemon is off ({ksm.KSM_RUN})",
+              file=sys.stderr)
     results = [
         measure(s, args.proto, args.requests, args.workers, args.maps) for s in servers
     ]

@@ -27,7 +27,6 @@ others     HUP, TTIN, TTOU, USR2, WINCH are the master's business: ignored
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import faulthandler
 import os
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.intake import Intake, set_listener_timeout
+from workers.prctl import PR_SET_PDEATHSIG, prctl
 from workers.protocol import Admitter, ExitCode, ServerLike, format_address
 from workers.scoreboard import Scoreboard
 
@@ -57,7 +57,6 @@ CAPACITY_REPORT_EVERY = 10.0  # seconds between two "accept failed" lines of one
 WAITING_BATCH = 64
 # How often an idle worker wakes to write its heartbeat and check on its master.
 IDLE_WAKE = 1.0
-_PR_SET_PDEATHSIG = 1
 # struct tcp_info (Linux): tcpi_bytes_acked and tcpi_bytes_received, both u64.
 _TCP_INFO_LEN = 136
 _TCP_BYTES = struct.Struct("<QQ")
@@ -100,25 +99,13 @@ def exit_status(exc: SystemExit) -> int:
     return exc.code if isinstance(exc.code, int) else ExitCode.ERROR
 
 
-def _find_prctl() -> Callable[..., int] | None:
-    """libc's prctl(), looked up once, in the master (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    with contextlib.suppress(OSError, AttributeError):
-        return ctypes.CDLL(None, use_errno=True).prctl
-    return None
-
-
-# Looked up at import, before any fork: a lookup in each worker builds ctypes objects
-# there, about 160 KiB of the worker's private memory (loadtests/worker_memory.py).
-_PRCTL = _find_prctl()
 _SIGKILL = int(signal.SIGKILL)
 
 
 def _die_with_parent() -> None:
     """Ask the kernel to SIGKILL us when the master dies (Linux), even mid-request."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
+    with contextlib.suppress(OSError):
+        prctl(PR_SET_PDEATHSIG, _SIGKILL)
 
 
 class Worker:

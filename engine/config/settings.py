@@ -222,6 +222,14 @@ class Settings:
         "pages copy-on-write instead of touching them in garbage collections.",
         "pool", v.boolean,
     )
+    ksm: bool = setting(
+        False, "Let the kernel merge the identical memory pages of the master and its "
+        "workers (KSM; Linux 6.4+): a worker's own memory falls to about what a forked "
+        "child's is. Needs the kernel's KSM daemon on (root: echo 1 > "
+        "/sys/kernel/mm/ksm/run), which costs it CPU time; merged pages can be detected "
+        "through timing by other processes that use KSM too, hence off by default.",
+        "pool", v.boolean,
+    )
     threads: int = setting(
         1, "Threads per worker: connections one worker serves at once.",
         "pool", v.int_range(1, 4096), metavar="N",
