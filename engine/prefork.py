@@ -126,6 +126,7 @@ class PreforkLayer:
     idle_timeout: float
     max_spawn_batch: int
     gc_freeze: bool
+    ksm: bool
     threads: int
     worker_class: WorkerClass
     worker_connections: int
