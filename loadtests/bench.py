@@ -822,8 +822,7 @@ def evaluate_targets(
 
     targets: list[Target] = []
     # #16.3: CPU per connection within 5% of the floor, in both pool modes.
-    for key, label in (("engine", "engine (default pool)"), ("engine-static", "engine static"),
-                       ("engine-ksm", "engine static with ksm = true")):
+    for key, label in (("engine", "engine (default pool)"), ("engine-static", "engine static")):
         compare("tcp-close", key, "floor", "cpu",
                 f"TCP, one connection per request: {label} CPU/request ≤ 1.05x the floor's",
                 1.05, at_least=False)
