@@ -70,6 +70,13 @@ QUICK_SCENARIOS = ("tcp-keepalive", "tcp-close", "http-close")
 # to RERUNS times, so that a few per cent between two servers means something.
 BUSY_OTHER_CORES = 0.05
 RERUNS = 2
+# The machine itself changes speed between minutes (a shared host: 15-20% with nothing
+# else visible from inside). Before and after each cell the bench times a fixed CPU task;
+# a cell whose machine ran it more than SLOW_FACTOR times slower than the run's fastest
+# is re-run like a busy one (and flagged "slow" if it stays so).
+SLOW_FACTOR = 1.10
+SPEED_PROBE = b"x" * 4096
+SPEED_PROBE_ROUNDS = 8000  # 32 MB of SHA-256: about 20 ms on this kind of machine
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,8 @@ class Sample:
     procs: int = 0
     attempts: int = 1  # measurements of this cell (re-runs when the machine was busy)
     busy: bool = False  # still busy after every re-run: kept, and flagged
+    speed_ms: float = math.nan  # the speed probe around the cell (machine_speed_ms)
+    slow: bool = False  # the machine still slow after every re-run: kept, and flagged
 
     @property
     def other_cores(self) -> float:
@@ -212,7 +221,8 @@ class Summary:
     per_round_rps: list[float] = field(default_factory=list)
     per_round_cpu: list[float] = field(default_factory=list)
     busy_rounds: int = 0  # rounds kept although the machine stayed busy
-    reruns: int = 0  # cells measured again because the machine was busy
+    slow_rounds: int = 0  # rounds kept although the machine stayed slow
+    reruns: int = 0  # cells measured again because the machine was busy or slow
 
     @property
     def rps_spread(self) -> float:
@@ -238,6 +248,8 @@ class Summary:
             text += f", {self.reruns} re-run"
         if self.busy_rounds:
             text += f", **{self.busy_rounds} busy**"
+        if self.slow_rounds:
+            text += f", **{self.slow_rounds} slow**"
         return text
 
 
@@ -422,7 +434,8 @@ class Bench:
         self.wrk = wrk
         self.work = work
         self.samples: list[Sample] = []
-        self.discarded: list[Sample] = []  # busy attempts that a re-run replaced
+        self.discarded: list[Sample] = []  # busy or slow attempts a re-run replaced
+        self.fastest_ms = math.inf  # the run's best speed probe so far
 
     def server_argv(self, key: str, proto: str, port: int) -> list[str]:
         """The command line that starts server *key* for *proto* on *port*."""
@@ -478,12 +491,19 @@ class Bench:
         """
         attempts: list[Sample] = []
         while True:
-            attempts.append(self.measure_cell(scenario, key, rnd))
-            if not needs_rerun(attempts, self.opts.busy_limit, self.opts.reruns):
+            before = machine_speed_ms()
+            attempt = self.measure_cell(scenario, key, rnd)
+            after = machine_speed_ms()
+            attempt.speed_ms = (before + after) / 2
+            self.fastest_ms = min(self.fastest_ms, before, after)
+            attempts.append(attempt)
+            if not needs_rerun(attempts, self.opts.busy_limit, self.opts.reruns,
+                               self.fastest_ms):
                 break
-            print(f"  round {rnd} {scenario.key} {key}: machine busy (other load "
-                  f"{attempts[-1].other_cores:.2f} cores): measuring again", flush=True)
-        chosen = choose_sample(attempts, self.opts.busy_limit)
+            print(f"  round {rnd} {scenario.key} {key}: machine busy or slow (other load "
+                  f"{attempt.other_cores:.2f} cores, speed probe {attempt.speed_ms:.1f} ms "
+                  f"against {self.fastest_ms:.1f}): measuring again", flush=True)
+        chosen = choose_sample(attempts, self.opts.busy_limit, self.fastest_ms)
         self.samples.append(chosen)
         self.discarded += [a for a in attempts if a is not chosen]
         return chosen
@@ -660,29 +680,62 @@ def is_busy(sample: Sample, limit: float) -> bool:
     return sample.ok and sample.window_s > 0 and sample.other_cores > limit
 
 
-def needs_rerun(attempts: Sequence[Sample], limit: float, reruns: int) -> bool:
-    """Whether to measure the cell again: the last attempt was busy, re-runs remain.
+def machine_speed_ms(rounds: int = 3) -> float:
+    """How long this machine takes for a fixed CPU task now: the best of *rounds* times
+    (ms) of SHA-256 over 32 MB. Higher is slower."""
+    best = math.inf
+    for _ in range(rounds):
+        started = time.perf_counter()
+        digest = hashlib.sha256()
+        for _ in range(SPEED_PROBE_ROUNDS):
+            digest.update(SPEED_PROBE)
+        best = min(best, (time.perf_counter() - started) * 1000)
+    return best
+
+
+def is_slow(sample: Sample, fastest_ms: float, factor: float = SLOW_FACTOR) -> bool:
+    """Whether the machine ran the speed probe around *sample* more than *factor* times
+    slower than the run's fastest (*fastest_ms*)."""
+    return sample.ok and sample.speed_ms > fastest_ms * factor
+
+
+def needs_rerun(
+    attempts: Sequence[Sample], limit: float, reruns: int, fastest_ms: float = math.inf
+) -> bool:
+    """Whether to measure the cell again: the last attempt was busy (or on a slow
+    machine), and re-runs remain.
 
     A failed attempt is not re-run (a failure is a result, reported as such).
     """
-    return bool(attempts) and is_busy(attempts[-1], limit) and len(attempts) <= reruns
+    if not attempts or len(attempts) > reruns:
+        return False
+    last = attempts[-1]
+    return is_busy(last, limit) or is_slow(last, fastest_ms)
 
 
-def choose_sample(attempts: Sequence[Sample], limit: float) -> Sample:
-    """The attempt a cell keeps: the first on a quiet machine, else the least busy.
+def choose_sample(
+    attempts: Sequence[Sample], limit: float, fastest_ms: float = math.inf
+) -> Sample:
+    """The attempt a cell keeps: the first on a quiet machine at speed, else the least
+    busy, then the fastest.
 
-    The kept sample records how many attempts there were, and is flagged ``busy``
-    when none was quiet.
+    The kept sample records how many attempts there were, and is flagged ``busy`` or
+    ``slow`` when none was quiet or at speed.
     """
-    quiet = [a for a in attempts if a.ok and not is_busy(a, limit)]
+    good = [a for a in attempts
+            if a.ok and not is_busy(a, limit) and not is_slow(a, fastest_ms)]
     ok = [a for a in attempts if a.ok]
-    if quiet:
-        chosen = quiet[0]
+    if good:
+        chosen = good[0]
     elif ok:
-        chosen = min(ok, key=lambda a: a.other_cores)
+        chosen = min(ok, key=lambda a: (
+            a.other_cores if is_busy(a, limit) else 0.0,
+            a.speed_ms if not math.isnan(a.speed_ms) else math.inf,
+        ))
     else:
         chosen = attempts[-1]
     chosen.busy = is_busy(chosen, limit)
+    chosen.slow = is_slow(chosen, fastest_ms)
     chosen.attempts = len(attempts)
     return chosen
 
@@ -720,6 +773,7 @@ def summarize(samples: Sequence[Sample]) -> dict[tuple[str, str], Summary]:
             per_round_rps=[s.rps for s in group],
             per_round_cpu=[s.cpu_per_req_us for s in group],
             busy_rounds=sum(1 for s in group if s.busy),
+            slow_rounds=sum(1 for s in group if s.slow),
             reruns=sum(s.attempts - 1 for s in group),
         )
     return out
@@ -799,6 +853,9 @@ def evaluate_targets(
         if a.busy_rounds or b.busy_rounds:
             text += (f"; **rounds measured on a busy machine: {a.busy_rounds} and "
                      f"{b.busy_rounds}**")
+        if a.slow_rounds or b.slow_rounds:
+            text += (f"; **rounds measured on a slow machine: {a.slow_rounds} and "
+                     f"{b.slow_rounds}**")
         return text
 
     def compare(scenario: str, key: str, other: str, what: str, label: str,
@@ -969,7 +1026,8 @@ def busy_notes(
         cells = sorted({(s.round, s.scenario, s.server) for s in discarded})
         lines.append(
             f"- {len(discarded)} measurement(s) taken while other load exceeded "
-            f"{opts.busy_limit:g} cores were replaced by a re-run: "
+            f"{opts.busy_limit:g} cores, or while the machine ran slow, were replaced by a "
+            "re-run: "
             + ", ".join(f"round {r} {sc} {sv}" for r, sc, sv in cells) + "."
         )
     for s in samples:
@@ -979,6 +1037,19 @@ def busy_notes(
                 f"after {s.attempts} attempts (other load {s.other_cores:.2f} cores); "
                 "kept, and flagged."
             )
+        if s.slow:
+            lines.append(
+                f"- round {s.round}, {s.server}, {s.scenario}: the machine stayed slow "
+                f"after {s.attempts} attempts (speed probe {s.speed_ms:.1f} ms); kept, "
+                "and flagged."
+            )
+    probes = [s.speed_ms for s in [*samples, *discarded] if not math.isnan(s.speed_ms)]
+    if probes:
+        lines.append(
+            f"- Machine speed over the run (the speed probe, ms; lower is faster): fastest "
+            f"{min(probes):.1f}, median {statistics.median(probes):.1f}, slowest "
+            f"{max(probes):.1f}."
+        )
     return lines
 
 
@@ -1109,6 +1180,11 @@ def write_markdown(
         f"{opts.busy_limit:g} cores was measured again (at most {opts.reruns} times); "
         "*spread* is (max - min) / median over the rounds of req/s and of CPU µs/req, "
         "with the cells re-run and any kept although still busy.",
+        "- *Machine speed*: the machine's own speed moves between minutes (a shared host) "
+        "with no other load visible from inside. Before and after each cell the bench "
+        "times a fixed CPU task (SHA-256 of 32 MB, best of 3); a cell whose machine ran "
+        f"it more than {SLOW_FACTOR - 1:.0%} slower than the run's fastest so far was "
+        "measured again as well, and is flagged *slow* if it stayed so.",
         "- *xengine*: the row's median divided by the engine row's (the default dynamic "
         "pool). Higher is better for req/s, lower for p99 and CPU.",
         "- Servers and generator compete for the same CPUs, and the scheduler shares CPU "

@@ -115,6 +115,57 @@ def test_targets_name_busy_rounds_and_judge_memory() -> None:
     assert mem.met is False and "1.30x" in mem.evidence
 
 
+FASTEST = 20.0  # the run's best speed probe, ms
+
+
+def timed(speed_ms: float, other: float = 0.0, rps: float = 1000.0) -> Sample:
+    """A sample whose speed probe around it took *speed_ms*."""
+    s = sample(other, rps=rps)
+    s.speed_ms = speed_ms
+    return s
+
+
+def test_slow_means_the_probe_ran_over_ten_per_cent_slower_than_the_runs_best() -> None:
+    assert not bench.is_slow(timed(21.9), FASTEST)
+    assert bench.is_slow(timed(22.1), FASTEST)
+    assert not bench.is_slow(timed(30.0), math.inf)  # no probe yet: nothing to compare
+    assert not bench.is_slow(sample(0.0), FASTEST)  # no probe (NaN): not slow
+
+
+def test_a_slow_machine_is_measured_again_within_the_rerun_budget() -> None:
+    assert bench.needs_rerun([timed(25.0)], LIMIT, reruns=2, fastest_ms=FASTEST)
+    assert not bench.needs_rerun([timed(20.5)], LIMIT, reruns=2, fastest_ms=FASTEST)
+    assert not bench.needs_rerun([timed(25.0)] * 3, LIMIT, reruns=2, fastest_ms=FASTEST)
+    assert not bench.needs_rerun([timed(25.0)], LIMIT, reruns=2)  # no fastest: busy only
+
+
+def test_the_first_attempt_quiet_and_at_speed_is_kept_else_the_fastest_flagged() -> None:
+    attempts = [timed(26.0), timed(21.0, other=0.3), timed(21.0, rps=2000)]
+    chosen = bench.choose_sample(attempts, LIMIT, FASTEST)
+    assert chosen is attempts[2] and not chosen.slow and not chosen.busy
+    slow = [timed(26.0), timed(24.0), timed(25.0)]
+    chosen = bench.choose_sample(slow, LIMIT, FASTEST)
+    assert chosen is slow[1] and chosen.slow and chosen.attempts == 3
+
+
+def test_summary_and_targets_count_slow_rounds() -> None:
+    eng, floor = timed(26.0), timed(20.0)
+    eng.slow = True
+    floor.server = "floor"
+    summaries = bench.summarize([eng, floor])
+    assert "1 slow" in summaries["tcp-close", "engine"].quality
+    targets = {t.text: t for t in bench.evaluate_targets(summaries, 32, [])}
+    cpu = targets["TCP, one connection per request: engine (default pool) CPU/request "
+                  "≤ 1.05x the floor's"]
+    assert "slow machine: 1 and 0" in cpu.evidence
+
+
+def test_the_speed_probe_times_real_work() -> None:
+    first, second = bench.machine_speed_ms(rounds=1), bench.machine_speed_ms(rounds=1)
+    assert 0 < first < 5000 and 0 < second < 5000
+    assert bench.machine_speed_ms(rounds=3) <= max(first, second) * 3
+
+
 SMAPS = """\
 55d0c0000000-55d0c0021000 rw-p 00000000 00:00 0                          [heap]
 Size:                132 kB
