@@ -72,8 +72,9 @@ BUSY_OTHER_CORES = 0.05
 RERUNS = 2
 # The machine itself changes speed between minutes (a shared host: 15-20% with nothing
 # else visible from inside). Before and after each cell the bench times a fixed CPU task;
-# a cell whose machine ran it more than SLOW_FACTOR times slower than the run's fastest
-# is re-run like a busy one (and flagged "slow" if it stays so).
+# a cell whose machine ran it more than SLOW_FACTOR times slower than the run's median so
+# far is re-run like a busy one (and flagged "slow" if it stays so). Against the median,
+# not the fastest: the machine spends most of a run some 10% below its best minute.
 SLOW_FACTOR = 1.10
 SPEED_PROBE = b"x" * 4096
 SPEED_PROBE_ROUNDS = 8000  # 32 MB of SHA-256: about 20 ms on this kind of machine
@@ -435,7 +436,7 @@ class Bench:
         self.work = work
         self.samples: list[Sample] = []
         self.discarded: list[Sample] = []  # busy or slow attempts a re-run replaced
-        self.fastest_ms = math.inf  # the run's best speed probe so far
+        self.probes: list[float] = []  # every speed probe of the run so far, ms
 
     def server_argv(self, key: str, proto: str, port: int) -> list[str]:
         """The command line that starts server *key* for *proto* on *port*."""
@@ -495,15 +496,15 @@ class Bench:
             attempt = self.measure_cell(scenario, key, rnd)
             after = machine_speed_ms()
             attempt.speed_ms = (before + after) / 2
-            self.fastest_ms = min(self.fastest_ms, before, after)
+            self.probes += [before, after]
+            usual = usual_speed_ms(self.probes)
             attempts.append(attempt)
-            if not needs_rerun(attempts, self.opts.busy_limit, self.opts.reruns,
-                               self.fastest_ms):
+            if not needs_rerun(attempts, self.opts.busy_limit, self.opts.reruns, usual):
                 break
             print(f"  round {rnd} {scenario.key} {key}: machine busy or slow (other load "
                   f"{attempt.other_cores:.2f} cores, speed probe {attempt.speed_ms:.1f} ms "
-                  f"against {self.fastest_ms:.1f}): measuring again", flush=True)
-        chosen = choose_sample(attempts, self.opts.busy_limit, self.fastest_ms)
+                  f"against a usual {usual:.1f}): measuring again", flush=True)
+        chosen = choose_sample(attempts, self.opts.busy_limit, usual)
         self.samples.append(chosen)
         self.discarded += [a for a in attempts if a is not chosen]
         return chosen
@@ -693,14 +694,20 @@ def machine_speed_ms(rounds: int = 3) -> float:
     return best
 
 
-def is_slow(sample: Sample, fastest_ms: float, factor: float = SLOW_FACTOR) -> bool:
+def usual_speed_ms(probes: Sequence[float], least: int = 6) -> float:
+    """The run's usual speed probe so far: the median of *probes*, once there are at
+    least *least* of them (inf before: no judgement on the first cells)."""
+    return statistics.median(probes) if len(probes) >= least else math.inf
+
+
+def is_slow(sample: Sample, usual_ms: float, factor: float = SLOW_FACTOR) -> bool:
     """Whether the machine ran the speed probe around *sample* more than *factor* times
-    slower than the run's fastest (*fastest_ms*)."""
-    return sample.ok and sample.speed_ms > fastest_ms * factor
+    slower than usual (*usual_ms*: see usual_speed_ms)."""
+    return sample.ok and sample.speed_ms > usual_ms * factor
 
 
 def needs_rerun(
-    attempts: Sequence[Sample], limit: float, reruns: int, fastest_ms: float = math.inf
+    attempts: Sequence[Sample], limit: float, reruns: int, usual_ms: float = math.inf
 ) -> bool:
     """Whether to measure the cell again: the last attempt was busy (or on a slow
     machine), and re-runs remain.
@@ -710,11 +717,11 @@ def needs_rerun(
     if not attempts or len(attempts) > reruns:
         return False
     last = attempts[-1]
-    return is_busy(last, limit) or is_slow(last, fastest_ms)
+    return is_busy(last, limit) or is_slow(last, usual_ms)
 
 
 def choose_sample(
-    attempts: Sequence[Sample], limit: float, fastest_ms: float = math.inf
+    attempts: Sequence[Sample], limit: float, usual_ms: float = math.inf
 ) -> Sample:
     """The attempt a cell keeps: the first on a quiet machine at speed, else the least
     busy, then the fastest.
@@ -723,7 +730,7 @@ def choose_sample(
     ``slow`` when none was quiet or at speed.
     """
     good = [a for a in attempts
-            if a.ok and not is_busy(a, limit) and not is_slow(a, fastest_ms)]
+            if a.ok and not is_busy(a, limit) and not is_slow(a, usual_ms)]
     ok = [a for a in attempts if a.ok]
     if good:
         chosen = good[0]
@@ -735,7 +742,7 @@ def choose_sample(
     else:
         chosen = attempts[-1]
     chosen.busy = is_busy(chosen, limit)
-    chosen.slow = is_slow(chosen, fastest_ms)
+    chosen.slow = is_slow(chosen, usual_ms)
     chosen.attempts = len(attempts)
     return chosen
 
@@ -1183,7 +1190,7 @@ def write_markdown(
         "- *Machine speed*: the machine's own speed moves between minutes (a shared host) "
         "with no other load visible from inside. Before and after each cell the bench "
         "times a fixed CPU task (SHA-256 of 32 MB, best of 3); a cell whose machine ran "
-        f"it more than {SLOW_FACTOR - 1:.0%} slower than the run's fastest so far was "
+        f"it more than {SLOW_FACTOR - 1:.0%} slower than the run's median so far was "
         "measured again as well, and is flagged *slow* if it stayed so.",
         "- *xengine*: the row's median divided by the engine row's (the default dynamic "
         "pool). Higher is better for req/s, lower for p99 and CPU.",

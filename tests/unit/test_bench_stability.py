@@ -115,7 +115,7 @@ def test_targets_name_busy_rounds_and_judge_memory() -> None:
     assert mem.met is False and "1.30x" in mem.evidence
 
 
-FASTEST = 20.0  # the run's best speed probe, ms
+USUAL = 20.0  # the run's median speed probe so far, ms
 
 
 def timed(speed_ms: float, other: float = 0.0, rps: float = 1000.0) -> Sample:
@@ -125,26 +125,31 @@ def timed(speed_ms: float, other: float = 0.0, rps: float = 1000.0) -> Sample:
     return s
 
 
-def test_slow_means_the_probe_ran_over_ten_per_cent_slower_than_the_runs_best() -> None:
-    assert not bench.is_slow(timed(21.9), FASTEST)
-    assert bench.is_slow(timed(22.1), FASTEST)
+def test_slow_means_the_probe_ran_over_ten_per_cent_slower_than_usual() -> None:
+    assert not bench.is_slow(timed(21.9), USUAL)
+    assert bench.is_slow(timed(22.1), USUAL)
     assert not bench.is_slow(timed(30.0), math.inf)  # no probe yet: nothing to compare
-    assert not bench.is_slow(sample(0.0), FASTEST)  # no probe (NaN): not slow
+    assert not bench.is_slow(sample(0.0), USUAL)  # no probe (NaN): not slow
 
 
 def test_a_slow_machine_is_measured_again_within_the_rerun_budget() -> None:
-    assert bench.needs_rerun([timed(25.0)], LIMIT, reruns=2, fastest_ms=FASTEST)
-    assert not bench.needs_rerun([timed(20.5)], LIMIT, reruns=2, fastest_ms=FASTEST)
-    assert not bench.needs_rerun([timed(25.0)] * 3, LIMIT, reruns=2, fastest_ms=FASTEST)
-    assert not bench.needs_rerun([timed(25.0)], LIMIT, reruns=2)  # no fastest: busy only
+    assert bench.needs_rerun([timed(25.0)], LIMIT, reruns=2, usual_ms=USUAL)
+    assert not bench.needs_rerun([timed(20.5)], LIMIT, reruns=2, usual_ms=USUAL)
+    assert not bench.needs_rerun([timed(25.0)] * 3, LIMIT, reruns=2, usual_ms=USUAL)
+    assert not bench.needs_rerun([timed(25.0)], LIMIT, reruns=2)  # no usual yet: busy only
+
+
+def test_the_usual_speed_is_the_median_once_there_are_enough_probes() -> None:
+    assert bench.usual_speed_ms([20.0] * 5) == math.inf
+    assert bench.usual_speed_ms([19.0, 21.0, 20.0, 30.0, 20.5, 19.5]) == pytest.approx(20.25)
 
 
 def test_the_first_attempt_quiet_and_at_speed_is_kept_else_the_fastest_flagged() -> None:
     attempts = [timed(26.0), timed(21.0, other=0.3), timed(21.0, rps=2000)]
-    chosen = bench.choose_sample(attempts, LIMIT, FASTEST)
+    chosen = bench.choose_sample(attempts, LIMIT, USUAL)
     assert chosen is attempts[2] and not chosen.slow and not chosen.busy
     slow = [timed(26.0), timed(24.0), timed(25.0)]
-    chosen = bench.choose_sample(slow, LIMIT, FASTEST)
+    chosen = bench.choose_sample(slow, LIMIT, USUAL)
     assert chosen is slow[1] and chosen.slow and chosen.attempts == 3
 
 
