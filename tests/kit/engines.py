@@ -365,16 +365,18 @@ def serve_engine(
 
 
 def run_cli(
-    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 30.0
+    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 30.0,
+    wrapper: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m engine ARGS`` to completion in its own session.
+    """Run ``python -m engine ARGS`` to completion in its own session, behind *wrapper*
+    (a command-line prefix that execs the rest, as :func:`exec_after` makes) if given.
 
     Meant for commands that end by themselves (errors, --check-config, status). The
     process group is killed afterwards whatever happened, so a command that started
     serving by mistake leaves nothing behind.
     """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", *args], cwd=ROOT, env=engine_env(env),
+        [*wrapper, sys.executable, "-m", "engine", *args], cwd=ROOT, env=engine_env(env),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
         text=True, start_new_session=True,
     )

@@ -172,6 +172,14 @@ def checked_self() -> Iterator[dict[str, Any]]:
     report["children_left"] = [p.pid for p in children(os.getpid())]
 
 
+def exec_after(code: str) -> list[str]:
+    """A command-line prefix: a Python process that runs *code*, then execs the command
+    line that follows the prefix (what *code* changed in the process, a seccomp filter or
+    a prctl flag, carries over into it)."""
+    return [sys.executable, "-c",
+            f"{code}\nimport os, sys\nos.execv(sys.argv[1], sys.argv[1:])"]
+
+
 def system_command_or_skip(name: str) -> str:
     """The path of the system command *name*; skip the test without it, but fail it
     under CI=true: ``tests/system_packages.sh`` installs it (as root) and CI runs that

@@ -14,7 +14,8 @@ import os
 import platform
 import struct
 import sys
-from collections.abc import Sequence
+
+from tests.kit.processes import exec_after
 
 # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k.
 _LD_ABS_W, _JEQ_K, _RET_K = 0x20, 0x15, 0x06
@@ -57,10 +58,9 @@ def refuse_prctl(option: int, errno_value: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
-def refusing_prctl_argv(option: int, errno_value: int, argv: Sequence[str]) -> list[str]:
-    """A command line that runs *argv* with ``prctl(option)`` refused (see refuse_prctl)."""
-    code = (
-        "import os, sys; from tests.kit.seccomp import refuse_prctl; "
-        f"refuse_prctl({option}, {errno_value}); os.execv(sys.argv[1], sys.argv[1:])"
+def refusing_prctl(option: int, errno_value: int) -> list[str]:
+    """A command-line prefix: what follows it runs with ``prctl(option)`` refused (see
+    refuse_prctl)."""
+    return exec_after(
+        f"from tests.kit.seccomp import refuse_prctl\nrefuse_prctl({option}, {errno_value})"
     )
-    return [sys.executable, "-c", code, *argv]

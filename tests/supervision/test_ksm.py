@@ -13,7 +13,6 @@ and, where the test may turn the daemon on (root), the pages actually merged.
 from __future__ import annotations
 
 import errno
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,9 +20,9 @@ import psutil
 import pytest
 
 from engine import ksm
-from tests.kit import READY, ROOT, exchange, kill_group, launch, wait_until
-from tests.kit.engines import engine_env
-from tests.kit.seccomp import refusing_prctl_argv, supported
+from tests.kit import READY, exchange, launch, run_cli, wait_until
+from tests.kit.processes import exec_after
+from tests.kit.seccomp import refusing_prctl, supported
 from workers.prctl import PR_GET_MEMORY_MERGE, PR_SET_MEMORY_MERGE, prctl
 
 ECHO = "engine.examples.echo:EchoHandler"
@@ -74,11 +73,8 @@ def test_without_ksm_nothing_is_marked(engines) -> None:
 
 def test_ksm_off_drops_the_flag_a_master_inherited(tmp_path: Path, _started) -> None:
     # The flag survives exec (an upgrade re-execs the master): ksm off must clear it.
-    inherit = (
-        "import os, sys; from workers.prctl import prctl; "
-        f"prctl({PR_SET_MEMORY_MERGE}, 1); os.execv(sys.argv[1], sys.argv[1:])"
-    )
-    argv = [sys.executable, "-c", inherit, sys.executable, "-m", "engine", "serve", ECHO,
+    inherit = exec_after(f"from workers.prctl import prctl\nprctl({PR_SET_MEMORY_MERGE}, 1)")
+    argv = [*inherit, sys.executable, "-m", "engine", "serve", ECHO,
             "--bind", "127.0.0.1:0", "--workers", "1", "--pool-mode", "static"]
     engine = launch(argv, log_path=tmp_path / "engine.log", env=READY)
     _started.append(engine)
@@ -89,20 +85,10 @@ def test_ksm_off_drops_the_flag_a_master_inherited(tmp_path: Path, _started) -> 
 
 @pytest.mark.skipif(not supported(), reason="the seccomp filter knows x86_64 and aarch64")
 def test_a_kernel_that_refuses_stops_the_start_naming_ksm() -> None:
-    argv = refusing_prctl_argv(PR_SET_MEMORY_MERGE, errno.EINVAL, [
-        sys.executable, "-m", "engine", "serve", ECHO, "--bind", "127.0.0.1:0", "--ksm",
-    ])
-    proc = subprocess.Popen(argv, cwd=ROOT, env=engine_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=30)
-    finally:
-        kill_group(proc.pid, proc)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-    assert proc.returncode == 2, err
+    result = run_cli(["serve", ECHO, "--bind", "127.0.0.1:0", "--ksm"],
+                     wrapper=refusing_prctl(PR_SET_MEMORY_MERGE, errno.EINVAL))
+    err = result.stderr
+    assert result.returncode == 2, err
     assert "\nengine: error: invalid setting ksm=True: " in f"\n{err}", err
     assert "Linux 6.4" in err and "Invalid argument" in err
     assert "Traceback" not in err and "serving" not in err
