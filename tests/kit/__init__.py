@@ -11,7 +11,8 @@ One owner per job:
   :func:`start_program`, :func:`serve_engine`, :func:`launch`, :func:`run_cli`;
 * :mod:`tests.kit.processes`: :func:`become_subreaper`, :func:`reap`,
   :func:`kill_group` (the one group killer), :func:`assert_no_leftovers`,
-  :func:`system_command_or_skip` (a test's system command: skip, or fail under CI);
+  :func:`system_command_or_skip` (a test's system command: skip, or fail under CI),
+  :func:`exec_after` (a command-line prefix that sets something up, then execs the rest);
 * :mod:`tests.kit.procfs`: looking at processes through ``/proc`` and psutil;
 * :mod:`tests.kit.net`: client sockets, :func:`free_port`, :func:`exchange`;
 * :mod:`tests.kit.load`: :class:`LoadGen` (the one load loop), :class:`Slowloris`,
