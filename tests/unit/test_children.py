@@ -21,6 +21,7 @@ from engine.children import (
     describe_fork_error,
 )
 from tests.kit import wait_until
+from tests.kit.procfs import zombie_children
 from workers.scoreboard import Scoreboard
 
 
@@ -88,9 +89,14 @@ def test_reaped_exits_are_read_from_the_slot_and_only_boot_failures_back_off(no_
     scoreboard = Scoreboard(3)
     try:
         table = Children(server=object(), scoreboard=scoreboard)
+        pids = []
         for slot, (booted, code) in enumerate([(True, 3), (True, 0), (False, 3)]):
-            pid = _fork(scoreboard, slot, booted, code)
-            table.by_slot[slot] = Child(slot, pid, 0, time.monotonic())
+            pids.append(_fork(scoreboard, slot, booted, code))
+            table.by_slot[slot] = Child(slot, pids[-1], 0, time.monotonic())
+        # Every child has exited before the first reap: a booted worker reaped after the
+        # boot failure would end its streak (as it should), and the count would depend on
+        # which child the scheduler finished first.
+        wait_until(lambda: set(pids) <= set(zombie_children()), 10, "every child exited")
         exits = {e.child.slot: e for e in _reap_all(table)}
         assert exits[0].kind is ExitKind.DIED and exits[0].code == 3
         assert "BOOT_FAILED" in exits[0].how  # the status is named, the verdict is not
