@@ -59,6 +59,7 @@ class PoolAdapter:
         self.reload_size: int | None = None  # serving workers when a reload began
         self.batch = 1
         self.next_growth = 0.0
+        self.cpu_saturated = False  # the last plan's verdict (growth held for the CPUs)
         self.probe = unpatched.new_poll()  # zero-timeout readiness check of the listeners
         self.capacity = CapacityMonitor()  # listen queue, max children reached
         self.listeners: list[socket.socket] = []
@@ -163,6 +164,7 @@ class PoolAdapter:
         """This tick's forks and drains (:func:`engine.pool.plan`)."""
         views = self.views(tick, children)
         settings = self.settings
+        self.cpu_saturated = self._cpu_saturated(tick, children, views)
         decision = pool.plan(
             views,
             pool.PoolParams(
@@ -181,7 +183,7 @@ class PoolAdapter:
             now=tick.now,
             can_spawn=can_spawn,
             can_grow=tick.now >= self.next_growth,
-            cpu_saturated=self._cpu_saturated(tick, children, views),
+            cpu_saturated=self.cpu_saturated,
         )
         self.batch = decision.next_batch
         if decision.grew:
@@ -206,9 +208,18 @@ class PoolAdapter:
         backing_off = tick.now < spawn_at
         changing = self.is_changing(tick, children, running=running, ready=ready,
                                     backing_off=backing_off)
+        # A queued connection wakes the master only if the wake-up can fork: while growth
+        # is held (a CPU-bound load, or the growth rate limit) the listener stays readable,
+        # and watching it would turn the sleep into a polling loop that takes CPU from the
+        # busy workers. The rate limit's end is a deadline instead; the saturation verdict
+        # is measured again on the next (short) tick.
+        growth_held = self.cpu_saturated or tick.now < self.next_growth
         watch = self.wants_listener(tick, children, running=running,
-                                    can_spawn=not backing_off, changing=changing)
+                                    can_spawn=not backing_off and not growth_held,
+                                    changing=changing)
         deadlines = [health_due, *([spawn_at] if backing_off else [])]
+        if tick.now < self.next_growth:
+            deadlines.append(self.next_growth)
         timeout = self.next_timeout(tick, children, changing=changing, signals=signals,
                                     other_deadlines=deadlines)
         return timeout, watch

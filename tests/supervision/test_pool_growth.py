@@ -7,9 +7,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.apps.prefork_apps import program
-from tests.kit import EngineProcess, PoolWatcher, wait_until
+from tests.kit import EngineProcess, LoadGen, PoolWatcher, wait_until
 from tests.kit import exchange as tcp_exchange
 
 CPUS = len(os.sched_getaffinity(0))
@@ -105,3 +106,31 @@ def test_cpu_bound_keepalive_clients_still_get_a_worker_each(engine_proc) -> Non
         stop.set()
         for thread in threads:
             thread.join(30)
+
+
+def master_cpu_share(pid: int, seconds: float) -> float:
+    """The share of one CPU the process *pid* used over a window of *seconds*."""
+    def on_cpu() -> float:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+    before, started = on_cpu(), time.monotonic()
+    time.sleep(seconds)  # the measurement window itself, not a synchronisation
+    return (on_cpu() - before) / (time.monotonic() - started)
+
+
+def test_master_does_not_spin_while_growth_is_held(engine_proc) -> None:
+    """Every worker busy, connections queued, growth held for a CPU-bound load: a
+    queued connection cannot lead to a fork, so it must not wake the master (it would
+    poll the readable listener in a loop, taking CPU from the workers)."""
+    engine = engine_proc(program(
+        handler="Burn", before=BURN_HANDLER + "import time\n",
+        attrs=f"workers = {CPUS}\nmax_children = 40\nmin_spare = 2\nmax_spare = 40",
+    ))
+    with LoadGen(engine.address, clients=16, max_seconds=30.0, request=b"x\n",
+                 reply=None) as loaded:
+        wait_until(lambda: loaded.ok >= 100, 20, "the CPU-bound load under way")
+        share = master_cpu_share(engine.pid, 2.0)
+        stats = loaded.stop()
+    assert stats.failed == 0, stats.failures.most_common(3)
+    # Ten short ticks a second cost ~1-2% of a CPU; a polling loop costs a CPU's share.
+    assert share < 0.05, f"the master used {share:.0%} of a CPU under a held load"

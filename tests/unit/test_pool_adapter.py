@@ -3,13 +3,15 @@ how long to sleep, boots and retirements seen, hung workers, reloads and scaling
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from engine.children import Child
 from engine.config import build
 from engine.growth import GrowthGate
 from engine.health import HealthSampler
-from engine.pool_adapter import BUSY_TICK, PoolAdapter
+from engine.pool_adapter import BUSY_TICK, GROWTH_TICK, PoolAdapter
 from workers.protocol import WorkerState
 from workers.scoreboard import Scoreboard, SlotRecord
 
@@ -32,11 +34,25 @@ class CountingScoreboard(Scoreboard):
         return super().is_retiring(slot)
 
 
-def adapter(**settings: object) -> tuple[PoolAdapter, CountingScoreboard]:
+class FixedGate(GrowthGate):
+    """The CPU-bound growth gate with a verdict given by the test (its measurements
+    have their own tests, tests/unit/test_growth_gate.py)."""
+
+    def __init__(self, verdict: bool) -> None:
+        super().__init__(HealthSampler(60.0, 0), cpus=1)
+        self.verdict = verdict
+
+    def saturated(self, *args: object, **kwargs: object) -> bool:
+        return self.verdict
+
+
+def adapter(
+    growth: GrowthGate | None = None, **settings: object
+) -> tuple[PoolAdapter, CountingScoreboard]:
     values = {"workers": 2, "max_children": 8, "health_interval": 60.0, **settings}
     parsed = build(values)
     board = CountingScoreboard(parsed.max_children)
-    growth = GrowthGate(HealthSampler(parsed.health_interval, 0))
+    growth = growth or GrowthGate(HealthSampler(parsed.health_interval, 0))
     return PoolAdapter(parsed, board, growth), board
 
 
@@ -191,3 +207,35 @@ def test_scale_limits(closing) -> None:
     for _ in range(5):
         pool.scale_by(-1)
     assert pool.target == 1  # never below one
+
+
+def test_a_queued_connection_wakes_the_master_only_when_it_can_fork(closing) -> None:
+    """Every worker busy and a connection queued: the listener is watched only while
+    the pool may grow. Held by a CPU-bound load, or by the growth rate limit after a
+    fork, it would stay readable and turn the master's sleep into a polling loop."""
+    gate = FixedGate(verdict=True)
+    pool, board = adapter(gate, pool_mode="dynamic", worker_timeout=None)
+    closing.append(board)
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            socket.create_connection(listener.getsockname()):  # queued, never accepted
+        pool.watch([listener])
+        children = idle_pool(board, 0.0)
+        for child in children:
+            board.busy(child.slot, 1.0, 0, 1, ("127.0.0.1", 5000))
+
+        def turn(now: float, plan: bool = True) -> tuple[int, float, bool]:
+            tick = pool.snapshot(children, now)
+            spawned = pool.plan(tick, children, can_spawn=True).spawn if plan else 0
+            timeout, watch = pool.sleep(tick, children, running=True, ready=True,
+                                        spawn_at=0.0, signals=True, health_due=60.0)
+            return spawned, timeout, watch
+
+        assert turn(1.5, plan=False)[2]  # nothing holds growth: the connection wakes it
+        # CPU-bound: no fork, and a short tick (the gate looks again) instead of the fd.
+        assert turn(2.0) == (0, pytest.approx(BUSY_TICK), False)
+        gate.verdict = False  # the CPUs free up: the queued connection forks a worker
+        spawned, timeout, watch = turn(2.1)
+        assert spawned >= 1
+        assert (timeout, watch) == (pytest.approx(GROWTH_TICK), False)  # rate-limited
+        # The limit's end is the deadline the master wakes at, and then it may grow again.
+        assert turn(2.1 + GROWTH_TICK)[0] >= 1
