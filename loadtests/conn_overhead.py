@@ -1,6 +1,7 @@
 """Where the engine's per-connection CPU goes, against the hand-written floor.
 
 ``python -m loadtests.conn_overhead [--conns N] [--rounds R] [--proto line|http]``
+``python -m loadtests.conn_overhead --instructions [--variants A,B] [...]``
 
 Each variant serves N queued loopback connections in this one process: every client
 has connected, sent one line and half-closed before the timer starts, so the clock
@@ -22,6 +23,15 @@ Variants:
 (Session 2 also timed a prototype of a lean ``threads == 1`` step here; the worker now
 works that way, see ``Worker._serve_waiting``.)
 
+Timing on a shared machine moves by 10% between minutes. ``--instructions`` counts
+instead, with valgrind's callgrind: each variant runs in a child that serves n, then
+one that serves 2n queued connections; the difference over n is the user-space
+instructions per connection (start-up and imports cancel out; ``PYTHONHASHSEED=0``).
+The count repeats to a few instructions, but leaves out the kernel's side (accept,
+the TCP stack, close), which is the same for every variant but for the half-close's
+one ``shutdown`` call. A child runs some 50 times slower under valgrind; the children
+run side by side, one per CPU (a count does not mind).
+
 It reaches into the engine's internals (``Worker._take_waiting``, ``count_traffic``,
 ``Worker.count_bytes_on_shutdown``) and may need updating
 when they change. Rounds are interleaved; medians and minima are printed.
@@ -30,12 +40,17 @@ when they change. Rounds are interleaved; medians and minima are printed.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
+import re
+import shutil
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine import PreforkTCPServer
@@ -125,21 +140,13 @@ def engine_step(
     return (time.process_time() - started) / count * 1e6
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every variant in interleaved rounds and print the medians."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conns", type=int, default=1500, help="connections per round")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--proto", choices=sorted(HANDLERS), default="line")
-    args = parser.parse_args(argv)
-    server = Server(("127.0.0.1", 0), HANDLERS[args.proto])
-    port = server.server_address[1]
-    n = args.conns
-    variants: dict[str, Callable[[], float]] = {
+def variants(server: Any, n: int) -> dict[str, Callable[[], float]]:
+    """Every variant, by name: a step that serves *n* queued connections on *server*."""
+    return {
         "floor": lambda: floor_step(server, n, half_close=False),
         "floor + SHUT_WR": lambda: floor_step(server, n, half_close=True),
         "engine (default)": lambda: engine_step(server, n, traffic=False),
-        "engine, client_timeout off": lambda: engine_step(
+        "engine without client_timeout": lambda: engine_step(
             server, n, traffic=False, client_timeout=None
         ),
         "engine + TCP_INFO count": lambda: engine_step(server, n, traffic=True),
@@ -150,11 +157,129 @@ def main(argv: list[str] | None = None) -> int:
             server, n, traffic=False, half_close=False, scoreboard=False
         ),
     }
-    results: dict[str, list[float]] = {name: [] for name in variants}
+
+
+# --- instructions: a count that does not depend on the machine's speed ---
+
+# The variants whose instructions are counted (the ablations add little to these).
+COUNTED = ("floor", "floor + SHUT_WR", "engine (default)", "engine - TCP_INFO - SHUT_WR",
+           "engine - TCP_INFO - SHUT_WR - scoreboard")
+
+
+def serve_once(name: str, n: int, proto: str) -> int:
+    """The child's side of :func:`count_instructions`: print the port, wait for "go"
+    on stdin (the parent has queued *n* clients), serve them with variant *name*."""
+    server = Server(("127.0.0.1", 0), HANDLERS[proto])
     try:
-        for _ in range(args.rounds):
-            for name, run in variants.items():
-                clients = queue_clients(port, n, args.proto)
+        print(server.server_address[1], flush=True)
+        if sys.stdin.readline().strip() != "go":
+            return 1
+        variants(server, n)[name]()
+    finally:
+        server.server_close()
+    return 0
+
+
+def instructions_of(name: str, n: int, proto: str, valgrind: str) -> int:
+    """User-space instructions of one child that serves *n* connections with variant
+    *name*, counted by valgrind's callgrind (start-up and imports included)."""
+    argv = [
+        valgrind, "--tool=callgrind", "--cache-sim=no", "--callgrind-out-file=/dev/null",
+        sys.executable, "-m", "loadtests.conn_overhead", "--serve", name,
+        "--conns", str(n), "--proto", proto,
+    ]
+    env = dict(os.environ, PYTHONHASHSEED="0")  # the same dict layouts every run
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True)
+    assert child.stdin is not None and child.stdout is not None
+    clients: list[socket.socket] = []
+    try:
+        port = int(child.stdout.readline())
+        clients = queue_clients(port, n, proto)
+        _, errors = child.communicate("go\n", timeout=600)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        for client in clients:
+            client.close()
+    found = re.search(r"Collected : (\d+)", errors)
+    if child.returncode != 0 or found is None:
+        raise RuntimeError(f"{name}: callgrind gave no count (rc {child.returncode}): "
+                           f"{errors[-500:]}")
+    return int(found.group(1))
+
+
+def count_instructions(
+    n: int, rounds: int, proto: str, names: Sequence[str] = COUNTED
+) -> dict[str, list[float]]:
+    """Per variant in *names*, user-space instructions per connection in each round: a
+    child that serves 2n connections less one that serves n, over n (start-up cancels)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("valgrind is not installed (loadtests/system_packages.sh, as root, "
+                         "installs it)")
+    runs = [(name, count) for _ in range(rounds) for name in names for count in (n, 2 * n)]
+    # A count does not depend on what else runs: the children run side by side.
+    with concurrent.futures.ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        counts = list(pool.map(lambda run: instructions_of(*run, proto, valgrind), runs))
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for (name, count), small, large in zip(runs[::2], counts[::2], counts[1::2], strict=True):
+        results[name].append((large - small) / count)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every variant in interleaved rounds and print the medians."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conns", type=int,
+                        help="connections per round (default 1500; --instructions 300)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 7; --instructions 2)")
+    parser.add_argument("--proto", choices=sorted(HANDLERS), default="line")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count user-space instructions per connection with valgrind "
+                        "instead of timing")
+    parser.add_argument("--variants", help="with --instructions: comma-separated names "
+                        f"(default: {', '.join(COUNTED)})")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)  # one child of --instructions
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve_once(args.serve, args.conns or 1, args.proto)
+    if args.instructions:
+        names = args.variants.split(",") if args.variants else list(COUNTED)
+        known = variants(None, 0)  # the names only
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            parser.error(f"unknown variant(s) {unknown}; known: {', '.join(known)}")
+        return print_instructions(args.conns or 300, args.rounds or 2, args.proto, names)
+    return print_times(args.conns or 1500, args.rounds or 7, args.proto)
+
+
+def print_instructions(n: int, rounds: int, proto: str, names: Sequence[str]) -> int:
+    """Count and print instructions per connection, against the first variant."""
+    counted = count_instructions(n, rounds, proto, names)
+    base = statistics.median(counted[names[0]])
+    print(f"{proto}: user-space instructions per connection (valgrind's callgrind), "
+          f"{rounds} rounds of {n} and {2 * n} connections")
+    for name, values in counted.items():
+        median = statistics.median(values)
+        change = (max(values) - min(values)) / median if median else 0.0
+        print(f"  {name:42} median {median:9,.0f}  spread {change:.2%}  "
+              f"{median / base:5.3f}x {names[0]}")
+    return 0
+
+
+def print_times(n: int, rounds: int, proto: str) -> int:
+    """Time every variant in interleaved rounds and print the medians."""
+    server = Server(("127.0.0.1", 0), HANDLERS[proto])
+    port = server.server_address[1]
+    steps = variants(server, n)
+    results: dict[str, list[float]] = {name: [] for name in steps}
+    try:
+        for _ in range(rounds):
+            for name, run in steps.items():
+                clients = queue_clients(port, n, proto)
                 time.sleep(0.05)
                 results[name].append(run())
                 for client in clients:
@@ -162,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.server_close()
     floor = statistics.median(results["floor"])
-    print(f"{args.proto}: server-side CPU per connection, {args.rounds} rounds of {n} "
-          "connections")
+    print(f"{proto}: server-side CPU per connection, {rounds} rounds of {n} connections")
     for name, values in results.items():
         median = statistics.median(values)
         print(f"  {name:42} median {median:6.1f} µs  min {min(values):6.1f} µs  "

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system (Debian) packages the benchmarks need:
-#   wrk   python -m loadtests.bench, its HTTP scenarios (http-keepalive, http-close)
+#   wrk       python -m loadtests.bench, its HTTP scenarios (http-keepalive, http-close)
+#   valgrind  python -m loadtests.conn_overhead --instructions (instructions per connection)
 #
 # Idempotent: when every command is already there it does nothing and exits 0 at once.
 # As root it runs apt-get non-interactively. As another user, or without apt-get, it says
@@ -11,10 +12,11 @@ set -euo pipefail
 # command -> Debian package that provides it
 declare -A wanted=(
     [wrk]=wrk
+    [valgrind]=valgrind
 )
 
 missing_packages=()
-for command in wrk; do
+for command in wrk valgrind; do
     if ! command -v "$command" >/dev/null 2>&1; then
         missing_packages+=("${wanted[$command]}")
     fi

@@ -4,6 +4,7 @@
 #   systemd-socket-activate  socket-activation tests (package: systemd)
 #   openssl                  TLS tests (generates throwaway certificates)
 #   strace                   system calls per reply (tests/workers/test_gevent_sendall.py)
+#   valgrind                 instructions per connection (tests/load/test_conn_overhead_short.py)
 #
 # Idempotent: when every command is already there it does nothing and returns at once.
 # As root it runs apt-get non-interactively; as another user it only says what is
@@ -19,10 +20,11 @@ declare -A wanted=(
     [systemd-socket-activate]=systemd
     [openssl]=openssl
     [strace]=strace
+    [valgrind]=valgrind
 )
 
 missing_packages=()
-for command in haproxy systemd-socket-activate openssl strace; do
+for command in haproxy systemd-socket-activate openssl strace valgrind; do
     if ! command -v "$command" >/dev/null 2>&1; then
         missing_packages+=("${wanted[$command]}")
     fi
