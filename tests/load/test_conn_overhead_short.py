@@ -16,8 +16,9 @@ from tests.kit.processes import system_command_or_skip
 
 pytestmark = pytest.mark.slow
 
-# The engine's default worker step was 1.10x the floor's (echo) when this was written.
-BOUND = 1.15
+# The engine's default worker step was 1.07x the floor's (echo) when this was written;
+# a few thousand more instructions per connection on the hot path fail it.
+BOUND = 1.12
 
 
 def test_the_engine_adds_little_to_the_floors_instructions_per_connection(
