@@ -198,6 +198,7 @@ def instructions_of(name: str, n: int, proto: str, valgrind: str) -> int:
         port = int(child.stdout.readline())
         clients = queue_clients(port, n, proto)
         _, errors = child.communicate("go\n", timeout=600)
+        unanswered = sum(1 for client in clients if not _answered(client))
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
@@ -208,7 +209,18 @@ def instructions_of(name: str, n: int, proto: str, valgrind: str) -> int:
     if child.returncode != 0 or found is None:
         raise RuntimeError(f"{name}: callgrind gave no count (rc {child.returncode}): "
                            f"{errors[-500:]}")
+    if unanswered:  # a count of less work than asked for would mislead
+        raise RuntimeError(f"{name}: {unanswered} of {n} clients got no reply")
     return int(found.group(1))
+
+
+def _answered(client: socket.socket) -> bool:
+    """Did *client* get a reply (the child has exited: all of it is there)?"""
+    client.settimeout(5.0)
+    try:
+        return bool(client.recv(16))
+    except OSError:
+        return False
 
 
 def count_instructions(

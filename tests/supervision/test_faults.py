@@ -161,6 +161,13 @@ def test_fork_failure_keeps_the_listeners_and_refills_later(
         attrs="workers = 2\npool_mode = 'static'", before=NPROC_CONTROL.format(fifo=str(fifo)),
     ))
     workers = wait_until(lambda: len(engine.workers()) == 2 and engine.workers(), 10, "pool")
+    # Both have booted (a worker killed before that is rightly a boot failure): two
+    # connections held open at once are served by two workers, and only booted ones serve.
+    with open_clients(engine.address, 2, timeout=30) as clients:
+        for client in clients:
+            client.sendall(b"booted?\n")
+        served = {int(recv_line(client, timeout=30).split()[0]) for client in clients}
+    assert served == {worker.pid for worker in workers}
     wait_until(lambda: "NPROC control" in engine.log(), 10, "the control thread")
     assert psutil.Process(engine.pid).uids().real == pwd.getpwnam("nobody").pw_uid
     _control(fifo, "1\n")
