@@ -16,6 +16,9 @@ from three measurements over spans of :data:`GATE_SPAN` seconds:
 * or the machine had no idle CPU time (:class:`~engine.health.IdleMeter`) and busy
   workers are running, not asleep in their handlers (an I/O-bound load next to a
   CPU-hungry neighbour still grows the pool).
+
+Once a measurement has found the load CPU-bound, it takes :data:`RELEASE_LOOKS` spans
+in a row with CPU to spare before the pool may grow again.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ SATURATED_IDLE_SHARE = 0.05
 GATE_SPAN = 0.2
 # Busy workers runnable this share of all the CPUs' time: the CPUs are theirs already.
 RUNNABLE_SHARE = 0.8
+# Clear looks in a row that end a measured saturation (see GrowthGate.saturated).
+RELEASE_LOOKS = 2
 
 SchedStat = tuple[int, int]  # nanoseconds on a CPU, nanoseconds waiting for one
 
@@ -79,6 +84,8 @@ class GrowthGate:
         self.schedstat = schedstat
         self._checked = 0.0  # when the last measurement was taken
         self._saturated = False
+        self._measured_saturated = False  # the verdict came from a measurement, not a baseline
+        self._clear_looks = 0  # measurements in a row that found CPU to spare
         self._requests: dict[int, int] = {}  # pid -> request count at that measurement
         self._sched: dict[int, SchedStat] = {}  # busy pid -> its schedstat then
 
@@ -106,9 +113,21 @@ class GrowthGate:
         self._checked = now
         measured = self._measure(busy, serving if serving is not None else busy, requests, now,
                                  previous)
-        # A first look only takes the baseline: hold growth for one span rather than
-        # fork blind (a CPU-bound burst would otherwise double the pool meanwhile).
-        self._saturated = measured if fresh else True
+        if not fresh:
+            # A first look only takes the baseline: hold growth for one span rather than
+            # fork blind (a CPU-bound burst would otherwise double the pool meanwhile).
+            self._saturated, self._measured_saturated, self._clear_looks = True, False, 0
+        elif measured:
+            self._saturated = self._measured_saturated = True
+            self._clear_looks = 0
+        else:
+            # Leaving saturation takes RELEASE_LOOKS clear looks in a row: a load near
+            # the threshold dips below it for a span now and then (the machine's speed,
+            # the generator's bursts), and the workers forked then stay for the whole
+            # load, since only idle workers retire.
+            self._clear_looks += 1
+            self._saturated = self._measured_saturated and self._clear_looks < RELEASE_LOOKS
+            self._measured_saturated = self._saturated
         return self._saturated
 
     def _measure(

@@ -103,3 +103,32 @@ def test_a_worker_idle_at_the_instant_of_the_look_still_counts_its_demand() -> N
         requests = {11: look * 50, 12: look * 50}
         seen.append(g.saturated([11], requests, clock[0], serving=[11, 12]))
     assert seen[1:] == [True, True, True]
+
+
+def test_one_look_below_the_threshold_does_not_release_a_cpu_bound_load() -> None:
+    """A CPU-bound load near the threshold dips below it for a span now and then; the
+    workers forked in that span would stay for the whole load (only idle ones retire).
+    Two clear looks in a row release it; a first look never counts as measured."""
+    clock, shares = [0.0], [0.9, 0.9, 0.5, 0.9, 0.5, 0.5, 0.5]  # runnable share per span
+    used = [0]  # runnable nanoseconds so far, per worker
+
+    def schedstat(pid: int) -> tuple[int, int]:
+        return used[0], 0
+
+    g = GrowthGate(HealthSampler(60.0, 0), cpus=2, idle_meter=FixedIdle(0.10),
+                   schedstat=schedstat)
+    seen = []
+    for look, share in enumerate(shares, start=1):
+        used[0] += int(GATE_SPAN * 1e9 * share)
+        clock[0] = look * (GATE_SPAN + 0.01)  # a little over a span: each look measures
+        seen.append(g.saturated([11, 12], {11: look * 50, 12: look * 50}, clock[0]))
+    # The first look has no baseline; then 0.9 is 1.7 CPUs of 2 (saturated), 0.5 is 0.95.
+    assert seen == [False, True, True, True, True, False, False]
+
+
+def test_an_io_bound_burst_after_a_quiet_spell_grows_at_the_first_measurement() -> None:
+    g, clock = gate(idle=0.10, runnable_share=0.3)
+    clock[0] = 100.0  # long after any earlier look: this one only takes the baseline
+    assert g.saturated([11, 12], {11: 0, 12: 0}, clock[0])
+    clock[0] += GATE_SPAN
+    assert not g.saturated([11, 12], {11: 50, 12: 50}, clock[0])
