@@ -32,14 +32,19 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psutil
+
+if TYPE_CHECKING:
+    from engine.config import Settings
 
 # Fraction of a limit at which warnings() starts reporting a worker.
 WARN_FRACTION = 0.8
 # Most seconds one sample() call spends reading /proc; a bigger pool is sampled over
 # several of the master's loop turns, so the master never stalls for long.
 SAMPLE_BUDGET = 0.05
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,9 @@ class WorkerHealth:
     cpu_percent: float
     open_fds: int | None
     num_threads: int
+    ksm_merged: int | None = None
+    """Bytes of the process's memory the kernel's KSM daemon has merged with identical
+    pages (``/proc/PID/ksm_stat``); None unless the ``ksm`` setting is on."""
 
 
 class HealthSampler:
@@ -67,9 +75,10 @@ class HealthSampler:
     master to recycle a worker; 0 turns that check off.
     """
 
-    def __init__(self, interval: float, max_worker_memory: int) -> None:
+    def __init__(self, interval: float, max_worker_memory: int, ksm: bool = False) -> None:
         self.interval = interval
         self.max_worker_memory = max_worker_memory
+        self.ksm = ksm  # also read each process's merged pages (the ksm setting)
         self.latest: dict[int, WorkerHealth] = {}
         """The last sample of every worker known to be alive, by pid."""
         self.master_latest: WorkerHealth | None = None
@@ -81,6 +90,12 @@ class HealthSampler:
         self._fd_limits: dict[int, int] = {}  # soft RLIMIT_NOFILE of each worker
         self._warned: dict[int, set[str]] = {}  # warning kinds already returned per pid
         self._self_proc: psutil.Process | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> HealthSampler:
+        """The sampler the settings ask for (``health_interval``, ``max_worker_memory``,
+        ``ksm``)."""
+        return cls(settings.health_interval, settings.max_worker_memory, settings.ksm)
 
     @property
     def tracked(self) -> frozenset[int]:
@@ -158,7 +173,7 @@ class HealthSampler:
         if self._self_proc is None or self._self_proc.pid != os.getpid():
             # A new object after a fork: the child must not inherit the parent's.
             self._self_proc = psutil.Process()
-        return _read(self._self_proc)
+        return _read(self._self_proc, self.ksm)
 
     def over_memory(self, pid: int) -> bool:
         """Is the worker's last sampled RSS above ``max_worker_memory`` (when set)?"""
@@ -226,7 +241,7 @@ class HealthSampler:
             with proc.oneshot():  # status() and the reads below share /proc/PID/stat
                 if proc.status() == psutil.STATUS_ZOMBIE:
                     return None  # exited, not yet reaped: its numbers mean nothing
-                health = _read(proc)
+                health = _read(proc, self.ksm)
             self._fd_limits[pid] = _fd_limit(proc)
             return health
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -241,8 +256,9 @@ class HealthSampler:
         self._warned.pop(pid, None)
 
 
-def _read(proc: psutil.Process) -> WorkerHealth:
-    """Read one process in a single psutil ``oneshot`` (shared /proc reads).
+def _read(proc: psutil.Process, ksm: bool = False) -> WorkerHealth:
+    """Read one process in a single psutil ``oneshot`` (shared /proc reads); with
+    *ksm*, also its pages merged by the kernel.
 
     Raises NoSuchProcess/AccessDenied from the calls that must succeed.
     """
@@ -262,8 +278,22 @@ def _read(proc: psutil.Process) -> WorkerHealth:
             fds = None
         threads = proc.num_threads()
     return WorkerHealth(
-        rss=rss, uss=uss, cpu_percent=cpu, open_fds=fds, num_threads=threads
+        rss=rss, uss=uss, cpu_percent=cpu, open_fds=fds, num_threads=threads,
+        ksm_merged=ksm_merged_bytes(proc.pid) if ksm else None,
     )
+
+
+def ksm_merged_bytes(pid: int) -> int | None:
+    """Bytes of *pid*'s memory merged by KSM (``ksm_merging_pages`` of
+    ``/proc/PID/ksm_stat``, Linux 6.1+), or None where the kernel does not say."""
+    try:
+        with open(f"/proc/{pid}/ksm_stat", "rb") as file:
+            for line in file:
+                if line.startswith(b"ksm_merging_pages "):
+                    return int(line.split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def count_fds(proc: psutil.Process) -> int:

@@ -69,7 +69,7 @@ class Master:
             server, scoreboard, fork_blocked=FORK_BLOCKED_SIGNALS,
             gc_freeze=settings.gc_freeze, reap_orphans=os.getpid() == 1,
         )
-        self.health = HealthSampler(settings.health_interval, settings.max_worker_memory)
+        self.health = HealthSampler.of(settings)
         self.pool = PoolAdapter(settings, scoreboard, GrowthGate(self.health))
         self.pool.watch(self.events.listener_socks)
         self.handover = Handover(upgrade.old_master_pid(), settings.pidfile, sockets)

@@ -152,13 +152,14 @@ def _seconds(value: float) -> float:
 def _health_fields(health: WorkerHealth | None) -> dict[str, Any]:
     if health is None:
         return {"rss": None, "uss": None, "cpu_percent": None, "open_fds": None,
-                "num_threads": None}
+                "num_threads": None, "ksm_merged": None}
     return {
         "rss": health.rss,
         "uss": health.uss,
         "cpu_percent": round(health.cpu_percent, 1),
         "open_fds": health.open_fds,
         "num_threads": health.num_threads,
+        "ksm_merged": health.ksm_merged,
     }
 
 
@@ -319,6 +320,8 @@ def render_prometheus(snapshot: Snapshot) -> str:
         ("engine_worker_open_fds", "gauge", "open_fds",
          "File descriptors open in the worker."),
         ("engine_worker_threads", "gauge", "num_threads", "Threads in the worker process."),
+        ("engine_worker_ksm_merged_bytes", "gauge", "ksm_merged",
+         "Memory of the worker the kernel's KSM daemon has merged (only with ksm on)."),
     ]
     worker_families = [(family(name, kind, text), key) for name, kind, key, text in per_worker]
     for worker in workers:

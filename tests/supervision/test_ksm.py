@@ -13,6 +13,8 @@ and, where the test may turn the daemon on (root), the pages actually merged.
 from __future__ import annotations
 
 import errno
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from workers.prctl import PR_GET_MEMORY_MERGE, PR_SET_MEMORY_MERGE, prctl
 ECHO = "engine.examples.echo:EchoHandler"
 KSM_SYSFS = Path("/sys/kernel/mm/ksm")
 MIB = 1 << 20
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _kernel_can_merge() -> bool:
@@ -51,6 +54,26 @@ def ksm_stat(pid: int) -> dict[str, str]:
 
 def mergeable(pid: int) -> bool:
     return ksm_stat(pid)["ksm_merge_any"] == "yes"
+
+
+def shown_merged(status_socket: Path) -> list[int | None]:
+    """Each worker's ``ksm_merged`` in the status (None: not read)."""
+    shown = json.loads(exchange(str(status_socket), b"json\n"))["workers"]
+    return [w["ksm_merged"] for w in shown if w["rss"] is not None]  # sampled ones
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_status_shows_merged_memory_with_ksm_only(engines, tmp_path: Path, on: bool) -> None:
+    status_socket = tmp_path / "status.sock"
+    engine = engines(["--workers", "2", "--health-interval", "1", "--status-bind",
+                      f"unix:{status_socket}", "--ksm" if on else "--no-ksm"], handler=ECHO)
+    engine.wait_workers(2)
+    seen = wait_until(lambda: len(merged := shown_merged(status_socket)) == 2 and merged,
+                      10, "both workers sampled")
+    if on:  # a number of bytes (0 while the daemon is off), read from /proc/PID/ksm_stat
+        assert all(isinstance(value, int) and value >= 0 for value in seen), seen
+    else:
+        assert seen == [None, None]
 
 
 def test_ksm_marks_the_master_and_every_worker(engines) -> None:
@@ -105,11 +128,14 @@ def _daemon_files_writable() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _daemon_files_writable(),
                     reason="turning the kernel's KSM daemon on needs root")
-def test_the_workers_pages_are_merged(engines) -> None:
+def test_the_workers_pages_are_merged(engines, tmp_path: Path) -> None:
     saved = (KSM_SYSFS / "run").read_text().strip()
+    status_socket = tmp_path / "status.sock"
     try:
         (KSM_SYSFS / "run").write_text("1")
-        engine = engines(["--workers", "2", "--pool-mode", "static", "--ksm"], handler=ECHO)
+        engine = engines(["--workers", "2", "--pool-mode", "static", "--ksm",
+                          "--health-interval", "1", "--status-bind", f"unix:{status_socket}"],
+                         handler=ECHO)
         workers = [psutil.Process(pid) for pid in engine.wait_workers(2)]
         for _ in range(100):
             exchange(engine.address, b"hello\n")
@@ -122,5 +148,12 @@ def test_the_workers_pages_are_merged(engines) -> None:
             assert merged >= 100, f"worker {worker.pid}: {merged} pages merged"
             fell = before[worker.pid] - worker.memory_full_info().uss
             assert fell >= MIB // 2, f"worker {worker.pid}: USS fell {fell / MIB:.2f} MiB"
+
+        # The status shows it per worker (its next health sample, within a second).
+        def merged_in_status() -> bool:
+            merged = shown_merged(status_socket)
+            return len(merged) == 2 and all((m or 0) >= 100 * PAGE for m in merged)
+
+        wait_until(merged_in_status, 10, "the merged pages in the status")
     finally:
         (KSM_SYSFS / "run").write_text(saved)

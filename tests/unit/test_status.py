@@ -48,7 +48,8 @@ MASTER = {
 MASTER_HEALTH = WorkerHealth(rss=30 << 20, uss=10 << 20, cpu_percent=1.5, open_fds=12,
                              num_threads=1)
 HEALTH = {
-    101: WorkerHealth(rss=40 << 20, uss=20 << 20, cpu_percent=97.5, open_fds=9, num_threads=1),
+    101: WorkerHealth(rss=40 << 20, uss=20 << 20, cpu_percent=97.5, open_fds=9, num_threads=1,
+                      ksm_merged=8 << 20),
     102: WorkerHealth(rss=35 << 20, uss=None, cpu_percent=0.0, open_fds=None, num_threads=2),
 }
 
@@ -208,12 +209,13 @@ def test_snapshot_fields_from_a_real_scoreboard(scoreboard: Scoreboard) -> None:
         "slot": 0, "pid": 101, "state": "busy", "requests": 0, "bytes_in": 100,
         "bytes_out": 2000, "active": 1, "client": "10.0.0.7:51000", "request_age": 2.0,
         "age": 10.0, "heartbeat_age": 2.0, "rss": 40 << 20, "uss": 20 << 20,
-        "cpu_percent": 97.5, "open_fds": 9, "num_threads": 1,
+        "cpu_percent": 97.5, "open_fds": 9, "num_threads": 1, "ksm_merged": 8 << 20,
     }
     assert idle["state"] == "idle" and idle["requests"] == 5
     assert idle["client"] == "" and idle["request_age"] is None, "no client when idle"
     assert idle["age"] == 6.0 and idle["heartbeat_age"] == 4.0
     assert idle["uss"] is None and idle["open_fds"] is None  # denied fields stay null
+    assert idle["ksm_merged"] is None  # ksm off (or a kernel without ksm_stat)
     # A draining worker still in its request shows it; no health sample yet: nulls.
     assert draining["state"] == "draining" and draining["client"] == "[::1]:53000"
     assert draining["request_age"] == 30.0
@@ -287,6 +289,8 @@ def test_prometheus_text_parses_with_expected_values(scoreboard: Scoreboard) -> 
     request_ages = families["engine_worker_request_age_seconds"].samples
     assert {s.labels["slot"] for s in request_ages} == {"0", "3"}
     assert {s.labels["slot"] for s in families["engine_worker_open_fds"].samples} == {"0"}
+    merged = families["engine_worker_ksm_merged_bytes"].samples  # only where it was read
+    assert [(s.labels["slot"], s.value) for s in merged] == [("0", 8 << 20)]
 
 
 def test_prometheus_shows_the_crash_loop_backoff(scoreboard: Scoreboard) -> None:
