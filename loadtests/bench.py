@@ -10,7 +10,9 @@ C, ..., then A, B, C, ... again) and reports per-scenario medians:
 
 For each server and scenario it reports requests/s, p50/p99 latency, errors, how many
 of the clients got at least one reply, the server's CPU time per request (its whole
-process tree, exited children included) and the ratios to the engine; it writes
+process tree, exited children included) and the ratios to the engine; then each
+worker's memory (loadtests/worker_memory.py) and the user-space instructions per
+connection of the floor and the engine (loadtests/conn_overhead.py, valgrind); it writes
 ``docs/benchmarks.md`` and ``docs/benchmark.png``. The C reference server (a one-thread
 epoll server inside the generator's binary) gives the load generator's own ceiling.
 
@@ -154,6 +156,7 @@ class Options:
     busy_limit: float = BUSY_OTHER_CORES
     reruns: int = RERUNS
     memory: bool = True
+    instructions: bool = True
 
 
 @dataclass
@@ -1105,6 +1108,64 @@ def memory_lines(memory: Sequence[Any]) -> list[str]:
     ]
 
 
+# The hot path counted, not timed: these variants of loadtests/conn_overhead.py, each
+# at INSTRUCTION_CONNS and twice that many queued connections, per protocol.
+INSTRUCTION_VARIANTS = ("floor", "floor + SHUT_WR", "engine (default)")
+INSTRUCTION_CONNS = 200
+PROTO_TITLES = {"line": "echo (raw TCP)", "http": "HTTP"}
+
+
+def measure_instructions(opts: Options) -> dict[str, dict[str, float]]:
+    """User-space instructions per connection by protocol and variant ({} without
+    valgrind: it says so and the section is left out)."""
+    from loadtests import conn_overhead
+
+    if not opts.instructions:
+        return {}
+    if shutil.which("valgrind") is None:
+        print("  ! instructions per connection: valgrind is not installed "
+              "(loadtests/system_packages.sh installs it, as root)", file=sys.stderr)
+        return {}
+    protos = [p for p in PROTO_TITLES if any(SCENARIOS[k].proto == p for k in opts.scenarios)]
+    counts: dict[str, dict[str, float]] = {}
+    for proto in protos:
+        try:
+            counted = conn_overhead.count_instructions(
+                INSTRUCTION_CONNS, 1, proto, INSTRUCTION_VARIANTS)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            print(f"  ! instructions per connection, {proto}: {exc}", file=sys.stderr)
+            continue
+        counts[proto] = {name: values[0] for name, values in counted.items()}
+    return counts
+
+
+def instruction_lines(counts: dict[str, dict[str, float]]) -> list[str]:
+    """The instructions section: what was counted, and one table."""
+    protos = list(counts)
+    head = "| variant | " + " | ".join(
+        f"{PROTO_TITLES[p]} | x floor" for p in protos) + " |"
+    out = [
+        "`python -m loadtests.conn_overhead --instructions`: each variant serves "
+        f"{INSTRUCTION_CONNS} and then {2 * INSTRUCTION_CONNS} queued loopback "
+        "connections in a child under valgrind's callgrind; the difference over "
+        f"{INSTRUCTION_CONNS} is the user-space instructions per connection. Unlike the "
+        "CPU times above, the count does not move with the machine's speed (repeated "
+        "runs agree to a few instructions). The kernel's side is the same system calls "
+        "for all three but for the half-close's one `shutdown`.",
+        "",
+        head,
+        "|---|" + "--:|--:|" * len(protos),
+    ]
+    for name in INSTRUCTION_VARIANTS:
+        cells = []
+        for proto in protos:
+            value, floor = counts[proto].get(name), counts[proto].get("floor")
+            cells += ["-", "-"] if value is None else [
+                f"{value:,.0f}", fmt_ratio(ratio(value, floor or math.nan))]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
 KEEP_MARKER = "<!-- hand-written: everything below this line survives re-runs of the bench -->"
 
 
@@ -1112,6 +1173,7 @@ def write_markdown(
     path: Path, opts: Options, summaries: dict[tuple[str, str], Summary],
     scenarios: Sequence[Scenario], targets: Sequence[Target], env: dict[str, str],
     notes: Sequence[str], command: str, memory: Sequence[Any] = (),
+    instructions: dict[str, dict[str, float]] | None = None,
 ) -> None:
     """Write docs/benchmarks.md, keeping the hand-written part below KEEP_MARKER."""
     kept = ""
@@ -1123,7 +1185,8 @@ def write_markdown(
     out = [
         "# Benchmarks",
         "",
-        "Install the load-test extras and wrk, then run the benchmark (about 8 minutes; "
+        "Install the load-test extras, wrk and valgrind, then run the benchmark (about 12 "
+        "minutes; "
         "`--quick` is a smoke test of about ten seconds that writes to a temporary "
         "directory unless `--out` is given):",
         "",
@@ -1221,6 +1284,10 @@ def write_markdown(
     if memory:
         out += ["## Memory per worker", ""]
         out += memory_lines(memory)
+        out.append("")
+    if instructions:
+        out += ["## Instructions per connection", ""]
+        out += instruction_lines(instructions)
         out.append("")
     if notes:
         out += ["## Notes", "", *notes, ""]
@@ -1364,6 +1431,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
                    help=f"re-runs of a cell measured on a busy machine (default {RERUNS})")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the memory per worker (loadtests/worker_memory.py)")
+    p.add_argument("--no-instructions", action="store_true",
+                   help="skip the instructions per connection (conn_overhead --instructions, "
+                   "valgrind; about two minutes)")
     a = p.parse_args(argv)
     quick = bool(a.quick)
     servers_arg = a.servers or ",".join(QUICK_SERVERS if quick else SERVERS)
@@ -1385,6 +1455,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         max_requests=a.max_requests, wrk_threads=a.wrk_threads,
         servers=servers, scenarios=scenarios, out=out, quick=quick, plot=not a.no_plot,
         busy_limit=a.busy_limit, reruns=max(0, a.reruns), memory=not a.no_memory,
+        instructions=not (a.no_instructions or quick),
     )
 
 
@@ -1459,6 +1530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     memory: list[Any] = []
     if opts.memory:
         memory = measure_memory(opts, work)
+    instructions = measure_instructions(opts)
     elapsed = time.monotonic() - started
 
     summaries = summarize(bench.samples)
@@ -1467,6 +1539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_tables(summaries, scenarios, servers, targets)
     if memory:
         print("\nMemory per worker\n" + "\n".join(memory_lines(memory)[2:]))
+    if instructions:
+        print("\nInstructions per connection\n" + "\n".join(instruction_lines(instructions)[2:]))
     failed = [s for s in bench.samples if not s.ok]
     for s in failed:
         notes.append(f"- round {s.round}, {s.server}, {s.scenario}: failed: {s.note}")
@@ -1487,9 +1561,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "discarded_busy": [dict(asdict(s), other_cores=s.other_cores)
                            for s in bench.discarded],
         "memory": [asdict(m) for m in memory],
+        "instructions": instructions,
     }, indent=1))
     write_markdown(opts.out / "benchmarks.md", opts, summaries, scenarios, targets,
-                   env, notes, command.strip(), memory)
+                   env, notes, command.strip(), memory, instructions)
     plotted = opts.plot and plot(opts.out / "benchmark.png", summaries, scenarios, servers, opts)
     print(f"\nwrote {opts.out / 'benchmarks.md'}"
           + (f" and {opts.out / 'benchmark.png'}" if plotted else "")

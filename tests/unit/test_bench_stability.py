@@ -194,3 +194,16 @@ def test_private_memory_is_summed_per_mapping_kind() -> None:
     assert worker_memory.private_by_kind(SMAPS) == {
         "heap": 40, "anon": 304, "libpython": 12, "files and shared memory": 0, "stack": 8,
     }
+
+
+def test_the_instruction_table_gives_each_variant_against_the_floor() -> None:
+    counts = {
+        "line": {"floor": 84_645.0, "floor + SHUT_WR": 85_509.0, "engine (default)": 90_683.0},
+        "http": {"floor": 306_213.0, "engine (default)": 313_353.0},  # one count missing
+    }
+    lines = bench.instruction_lines(counts)
+    table = [line for line in lines if line.startswith("|")]
+    assert table[0] == "| variant | echo (raw TCP) | x floor | HTTP | x floor |"
+    assert table[2] == "| floor | 84,645 | 1.00x | 306,213 | 1.00x |"
+    assert table[3] == "| floor + SHUT_WR | 85,509 | 1.01x | - | - |"
+    assert table[4] == "| engine (default) | 90,683 | 1.07x | 313,353 | 1.02x |"
