@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from engine.ksm import merged_bytes
+
 if TYPE_CHECKING:
     from engine.config import Settings
 
@@ -44,7 +46,6 @@ WARN_FRACTION = 0.8
 # Most seconds one sample() call spends reading /proc; a bigger pool is sampled over
 # several of the master's loop turns, so the master never stalls for long.
 SAMPLE_BUDGET = 0.05
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True)
@@ -279,21 +280,8 @@ def _read(proc: psutil.Process, ksm: bool = False) -> WorkerHealth:
         threads = proc.num_threads()
     return WorkerHealth(
         rss=rss, uss=uss, cpu_percent=cpu, open_fds=fds, num_threads=threads,
-        ksm_merged=ksm_merged_bytes(proc.pid) if ksm else None,
+        ksm_merged=merged_bytes(proc.pid) if ksm else None,
     )
-
-
-def ksm_merged_bytes(pid: int) -> int | None:
-    """Bytes of *pid*'s memory merged by KSM (``ksm_merging_pages`` of
-    ``/proc/PID/ksm_stat``, Linux 6.1+), or None where the kernel does not say."""
-    try:
-        with open(f"/proc/{pid}/ksm_stat", "rb") as file:
-            for line in file:
-                if line.startswith(b"ksm_merging_pages "):
-                    return int(line.split()[1]) * _PAGE_SIZE
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def count_fds(proc: psutil.Process) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 from engine.errors import ConfigError
@@ -26,6 +27,7 @@ from workers.prctl import PR_GET_MEMORY_MERGE, PR_SET_MEMORY_MERGE, prctl
 log = logging.getLogger("engine.master")
 
 KSM_RUN = Path("/sys/kernel/mm/ksm/run")  # 1: the daemon merges; 0 or 2: it does not
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def apply(wanted: bool, run_file: Path = KSM_RUN) -> None:
@@ -65,3 +67,16 @@ def daemon_state(run_file: Path = KSM_RUN) -> str:
         return run_file.read_text().strip()
     except OSError:
         return ""
+
+
+def merged_bytes(pid: int) -> int | None:
+    """Bytes of *pid*'s memory merged by the KSM daemon (``ksm_merging_pages`` of
+    ``/proc/PID/ksm_stat``, Linux 6.1+), or None where the kernel does not say."""
+    try:
+        with open(f"/proc/{pid}/ksm_stat", "rb") as file:
+            for line in file:
+                if line.startswith(b"ksm_merging_pages "):
+                    return int(line.split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -223,15 +223,27 @@ def _answered(client: socket.socket) -> bool:
         return False
 
 
+class ValgrindMissing(RuntimeError):
+    """valgrind is not installed: nothing can be counted."""
+
+    def __init__(self) -> None:
+        super().__init__("valgrind is not installed (loadtests/system_packages.sh installs "
+                         "it, as root)")
+
+
 def count_instructions(
     n: int, rounds: int, proto: str, names: Sequence[str] = COUNTED
 ) -> dict[str, list[float]]:
     """Per variant in *names*, user-space instructions per connection in each round: a
-    child that serves 2n connections less one that serves n, over n (start-up cancels)."""
+    child that serves 2n connections less one that serves n, over n (start-up cancels).
+
+    Raises:
+        ValgrindMissing: no valgrind here.
+        RuntimeError: a child gave no count, or not every client got its reply.
+    """
     valgrind = shutil.which("valgrind")
     if valgrind is None:
-        raise SystemExit("valgrind is not installed (loadtests/system_packages.sh, as root, "
-                         "installs it)")
+        raise ValgrindMissing
     runs = [(name, count) for _ in range(rounds) for name in names for count in (n, 2 * n)]
     # A count does not depend on what else runs: the children run side by side.
     with concurrent.futures.ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
@@ -270,14 +282,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_instructions(n: int, rounds: int, proto: str, names: Sequence[str]) -> int:
     """Count and print instructions per connection, against the first variant."""
-    counted = count_instructions(n, rounds, proto, names)
+    from loadtests.bench import spread  # here, not at the top: the children skip it
+
+    try:
+        counted = count_instructions(n, rounds, proto, names)
+    except RuntimeError as exc:
+        print(f"conn_overhead: {exc}", file=sys.stderr)
+        return 1
     base = statistics.median(counted[names[0]])
     print(f"{proto}: user-space instructions per connection (valgrind's callgrind), "
           f"{rounds} rounds of {n} and {2 * n} connections")
     for name, values in counted.items():
         median = statistics.median(values)
-        change = (max(values) - min(values)) / median if median else 0.0
-        print(f"  {name:42} median {median:9,.0f}  spread {change:.2%}  "
+        print(f"  {name:42} median {median:9,.0f}  spread {spread(values):.2%}  "
               f"{median / base:5.3f}x {names[0]}")
     return 0
 

@@ -1,7 +1,8 @@
 """Looking at processes: ``/proc`` read directly (cheap enough to poll every few ms).
 
-Children, process groups, zombies, file descriptors, memory and signal handlers of
-any process, and :func:`process_tree` (psutil) for a process and all its descendants.
+Children, process groups, zombies, file descriptors, memory, signal handlers and CPU
+time and wake-ups (schedstat) of any process, and :func:`process_tree` (psutil) for a
+process and all its descendants.
 """
 
 from __future__ import annotations
@@ -140,3 +141,19 @@ def caught_signals(pid: int) -> set[int]:
                 mask = int(line.split()[1], 16)
                 return {n for n in range(1, 65) if mask & (1 << (n - 1))}
     return set()
+
+
+def schedstat(pid: int) -> tuple[float, int]:
+    """(CPU seconds, times scheduled in) of *pid*, from ``/proc/PID/schedstat`` (its
+    third field counts the times the task was scheduled in: every wake-up is one)."""
+    with open(f"/proc/{pid}/schedstat") as file:
+        run_ns, _wait_ns, slices = file.read().split()
+    return int(run_ns) / 1e9, int(slices)
+
+
+def cpu_and_wakeups(pid: int, seconds: float) -> tuple[float, int]:
+    """CPU seconds used and wake-ups of *pid* over a window of *seconds*."""
+    cpu_before, woken_before = schedstat(pid)
+    time.sleep(seconds)  # the measurement window itself, not a synchronisation
+    cpu_after, woken_after = schedstat(pid)
+    return cpu_after - cpu_before, woken_after - woken_before

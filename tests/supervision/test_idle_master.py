@@ -18,24 +18,11 @@ import pytest
 
 from tests.apps.prefork_apps import program
 from tests.kit import EngineProcess, kill_group, start_program, wait_until
+from tests.kit.procfs import cpu_and_wakeups, schedstat
 
 # A quiet pool: health samples once a minute, idle workers have 2 minutes of silence.
 QUIET = "workers = 2\nhealth_interval = 60\nworker_timeout = 120\n"
 WINDOW = 2.0  # seconds watched
-
-
-def schedstat(pid: int) -> tuple[float, int]:
-    """(CPU seconds, times scheduled in) of *pid*, from /proc/PID/schedstat."""
-    run_ns, _wait_ns, slices = Path(f"/proc/{pid}/schedstat").read_text().split()
-    return int(run_ns) / 1e9, int(slices)
-
-
-def idle_figures(pid: int, seconds: float) -> tuple[float, int]:
-    """CPU seconds used and wake-ups of *pid* over a window of *seconds*."""
-    cpu_before, woken_before = schedstat(pid)
-    time.sleep(seconds)  # the measurement window itself, not a synchronisation
-    cpu_after, woken_after = schedstat(pid)
-    return cpu_after - cpu_before, woken_after - woken_before
 
 
 MODES = ("static", "dynamic")
@@ -72,7 +59,7 @@ def test_idle_master_does_not_wake_every_second(wakeups: dict[str, int], mode: s
 
 
 def _settled(pid: int) -> bool:
-    _cpu, woken = idle_figures(pid, 0.3)
+    _cpu, woken = cpu_and_wakeups(pid, 0.3)
     return woken == 0
 
 
@@ -85,7 +72,7 @@ def main(seconds: float) -> None:
         try:
             wait_until(lambda: len(psutil.Process(engine.pid).children()) == 2, 10, "pool")
             time.sleep(2)  # let the start-up finish before measuring
-            cpu, woken = idle_figures(engine.pid, seconds)
+            cpu, woken = cpu_and_wakeups(engine.pid, seconds)
             print(f"idle master (defaults: health_interval 5 s): {woken * 60 / seconds:.1f} "
                   f"wake-ups/min, {cpu * 1000:.2f} ms CPU over {seconds:g} s")
         finally:

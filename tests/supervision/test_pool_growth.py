@@ -7,13 +7,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from tests.apps.prefork_apps import program
 from tests.kit import EngineProcess, LoadGen, PoolWatcher, wait_until
 from tests.kit import exchange as tcp_exchange
+from tests.kit.procfs import cpu_and_wakeups
 
 CPUS = len(os.sched_getaffinity(0))
+WINDOW = 2.0  # seconds the master's CPU is watched under load
 
 # Each request burns ~15 ms of CPU ("BURN") or sleeps as long ("SLEEP" in PidEcho).
 BURN_HANDLER = '''
@@ -108,16 +109,6 @@ def test_cpu_bound_keepalive_clients_still_get_a_worker_each(engine_proc) -> Non
             thread.join(30)
 
 
-def master_cpu_share(pid: int, seconds: float) -> float:
-    """The share of one CPU the process *pid* used over a window of *seconds*."""
-    def on_cpu() -> float:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
-
-    before, started = on_cpu(), time.monotonic()
-    time.sleep(seconds)  # the measurement window itself, not a synchronisation
-    return (on_cpu() - before) / (time.monotonic() - started)
-
-
 def test_master_does_not_spin_while_growth_is_held(engine_proc) -> None:
     """Every worker busy, connections queued, growth held for a CPU-bound load: a
     queued connection cannot lead to a fork, so it must not wake the master (it would
@@ -130,7 +121,8 @@ def test_master_does_not_spin_while_growth_is_held(engine_proc) -> None:
                  reply=None) as loaded:
         # Past the first second of load: the growth the gate allows is over by then.
         wait_until(lambda: loaded.ok >= 200, 20, "the CPU-bound load under way")
-        share = master_cpu_share(engine.pid, 2.0)
+        cpu, _ = cpu_and_wakeups(engine.pid, WINDOW)
+        share = cpu / WINDOW  # of one CPU
         stats = loaded.stop()
     assert stats.failed == 0, stats.failures.most_common(3)
     # Ten short ticks a second cost ~1-2% of a CPU; a polling loop costs a CPU's share.
