@@ -322,8 +322,9 @@ class TCPServer(BaseServer):
         """Return the listening socket's file descriptor (-1 once closed)."""
         return self.socket.fileno()
 
-    # (listening socket, family, type, proto) for get_request(); see there.
-    _accept_as: tuple[socket.socket, int, int, int] | None = None
+    # (listening socket, family, type, proto, connection class) for get_request(); see
+    # there. A prefork worker sets its own class (workers.connection).
+    _accept_as: tuple[socket.socket, int, int, int, type[socket.socket]] | None = None
 
     def get_request(self) -> tuple[_Request, _Address]:
         """Accept one connection. May be overridden.
@@ -339,9 +340,9 @@ class TCPServer(BaseServer):
             return sock.accept()  # an SSLSocket or another wrapper: its own accept()
         kind = self._accept_as
         if kind is None or kind[0] is not sock:
-            kind = self._accept_as = (sock, sock.family, sock.type, sock.proto)
+            kind = self._accept_as = (sock, sock.family, sock.type, sock.proto, socket.socket)
         fd, address = sock._accept()  # type: ignore[attr-defined]
-        conn = socket.socket(kind[1], kind[2], kind[3], fileno=fd)
+        conn = kind[4](kind[1], kind[2], kind[3], fileno=fd)
         # As socket.accept() does: a blocking listener with a timeout gives blocking
         # connections unless a default timeout is set.
         if socket.getdefaulttimeout() is None and sock.gettimeout():

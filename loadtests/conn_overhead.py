@@ -116,7 +116,7 @@ def make_worker(server: Server, traffic: bool, client_timeout: float | None) -> 
     worker = Worker(server, Scoreboard(4), spec)
     if traffic:
         worker.count_bytes_on_shutdown()  # as the worker does with count_bytes on
-    worker._inherit_client_timeout()  # as the worker's boot does
+    worker._set_up_connections()  # as the worker's boot does
     return worker
 
 

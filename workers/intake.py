@@ -21,13 +21,13 @@ call: about 12% of the CPU of a short connection (docs/tls-and-proxy.md). Linux 
 a TCP listener's ``SO_RCVTIMEO`` and ``SO_SNDTIMEO`` into each socket ``accept()``
 returns (Unix-socket listeners do not), so a sync worker sets ``client_timeout`` on its
 TCP listeners (:meth:`Intake.inherit_timeout`: the master before "serving", each
-worker at its boot) and the intake only turns those connections into a
-:class:`KernelTimedSocket`: blocking underneath, ``gettimeout()`` reporting the
-timeout, and ``TimeoutError`` where the kernel's ``EAGAIN`` ends a wait, as with a
-Python timeout. A socket with a Python timeout is non-blocking underneath, so the
-kernel timeout never fires on it: a handler's own ``timeout`` and TLS connections
-(which get ``settimeout``) keep CPython's; the gevent worker's TCP connections are
-bounded by its idle sweep (:mod:`workers.idle_sweep`).
+worker at its boot) and those connections are built as (or the intake turns them
+into) a :class:`~workers.connection.KernelTimedSocket`: blocking underneath,
+``gettimeout()`` reporting the timeout, and ``TimeoutError`` where the kernel's
+``EAGAIN`` ends a wait, as with a Python timeout. A socket with a Python timeout is
+non-blocking underneath, so the kernel timeout never fires on it: a handler's own
+``timeout`` and TLS connections (which get ``settimeout``) keep CPython's; the gevent
+worker's TCP connections are bounded by its idle sweep (:mod:`workers.idle_sweep`).
 
 Datagram requests (``(data, socket)``) only get step 2. A connection refused at any step
 is closed here, with one line on the ``engine.intake`` logger:
@@ -60,6 +60,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from workers.connection import Connection, KernelTimedSocket, kernel_timed_class
 from workers.protocol import format_address
 from workers.proxy_protocol import HeaderTruncated, ProxyProtocolError, read_header
 
@@ -68,91 +69,9 @@ log = logging.getLogger("engine.intake")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _SOCKET = socket.socket
-_SOCKET_RECV = _SOCKET.recv
-_SOCKET_RECV_INTO = _SOCKET.recv_into
-_SOCKET_SEND = _SOCKET.send
-_SOCKET_SENDALL = _SOCKET.sendall
 _TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
 _TCP = (socket.AF_INET, socket.AF_INET6)
 _KNOWN_FAMILIES = (*_TCP, socket.AF_UNIX)  # stream addresses: a tuple iff TCP
-
-
-class KernelTimedSocket(socket.socket):
-    """A TCP connection whose client_timeout the kernel enforces, as a socket timeout would
-    look to its handler.
-
-    The connection inherited SO_RCVTIMEO/SO_SNDTIMEO from its listener, so a read or
-    write that waits longer fails with EAGAIN; here it raises ``TimeoutError("timed
-    out")`` instead, as CPython's own timeout does (``rfile.readline()`` raises it too,
-    rather than returning half a line). ``gettimeout()`` reports the timeout; a handler
-    that sets its own (``StreamRequestHandler.timeout``) gets a Python timeout as usual,
-    and ``settimeout(None)`` or ``setblocking(True)`` removes the kernel's too. The
-    intake gives each connection a subclass that carries the seconds: assigning
-    ``__class__`` costs no system call, unlike ``settimeout`` and the ``poll()`` a
-    Python timeout adds before every read and write.
-    """
-
-    __slots__ = ()
-    kernel_timeout: float = 0.0
-
-    def gettimeout(self) -> float | None:
-        own = super().gettimeout()
-        return self.kernel_timeout if own is None else own
-
-    def settimeout(self, value: float | None) -> None:
-        super().settimeout(value)
-        if value is None:
-            self._forget_kernel_timeout()
-
-    def setblocking(self, flag: bool) -> None:
-        super().setblocking(flag)
-        if flag:
-            self._forget_kernel_timeout()
-
-    def _forget_kernel_timeout(self) -> None:
-        none = _TIMEVAL.pack(0, 0)
-        with contextlib.suppress(OSError):
-            self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, none)
-            self.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, none)
-        self.__class__ = _SOCKET  # type: ignore[assignment]
-
-    def _raise_if_timed_out(self) -> None:
-        """After EAGAIN: raise ``TimeoutError`` if it was the kernel's timeout (the
-        socket is blocking in Python); return otherwise, for the caller to re-raise."""
-        if _SOCKET.gettimeout(self) is None:
-            raise TimeoutError("timed out") from None
-
-    # The I/O methods, each spelled out: they are on every connection's path, and a
-    # generic ``*args`` wrapper cost twice the instructions of a plain call (callgrind).
-    # A factory of fixed-signature closures measured 1,000 instructions more per echo
-    # connection than these (conn_overhead --instructions): the repetition is the price.
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        try:
-            return _SOCKET_RECV(self, bufsize, flags)
-        except BlockingIOError:
-            self._raise_if_timed_out()
-            raise
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        try:
-            return _SOCKET_RECV_INTO(self, buffer, nbytes, flags)
-        except BlockingIOError:
-            self._raise_if_timed_out()
-            raise
-
-    def send(self, data: Any, flags: int = 0) -> int:
-        try:
-            return _SOCKET_SEND(self, data, flags)
-        except BlockingIOError:
-            self._raise_if_timed_out()
-            raise
-
-    def sendall(self, data: Any, flags: int = 0) -> None:
-        try:
-            return _SOCKET_SENDALL(self, data, flags)
-        except BlockingIOError:
-            self._raise_if_timed_out()
-            raise
 
 
 class Networks:
@@ -231,9 +150,13 @@ class Intake:
         the one from a PROXY header. On None the connection is already closed and one
         line logged. Client misbehaviour (garbage, resets, EOF, timeouts) never raises.
         """
-        if self._pass_tcp and type(client_address) is tuple and type(request) is _SOCKET:
-            request.__class__ = self._timed  # TCP: client_timeout came from the listener
-            return request, client_address
+        if self._pass_tcp and type(client_address) is tuple:
+            kind = type(request)
+            if kind is self._timed:  # built so by the worker's accept (connection_class)
+                return request, client_address
+            if kind is Connection or kind is _SOCKET:
+                request.__class__ = self._timed  # client_timeout came from the listener
+                return request, client_address
         if isinstance(request, tuple):  # a datagram: (data, the server's socket)
             reason = self.refusal(client_address)
             if reason is None:
@@ -263,11 +186,19 @@ class Intake:
         inherited = set_listener_timeout(listeners, seconds) and seconds is not None
         self.timeout_inherited = inherited
         if inherited:
-            self._timed = type("KernelTimedSocket", (KernelTimedSocket,),
-                               {"__slots__": (), "kernel_timeout": seconds})
+            assert seconds is not None
+            self._timed = kernel_timed_class(seconds)
         self._pass_tcp = inherited and not (
             self.proxy_protocol or self.allow_from or self.deny_from
         )
+
+    def connection_class(self, listener: socket.socket) -> type[Connection]:
+        """The class a sync worker builds *listener*'s connections as (after
+        :meth:`inherit_timeout`): the kernel-timed one where :meth:`admit` would give
+        every connection that class and nothing else, so that it has nothing to change."""
+        if self._pass_tcp and listener.family in _TCP and listener.type == socket.SOCK_STREAM:
+            return self._timed
+        return Connection
 
     def refusal(self, client_address: Any) -> str | None:
         """Why the access lists refuse *client_address*, or None if they let it in."""
@@ -298,7 +229,9 @@ class Intake:
             request = self._handshake(request, client_address, peer, deadline)
             if request is None:
                 return None
-        elif type(peer) is tuple and self.timeout_inherited and type(request) is _SOCKET:
+        elif type(peer) is tuple and self.timeout_inherited and (
+            type(request) is Connection or type(request) is _SOCKET
+        ):
             request.__class__ = self._timed  # TCP: client_timeout came from the listener
         elif self.client_timeout is not None and not (
             self.tcp_timeout_elsewhere and type(peer) is tuple  # the gevent worker's sweep

@@ -71,3 +71,12 @@ class OwnTimeoutHandler(IdleHandler):
     """An IdleHandler with its own ``timeout`` (0.5 s), set by ``setup()``."""
 
     timeout = 0.5
+
+
+class KindHandler(StreamRequestHandler):
+    """Write the classes of the handler's socket and of its ``rfile``'s raw stream."""
+
+    def handle(self) -> None:
+        raw = type(self.rfile.raw)
+        self.wfile.write(b"%s %s\n" % (type(self.connection).__name__.encode(),
+                                       raw.__name__.encode()))

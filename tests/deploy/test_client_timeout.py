@@ -75,6 +75,29 @@ def test_sync_tcp_times_out_an_idle_connection_in_the_kernel(engine_proc: Start)
     assert "Traceback" not in engine.log()
 
 
+@pytest.mark.parametrize(("args", "unix", "expected"), [
+    pytest.param(["--client-timeout", "5"], False, b"KernelTimedSocket ConnectionReader\n",
+                 id="tcp"),
+    pytest.param(["--client-timeout", "off"], False, b"Connection ConnectionReader\n",
+                 id="tcp-off"),
+    pytest.param(["--client-timeout", "5"], True, b"Connection ConnectionReader\n", id="unix"),
+    pytest.param(["--client-timeout", "5", "--worker-class", "gevent"], False,
+                 b"SweptSocket SocketIO\n", id="gevent"),
+])
+def test_the_socket_classes_a_handler_gets(
+    engine_proc: Start, tmp_path: Path, args: list[str], unix: bool, expected: bytes
+) -> None:
+    """A sync worker's connections are workers.connection classes (their makefile("rb")
+    is the cheap one), built so at accept; the gevent worker keeps its own sockets."""
+    if "gevent" in args:
+        pytest.importorskip("gevent")
+    bind = f"unix:{tmp_path / 'kind.sock'}" if unix else "127.0.0.1:0"
+    engine = serve(engine_proc, *args, handler="tests.apps.intake_apps:KindHandler", bind=bind)
+    with idle_client(engine.address) as (_, kinds):
+        assert kinds == expected
+    assert "Traceback" not in engine.log()
+
+
 def test_without_client_timeout_an_idle_connection_stays_open(engine_proc: Start) -> None:
     # The control for the test above: the timeout is the setting's doing.
     engine = serve(engine_proc, "--client-timeout", "off")

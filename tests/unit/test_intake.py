@@ -24,7 +24,8 @@ import trustme
 from engine.config import build
 from engine.errors import ConfigError
 from engine.intake import build_intake
-from workers.intake import Intake, KernelTimedSocket, set_listener_timeout
+from workers.connection import Connection, KernelTimedSocket
+from workers.intake import Intake, set_listener_timeout
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1 = b"PROXY TCP4 10.1.2.3 192.0.2.1 5555 80\r\n"
@@ -344,7 +345,7 @@ def test_tcp_connections_inherit_client_timeout_from_the_listener(loopback: Loop
         assert 0.25 < time.monotonic() - started < 2
     # The handler turns it off: blocking with no timeout at all, in Python or the kernel.
     conn.settimeout(None)
-    assert type(conn) is socket.socket
+    assert type(conn) is Connection  # the worker's plain connection class
     assert kernel_timeouts(conn) == (0.0, 0.0)
 
 
