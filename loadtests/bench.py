@@ -1,7 +1,8 @@
 """Side-by-side benchmark: the engine against stdlib servers, a hand-written floor, gunicorn.
 
 One run serves the same handler with every server, in interleaved rounds (server A, B,
-C, ..., then A, B, C, ... again) and reports per-scenario medians:
+C, ..., then B, C, ..., A: each round starts one server later, so that no server always
+runs first or right after the same neighbour) and reports per-scenario medians:
 
 * ``tcp-keepalive`` / ``tcp-close``: a line protocol (64 bytes and a newline, echoed
   back), driven by ``loadtests/loadgen.c`` (compiled here with the machine's cc);
@@ -684,6 +685,13 @@ def is_busy(sample: Sample, limit: float) -> bool:
     return sample.ok and sample.window_s > 0 and sample.other_cores > limit
 
 
+def round_order(servers: list[str], rnd: int) -> list[str]:
+    """The servers in the order round *rnd* (from 1) runs them: the list rotated by
+    ``rnd - 1``, so that each server's position (first, after whom) changes."""
+    shift = (rnd - 1) % len(servers) if servers else 0
+    return servers[shift:] + servers[:shift]
+
+
 def machine_speed_ms(rounds: int = 3) -> float:
     """How long this machine takes for a fixed CPU task now: the best of *rounds* times
     (ms) of SHA-256 over 32 MB. Higher is slower."""
@@ -1205,7 +1213,9 @@ def write_markdown(
         f"{env['wrk'] or 'no wrk'}. Servers and load generator share the machine and "
         "talk over 127.0.0.1.",
         f"- {opts.clients} concurrent clients; {opts.rounds} interleaved rounds (every "
-        "server once per scenario, then the next scenario, then again); each cell starts "
+        "server once per scenario, then the next scenario, then again; each round starts "
+        "one server later in the list, so that none always runs first or after the same "
+        "neighbour); each cell starts "
         f"its server fresh, waits until it answers a request, warms up {opts.warmup:g} s "
         f"and measures {opts.duration:g} s. The tables show the median over the rounds "
         "of each metric; the plot's whiskers span the rounds.",
@@ -1506,7 +1516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for rnd in range(1, opts.rounds + 1):
             for scenario in scenarios:
-                for key in SERVERS:
+                for key in round_order(list(SERVERS), rnd):
                     if key not in opts.servers or scenario.proto not in SERVERS[key].protos:
                         continue
                     s = bench.run_cell(scenario, key, rnd)

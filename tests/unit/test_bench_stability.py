@@ -207,3 +207,14 @@ def test_the_instruction_table_gives_each_variant_against_the_floor() -> None:
     assert table[2] == "| floor | 84,645 | 1.00x | 306,213 | 1.00x |"
     assert table[3] == "| floor + SHUT_WR | 85,509 | 1.01x | - | - |"
     assert table[4] == "| engine (default) | 90,683 | 1.07x | 313,353 | 1.02x |"
+
+
+def test_each_round_runs_the_servers_one_place_later() -> None:
+    servers = ["engine", "engine-static", "floor", "gunicorn"]
+    orders = [bench.round_order(servers, rnd) for rnd in range(1, 6)]
+    assert orders[0] == servers
+    assert orders[1] == ["engine-static", "floor", "gunicorn", "engine"]
+    assert orders[4] == servers  # a full turn
+    # Over as many rounds as servers, each server runs once in every position.
+    for position in range(len(servers)):
+        assert sorted(order[position] for order in orders[:4]) == sorted(servers)
