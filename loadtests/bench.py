@@ -9,6 +9,10 @@ runs first or right after the same neighbour) and reports per-scenario medians:
 * ``http-keepalive`` / ``http-close``: ``http.server`` handlers (and gunicorn's sync
   workers with the equivalent WSGI app), driven by ``wrk``.
 
+After the rounds, each target's pair of servers (:data:`PAIRS`) is measured again in
+ABBA blocks of adjacent cells, and the targets are judged on those ratios: the host's
+speed moves too much between minutes for a ratio of cells a minute apart to hold 5%.
+
 For each server and scenario it reports requests/s, p50/p99 latency, errors, how many
 of the clients got at least one reply, the server's CPU time per request (its whole
 process tree, exited children included) and the ratios to the engine; then each
@@ -19,7 +23,7 @@ epoll server inside the generator's binary) gives the load generator's own ceili
 
 Usage::
 
-    python -m loadtests.bench [--quick] [--rounds N] [--duration S] [--out DIR]
+    python -m loadtests.bench [--quick] [--rounds N] [--duration S] [--pair-blocks N] [--out DIR]
 
 Every process it starts runs in its own session and is killed by process group when
 its cell ends, and on any exit path (exception, Ctrl-C, SIGTERM).
@@ -137,6 +141,47 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+# The targets' pairs (scenario, server A, server B), measured again after the rounds in
+# ABBA blocks of adjacent cells: the machine's speed moves by tens of per cent between
+# minutes with no load visible from inside, and a ratio of cells measured seconds apart
+# (linear drift cancelled by the ABBA order) holds where one of cells a minute apart does not.
+PAIRS: tuple[tuple[str, str, str], ...] = (
+    ("tcp-close", "engine", "floor"),
+    ("tcp-close", "engine-static", "floor"),
+    ("http-close", "engine", "floor"),
+    ("http-close", "engine-static", "gunicorn"),
+    ("http-close", "engine", "gunicorn"),
+)
+PAIR_BLOCKS = 3
+
+
+def abba(a: str, b: str) -> tuple[str, str, str, str]:
+    """The order of one paired block's cells."""
+    return (a, b, b, a)
+
+
+def paired_ratios(samples: Sequence[Sample], scenario: str, a: str, b: str,
+                  field_name: str) -> list[float]:
+    """Per ABBA block (a sample's ``round``) of the pair *a*/*b* in *scenario*: the mean
+    of A's *field_name* over the mean of B's. Blocks missing a cell, or with a failed
+    one, are left out."""
+    tag = f"{a}/{b}"
+    blocks: dict[int, dict[str, list[float]]] = {}
+    for sample in samples:
+        if sample.pair == tag and sample.scenario == scenario:
+            blocks.setdefault(sample.round, {}).setdefault(sample.server, []).append(
+                getattr(sample, field_name) if sample.ok else math.nan
+            )
+    ratios = []
+    for _, cells in sorted(blocks.items()):
+        xs, ys = cells.get(a, []), cells.get(b, [])
+        if len(xs) == 2 and len(ys) == 2:
+            r = ratio(statistics.fmean(xs), statistics.fmean(ys))
+            if not math.isnan(r):
+                ratios.append(r)
+    return ratios
+
+
 @dataclass
 class Options:
     """What the command line asked for."""
@@ -158,6 +203,7 @@ class Options:
     reruns: int = RERUNS
     memory: bool = True
     instructions: bool = True
+    pair_blocks: int = PAIR_BLOCKS
 
 
 @dataclass
@@ -190,6 +236,7 @@ class Sample:
     busy: bool = False  # still busy after every re-run: kept, and flagged
     speed_ms: float = math.nan  # the speed probe around the cell (machine_speed_ms)
     slow: bool = False  # the machine still slow after every re-run: kept, and flagged
+    pair: str = ""  # "A/B" for a cell of the paired phase (measure_pairs), else ""
 
     @property
     def other_cores(self) -> float:
@@ -439,6 +486,7 @@ class Bench:
         self.wrk = wrk
         self.work = work
         self.samples: list[Sample] = []
+        self.paired: list[Sample] = []  # the paired phase's cells (measure_pairs)
         self.discarded: list[Sample] = []  # busy or slow attempts a re-run replaced
         self.probes: list[float] = []  # every speed probe of the run so far, ms
 
@@ -487,7 +535,7 @@ class Bench:
         finally:
             kill_group(proc)
 
-    def run_cell(self, scenario: Scenario, key: str, rnd: int) -> Sample:
+    def run_cell(self, scenario: Scenario, key: str, rnd: int, pair: str = "") -> Sample:
         """Measure one server in one scenario; again while the machine is busy.
 
         A measurement taken while other work used more than ``busy_limit`` cores is
@@ -498,6 +546,7 @@ class Bench:
         while True:
             before = machine_speed_ms()
             attempt = self.measure_cell(scenario, key, rnd)
+            attempt.pair = pair
             after = machine_speed_ms()
             attempt.speed_ms = (before + after) / 2
             self.probes += [before, after]
@@ -509,7 +558,7 @@ class Bench:
                   f"{attempt.other_cores:.2f} cores, speed probe {attempt.speed_ms:.1f} ms "
                   f"against a usual {usual:.1f}): measuring again", flush=True)
         chosen = choose_sample(attempts, self.opts.busy_limit, usual)
-        self.samples.append(chosen)
+        (self.paired if pair else self.samples).append(chosen)
         self.discarded += [a for a in attempts if a is not chosen]
         return chosen
 
@@ -856,9 +905,12 @@ class Target:
 
 
 def evaluate_targets(
-    summaries: dict[tuple[str, str], Summary], clients: int, memory: Sequence[Any] = ()
+    summaries: dict[tuple[str, str], Summary], clients: int, memory: Sequence[Any] = (),
+    paired: Sequence[Sample] = (),
 ) -> list[Target]:
-    """Check the targets of the benchmark's issues (#16 and before) against the medians."""
+    """Check the targets of the benchmark's issues (#16 and before) against the medians;
+    a target with paired cells (:data:`PAIRS`) is judged on the median of its ABBA
+    blocks' ratios, and the rounds' figures are given beside it."""
     def get(scenario: str, key: str) -> Summary | None:
         return summaries.get((scenario, key))
 
@@ -888,11 +940,20 @@ def evaluate_targets(
         }[what]
         x, y = getattr(a, field_name), getattr(b, field_name)
         r = ratio(x, y)
-        met = (r >= limit) if at_least else (r <= limit)
         digits = 0 if what == "rps" else 1
         evidence = f"{x:,.{digits}f} vs {y:,.{digits}f} {unit} = {r:.2f}x"
         if per_round:
             evidence += f" (per round: {rounds(a, b, per_round)})"
+        blocks = paired_ratios(paired, scenario, key, other, field_name)
+        if blocks:
+            r = statistics.median(blocks)
+            evidence = (
+                f"side by side, {r:.2f}x (median of {len(blocks)} ABBA blocks: "
+                + ", ".join(f"{b:.2f}" for b in blocks)
+                + (f"; spread {spread(blocks):.0%}" if len(blocks) > 1 else "")
+                + f"); the rounds: {evidence}"
+            )
+        met = (r >= limit) if at_least else (r <= limit)
         targets.append(Target(label, None if math.isnan(r) else met, evidence))
 
     targets: list[Target] = []
@@ -1035,29 +1096,36 @@ def environment() -> dict[str, str]:
     }
 
 
+def where(sample: Sample) -> str:
+    """Which part of the run a sample belongs to: "round N" or "pair A/B block N"."""
+    if sample.pair:
+        return f"pair {sample.pair} block {sample.round}"
+    return f"round {sample.round}"
+
+
 def busy_notes(
     samples: Sequence[Sample], discarded: Sequence[Sample], opts: Options
 ) -> list[str]:
     """Lines for the notes: the cells re-run, and those that stayed busy."""
     lines = []
     if discarded:
-        cells = sorted({(s.round, s.scenario, s.server) for s in discarded})
+        cells = sorted({(where(s), s.scenario, s.server) for s in discarded})
         lines.append(
             f"- {len(discarded)} measurement(s) taken while other load exceeded "
             f"{opts.busy_limit:g} cores, or while the machine ran slow, were replaced by a "
             "re-run: "
-            + ", ".join(f"round {r} {sc} {sv}" for r, sc, sv in cells) + "."
+            + ", ".join(f"{w} {sc} {sv}" for w, sc, sv in cells) + "."
         )
     for s in samples:
         if s.busy:
             lines.append(
-                f"- round {s.round}, {s.server}, {s.scenario}: the machine stayed busy "
+                f"- {where(s)}, {s.server}, {s.scenario}: the machine stayed busy "
                 f"after {s.attempts} attempts (other load {s.other_cores:.2f} cores); "
                 "kept, and flagged."
             )
         if s.slow:
             lines.append(
-                f"- round {s.round}, {s.server}, {s.scenario}: the machine stayed slow "
+                f"- {where(s)}, {s.server}, {s.scenario}: the machine stayed slow "
                 f"after {s.attempts} attempts (speed probe {s.speed_ms:.1f} ms); kept, "
                 "and flagged."
             )
@@ -1192,14 +1260,14 @@ def write_markdown(
     out = [
         "# Benchmarks",
         "",
-        "Install the load-test extras, wrk and valgrind, then run the benchmark (about 12 "
-        "minutes; "
+        "Install the load-test extras, wrk and valgrind, then run the benchmark (about 18 "
+        "minutes, of which 6 for the side-by-side pairs, `--pair-blocks 0` to skip them; "
         "`--quick` is a smoke test of about ten seconds that writes to a temporary "
         "directory unless `--out` is given):",
         "",
         "```",
         "bash loadtests/system_packages.sh && pip install -e '.[load]'",
-        "python -m loadtests.bench [--quick] [--rounds N] [--duration S]",
+        "python -m loadtests.bench [--quick] [--rounds N] [--duration S] [--pair-blocks N]",
         "```",
         "",
         f"The tables and `benchmark.png` below were written by `{command}` on "
@@ -1259,6 +1327,15 @@ def write_markdown(
         f"{opts.busy_limit:g} cores was measured again (at most {opts.reruns} times); "
         "*spread* is (max - min) / median over the rounds of req/s and of CPU µs/req, "
         "with the cells re-run and any kept although still busy.",
+        f"- *Side by side*: after the rounds, each target's pair of servers (engine and "
+        "floor, engine static and floor, engine static and gunicorn, engine and gunicorn) "
+        f"is measured again in {opts.pair_blocks} block(s) of four adjacent cells, A B B A, "
+        "and the target is judged on the median over the blocks of A's mean over B's. "
+        "Cells a minute apart in the rounds can differ by tens of per cent on this shared "
+        "host with no load visible from inside, cells seconds apart much less, and the "
+        "ABBA order cancels a steady drift. The rounds' figures are given beside them."
+        if opts.pair_blocks else "- *Side by side*: off (`--pair-blocks 0`): the targets "
+        "are judged on the rounds' medians.",
         "- *Machine speed*: the machine's own speed moves between minutes (a shared host) "
         "with no other load visible from inside. Before and after each cell the bench "
         "times a fixed CPU task (SHA-256 of 32 MB, best of 3); a cell whose machine ran "
@@ -1438,6 +1515,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
                    f"(default {BUSY_OTHER_CORES})")
     p.add_argument("--reruns", type=int, default=RERUNS,
                    help=f"re-runs of a cell measured on a busy machine (default {RERUNS})")
+    p.add_argument("--pair-blocks", type=int,
+                   help=f"ABBA blocks per target pair after the rounds (default {PAIR_BLOCKS}; "
+                   "quick 0; 0 judges the targets on the rounds alone)")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the memory per worker (loadtests/worker_memory.py)")
     p.add_argument("--no-instructions", action="store_true",
@@ -1465,6 +1545,21 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         servers=servers, scenarios=scenarios, out=out, quick=quick, plot=not a.no_plot,
         busy_limit=a.busy_limit, reruns=max(0, a.reruns), memory=not a.no_memory,
         instructions=not (a.no_instructions or quick),
+        pair_blocks=max(0, a.pair_blocks if a.pair_blocks is not None
+                        else (0 if quick else PAIR_BLOCKS)),
+    )
+
+
+def print_cell(where: str, s: Sample) -> None:
+    """One line of progress: a cell's figures."""
+    served = "" if s.served is None else f" served {s.served}/{s.clients}"
+    print(
+        f"{where} {s.scenario:15} {s.server:14} {s.rps:10,.0f} req/s "
+        f"p99 {fmt_ms(s.p99_us):>6} ms  cpu {s.cpu_per_req_us:8.1f} µs/req "
+        f"errors {s.errors}{served} procs {s.procs} other {s.other_cores:.2f} cores"
+        + (f" (BUSY after {s.attempts} attempts)" if s.busy else "")
+        + ("" if s.ok else f"  FAILED: {s.note}"),
+        flush=True,
     )
 
 
@@ -1519,17 +1614,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for key in round_order(list(SERVERS), rnd):
                     if key not in opts.servers or scenario.proto not in SERVERS[key].protos:
                         continue
-                    s = bench.run_cell(scenario, key, rnd)
-                    served = "" if s.served is None else f" served {s.served}/{s.clients}"
-                    print(
-                        f"round {rnd} {scenario.key:15} {key:14} {s.rps:10,.0f} req/s "
-                        f"p99 {fmt_ms(s.p99_us):>6} ms  cpu {s.cpu_per_req_us:8.1f} µs/req "
-                        f"errors {s.errors}{served} procs {s.procs} "
-                        f"other {s.other_cores:.2f} cores"
-                        + (f" (BUSY after {s.attempts} attempts)" if s.busy else "")
-                        + ("" if s.ok else f"  FAILED: {s.note}"),
-                        flush=True,
-                    )
+                    print_cell(f"round {rnd}", bench.run_cell(scenario, key, rnd))
+        for scenario_key, a, b in PAIRS:
+            if scenario_key not in opts.scenarios or not {a, b} <= set(opts.servers):
+                continue
+            for block in range(1, opts.pair_blocks + 1):
+                for key in abba(a, b):
+                    sample = bench.run_cell(SCENARIOS[scenario_key], key, block, f"{a}/{b}")
+                    print_cell(f"pair {a}/{b} block {block}", sample)
     except KeyboardInterrupt:
         print("bench: interrupted; no results written", file=sys.stderr)
         return 130
@@ -1543,17 +1635,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.monotonic() - started
 
     summaries = summarize(bench.samples)
-    targets = evaluate_targets(summaries, opts.clients, memory)
+    targets = evaluate_targets(summaries, opts.clients, memory, bench.paired)
     servers = [k for k in SERVERS if k in opts.servers]
     print_tables(summaries, scenarios, servers, targets)
     if memory:
         print("\nMemory per worker\n" + "\n".join(memory_lines(memory)[2:]))
     if instructions:
         print("\nInstructions per connection\n" + "\n".join(instruction_lines(instructions)[2:]))
-    failed = [s for s in bench.samples if not s.ok]
+    failed = [s for s in [*bench.samples, *bench.paired] if not s.ok]
     for s in failed:
-        notes.append(f"- round {s.round}, {s.server}, {s.scenario}: failed: {s.note}")
-    notes += busy_notes(bench.samples, bench.discarded, opts)
+        notes.append(f"- {where(s)}, {s.server}, {s.scenario}: failed: {s.note}")
+    notes += busy_notes([*bench.samples, *bench.paired], bench.discarded, opts)
     opts.out.mkdir(parents=True, exist_ok=True)
     raw_dir = HERE / "results"
     raw_dir.mkdir(exist_ok=True)
@@ -1567,6 +1659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "options": {k: str(v) for k, v in asdict(opts).items()},
         "environment": env,
         "samples": [dict(asdict(s), other_cores=s.other_cores) for s in bench.samples],
+        "paired": [dict(asdict(s), other_cores=s.other_cores) for s in bench.paired],
         "discarded_busy": [dict(asdict(s), other_cores=s.other_cores)
                            for s in bench.discarded],
         "memory": [asdict(m) for m in memory],

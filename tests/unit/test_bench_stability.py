@@ -218,3 +218,45 @@ def test_each_round_runs_the_servers_one_place_later() -> None:
     # Over as many rounds as servers, each server runs once in every position.
     for position in range(len(servers)):
         assert sorted(order[position] for order in orders[:4]) == sorted(servers)
+
+
+def paired(server: str, block: int, cpu: float, pair: str = "engine/floor") -> Sample:
+    """A cell of the paired phase: block *block* of *pair*."""
+    s = sample(0.0, server=server, rnd=block, cpu=cpu)
+    s.pair = pair
+    return s
+
+
+def test_paired_ratios_are_per_abba_block_means() -> None:
+    cells = [
+        # block 1 on a fast machine, block 2 on one 50% slower: the ratio holds.
+        paired("engine", 1, 90.0), paired("floor", 1, 100.0), paired("floor", 1, 100.0),
+        paired("engine", 1, 92.0),
+        paired("engine", 2, 135.0), paired("floor", 2, 150.0), paired("floor", 2, 152.0),
+        paired("engine", 2, 137.0),
+        # Another pair's cells and an incomplete block are not mixed in.
+        paired("engine", 1, 500.0, pair="engine/gunicorn"),
+        paired("engine", 3, 10.0), paired("floor", 3, 100.0),
+    ]
+    assert bench.abba("engine", "floor") == ("engine", "floor", "floor", "engine")
+    ratios = bench.paired_ratios(cells, "tcp-close", "engine", "floor", "cpu_per_req_us")
+    assert ratios == [pytest.approx(0.91), pytest.approx(136.0 / 151.0)]
+
+
+def test_a_target_with_paired_cells_is_judged_on_them() -> None:
+    # The rounds say 1.20x (the engine's round ran on a slower minute); side by side,
+    # the engine uses 0.95x the floor's CPU.
+    summaries = bench.summarize([sample(server="engine", cpu=120.0),
+                                 sample(server="floor", cpu=100.0)])
+    cells = [paired(server, block, cpu)
+             for block in (1, 2, 3)
+             for server, cpu in zip(bench.abba("engine", "floor"), (95, 100, 100, 95),
+                                    strict=True)]
+    label = ("TCP, one connection per request: engine (default pool) CPU/request "
+             "≤ 1.05x the floor's")
+    judged = {t.text: t for t in bench.evaluate_targets(summaries, 32, (), cells)}[label]
+    assert judged.met is True
+    assert judged.evidence.startswith("side by side, 0.95x (median of 3 ABBA blocks")
+    assert "the rounds: 120.0 vs 100.0 µs = 1.20x" in judged.evidence
+    unpaired = {t.text: t for t in bench.evaluate_targets(summaries, 32)}[label]
+    assert unpaired.met is False
