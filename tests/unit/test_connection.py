@@ -16,7 +16,7 @@ import io
 import socket
 import struct
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +28,14 @@ from engine.classic import TCPServer
 from workers.connection import (
     Connection,
     ConnectionReader,
+    ConnectionWriter,
     KernelTimedSocket,
     acceptor,
     kernel_timed_class,
 )
 
 WAIT = 0.03  # seconds: the timeout of the timed modes
+BIG = b"x" * 2**20  # a write the socket pair's buffers cannot hold
 
 MODES = ("blocking-timeout", "kernel-timeout", "non-blocking")
 
@@ -44,7 +46,8 @@ class Side:
 
     sock: socket.socket
     peer: socket.socket
-    file: Any = None
+    file: Any = None  # makefile("rb")
+    wfile: Any = None  # makefile("wb")
 
 
 def make_side(kind: type[socket.socket], mode: str) -> Side:
@@ -60,6 +63,7 @@ def make_side(kind: type[socket.socket], mode: str) -> Side:
     else:
         timeval = struct.pack("@ll", 0, int(WAIT * 1e6))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
     peer.setblocking(False)
     return Side(sock, peer)
 
@@ -87,8 +91,46 @@ def peer_sees_close(side: Side) -> bool:
         return True
 
 
+def peer_received(side: Side) -> Any:
+    """What the peer can read now (it never waits)."""
+    received = b""
+    try:
+        while chunk := side.peer.recv(4096):
+            received += chunk
+    except BlockingIOError:
+        pass
+    except OSError as exc:
+        return received, type(exc).__name__
+    return received
+
+
+def apply_to_writer(side: Side, op: tuple[Any, ...], buffering: int) -> Any:
+    name, *args = op
+    if name == "wmakefile":
+        if side.wfile is not None:
+            return "has a file"
+        side.wfile = side.sock.makefile("wb", buffering)
+        return type(side.wfile).__name__ if buffering else "raw"
+    if name == "received":
+        return peer_received(side)
+    if name == "peer_close":
+        return outcome(side.peer.close) if side.peer.fileno() != -1 else "closed"
+    if side.wfile is None:
+        return "no file"
+    wfile = side.wfile
+    if name == "write":
+        return outcome(lambda: wfile.write(args[0]))
+    if name == "wstate":
+        raw = wfile.raw if buffering else wfile
+        return (outcome(lambda: wfile.closed), outcome(lambda: raw.closed),
+                outcome(wfile.writable), outcome(wfile.readable), outcome(lambda: raw.mode))
+    return outcome(getattr(wfile, name))  # flush, close
+
+
 def apply(side: Side, op: tuple[Any, ...], buffering: int) -> Any:
     name, *args = op
+    if name in WRITER_OPS:
+        return apply_to_writer(side, op, buffering)
     if name == "send":
         return outcome(lambda: side.peer.send(args[0]))
     if name == "eof":
@@ -125,6 +167,17 @@ def apply(side: Side, op: tuple[Any, ...], buffering: int) -> Any:
     return outcome(lambda: method(*args))
 
 
+WRITER_OPS = {"wmakefile", "write", "flush", "close", "wstate", "received", "peer_close"}
+WRITES = st.one_of(
+    st.tuples(st.just("wmakefile")),
+    st.tuples(st.just("write"), st.binary(min_size=0, max_size=30)),
+    st.tuples(st.just("write"), st.just(BIG)),  # more than the socket buffers hold
+    st.tuples(st.just("flush")),
+    st.tuples(st.just("close")),
+    st.tuples(st.just("wstate")),
+    st.tuples(st.just("received")),
+    st.tuples(st.just("peer_close")),
+)
 READS = st.one_of(
     st.tuples(st.just("readline"), st.integers(-1, 40)),
     st.tuples(st.just("read"), st.integers(-1, 40)),
@@ -153,8 +206,10 @@ def sides(mode: str) -> Iterator[tuple[Side, Side]]:
         yield stdlib, ours
     finally:
         for side in (stdlib, ours):
-            if side.file is not None:
-                side.file.close()
+            for file in (side.file, side.wfile):
+                if file is not None:
+                    with suppress(OSError):  # a buffered write to a closed peer
+                        file.close()
             side.sock.close()
             side.peer.close()
 
@@ -166,11 +221,11 @@ def sides(mode: str) -> Iterator[tuple[Side, Side]]:
     buffering=st.sampled_from([-1, 0, 7]),
     ops=st.data(),
 )
-def test_a_connection_reads_and_closes_as_a_stdlib_socket(
+def test_a_connection_reads_writes_and_closes_as_a_stdlib_socket(
     mode: str, buffering: int, ops: st.DataObject
 ) -> None:
     reads = BUFFERED_READS if buffering else READS
-    steps = ops.draw(st.lists(st.one_of(OPS, reads), max_size=14))
+    steps = ops.draw(st.lists(st.one_of(OPS, reads, WRITES), max_size=16))
     steps = [("makefile",), *steps, ("state", True)]
     with sides(mode) as (stdlib, ours):
         for step in steps:
@@ -188,6 +243,8 @@ def test_the_reader_is_the_connections_own_class_and_other_modes_are_the_stdlibs
             assert isinstance(rfile.raw, socket.SocketIO)
             assert rfile.raw.mode == "rb"
         with conn.makefile("wb", 0) as raw:
+            assert type(raw) is ConnectionWriter
+        with conn.makefile("rwb", 0) as raw:
             assert type(raw) is socket.SocketIO
         with conn.makefile("r", encoding="ascii") as text:
             assert isinstance(text, io.TextIOWrapper)
@@ -207,6 +264,26 @@ def test_a_kernel_timeout_ends_a_readline_and_every_read_after_it() -> None:
     with sides("non-blocking") as (_, ours):
         ours.file = ours.sock.makefile("rb", 0)
         assert ours.file.readinto(bytearray(4)) is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_write_that_finds_the_buffers_full(mode: str) -> None:
+    """Non-blocking: None (nothing taken), as SocketIO says it; timed: TimeoutError; closed:
+    ValueError, before any system call."""
+    expected = {"non-blocking": None, "blocking-timeout": TimeoutError,
+                "kernel-timeout": TimeoutError}[mode]
+    with sides(mode) as (stdlib, ours):
+        for side in (stdlib, ours):
+            raw = side.sock.makefile("wb", 0)
+            assert 0 < raw.write(BIG) < len(BIG)  # what the buffers took
+            if expected is None:
+                assert raw.write(b"more") is None
+            else:
+                with pytest.raises(expected, match="timed out"):
+                    raw.write(b"more")
+            raw.close()
+            with pytest.raises(ValueError, match="I/O operation on closed file"):
+                raw.write(b"more")
 
 
 def test_settimeout_none_leaves_a_plain_connection() -> None:
