@@ -554,7 +554,8 @@ class Bench:
             attempts.append(attempt)
             if not needs_rerun(attempts, self.opts.busy_limit, self.opts.reruns, usual):
                 break
-            print(f"  round {rnd} {scenario.key} {key}: machine busy or slow (other load "
+            where_ = f"pair {pair} block {rnd}" if pair else f"round {rnd}"
+            print(f"  {where_} {scenario.key} {key}: machine busy or slow (other load "
                   f"{attempt.other_cores:.2f} cores, speed probe {attempt.speed_ms:.1f} ms "
                   f"against a usual {usual:.1f}): measuring again", flush=True)
         chosen = choose_sample(attempts, self.opts.busy_limit, usual)
