@@ -95,6 +95,9 @@ class _ConnectionIO(socket.SocketIO):
     fixed per subclass, are class attributes rather than entries in each instance's dict.
     """
 
+    _mode: str  # the subclasses' flags
+    _reading: bool
+    _writing: bool
     _timeout_occurred = False  # set on the instance by a read's timeout
 
     def __init__(self, sock: Connection) -> None:
@@ -103,6 +106,17 @@ class _ConnectionIO(socket.SocketIO):
     @property
     def closed(self) -> bool:
         return self._sock is None
+
+    # SocketIO's, without its two lookups of ``closed`` (the class's flags say the rest).
+    def readable(self) -> bool:
+        if self._sock is None:
+            raise ValueError("I/O operation on closed socket.")
+        return self._reading
+
+    def writable(self) -> bool:
+        if self._sock is None:
+            raise ValueError("I/O operation on closed socket.")
+        return self._writing
 
     def close(self) -> None:
         sock = self._sock
@@ -123,11 +137,6 @@ class ConnectionReader(_ConnectionIO):
     _mode = "rb"
     _reading = True
     _writing = False
-
-    def readable(self) -> bool:
-        if self._sock is None:
-            raise ValueError("I/O operation on closed socket.")
-        return True
 
     def readinto(self, b: Any) -> int | None:
         """Read into *b*; 0 at EOF, None if a non-blocking socket has nothing yet."""
@@ -154,11 +163,6 @@ class ConnectionWriter(_ConnectionIO):
     _mode = "wb"
     _reading = False
     _writing = True
-
-    def writable(self) -> bool:
-        if self._sock is None:
-            raise ValueError("I/O operation on closed socket.")
-        return True
 
     def write(self, b: Any) -> int | None:
         """Send what the socket takes of *b*; None if a non-blocking socket takes none."""

@@ -104,13 +104,18 @@ def peer_received(side: Side) -> Any:
     return received
 
 
+def make_file(side: Side, attr: str, mode: str, buffering: int) -> str:
+    """``makefile(mode, buffering)`` into the side's *attr*, once; its type's name."""
+    if getattr(side, attr) is not None:
+        return "has a file"
+    setattr(side, attr, side.sock.makefile(mode, buffering))
+    return type(getattr(side, attr)).__name__ if buffering else "raw"
+
+
 def apply_to_writer(side: Side, op: tuple[Any, ...], buffering: int) -> Any:
     name, *args = op
     if name == "wmakefile":
-        if side.wfile is not None:
-            return "has a file"
-        side.wfile = side.sock.makefile("wb", buffering)
-        return type(side.wfile).__name__ if buffering else "raw"
+        return make_file(side, "wfile", "wb", buffering)
     if name == "received":
         return peer_received(side)
     if name == "peer_close":
@@ -136,10 +141,7 @@ def apply(side: Side, op: tuple[Any, ...], buffering: int) -> Any:
     if name == "eof":
         return outcome(lambda: side.peer.shutdown(socket.SHUT_WR))
     if name == "makefile":
-        if side.file is not None:
-            return "has a file"
-        side.file = side.sock.makefile("rb", buffering)
-        return type(side.file).__name__ if buffering else "raw"
+        return make_file(side, "file", "rb", buffering)
     if name == "close_sock":
         return outcome(side.sock.close)
     if name == "state":
