@@ -164,6 +164,8 @@ class ConnectionWriter(_ConnectionIO):
     _reading = False
     _writing = True
 
+    # Spelled out as readinto is, not through a shared helper: that would be one more
+    # Python call for every read and write of every connection.
     def write(self, b: Any) -> int | None:
         """Send what the socket takes of *b*; None if a non-blocking socket takes none."""
         sock = self._sock
