@@ -107,6 +107,12 @@ class _ConnectionIO(socket.SocketIO):
     def closed(self) -> bool:
         return self._sock is None
 
+    def flush(self) -> None:
+        """Nothing to flush; ``ValueError`` once closed (``IOBase.flush`` reads a flag of
+        ``IOBase.close``'s, which this class's ``close`` does not set)."""
+        if self._sock is None:
+            raise ValueError("I/O operation on closed file.")
+
     # SocketIO's, without its two lookups of ``closed`` (the class's flags say the rest).
     def readable(self) -> bool:
         if self._sock is None:

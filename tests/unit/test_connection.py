@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
@@ -250,6 +251,44 @@ def test_the_reader_is_the_connections_own_class_and_other_modes_are_the_stdlibs
             assert type(raw) is socket.SocketIO
         with conn.makefile("r", encoding="ascii") as text:
             assert isinstance(text, io.TextIOWrapper)
+
+
+# Every method and attribute of a raw stream, called with arguments it accepts.
+RAW_CALLS: dict[str, Callable[[Any], Any]] = {
+    "fileno": lambda r: r.fileno() == r._sock.fileno(), "isatty": lambda r: r.isatty(),
+    "flush": lambda r: r.flush(), "readable": lambda r: r.readable(),
+    "writable": lambda r: r.writable(), "seekable": lambda r: r.seekable(),
+    "readline": lambda r: r.readline(), "readlines": lambda r: r.readlines(),
+    "writelines": lambda r: r.writelines([b"x"]), "read": lambda r: r.read(3),
+    "readall": lambda r: r.readall(), "readinto": lambda r: r.readinto(bytearray(3)),
+    "write": lambda r: r.write(b"x"), "tell": lambda r: r.tell(),
+    "truncate": lambda r: r.truncate(), "seek": lambda r: r.seek(0),
+    "enter": lambda r: type(r.__enter__()).__mro__[-4].__name__,
+    "iter": lambda r: type(iter(r)).__mro__[-4].__name__, "next": lambda r: next(r),
+    "name": lambda r: r.name == r._sock.fileno(), "mode": lambda r: r.mode,
+    "closed": lambda r: r.closed, "close": lambda r: r.close(),
+}
+
+
+def answers(raw: Any) -> dict[str, Any]:
+    """What each of :data:`RAW_CALLS` gives on *raw*."""
+    return {name: outcome(partial(call, raw)) for name, call in RAW_CALLS.items()}
+
+
+@pytest.mark.parametrize("closed", [False, True], ids=["open", "closed"])
+@pytest.mark.parametrize("mode", ["rb", "wb"])
+def test_every_method_of_a_raw_stream_answers_as_the_stdlibs(mode: str, closed: bool) -> None:
+    """Non-blocking, open or closed: each call's result or exception, one by one (a
+    random sequence may take long to reach a rare one, such as flush after close)."""
+    with sides("non-blocking") as (stdlib, ours):
+        results = []
+        for side in (stdlib, ours):
+            raw = side.sock.makefile(mode, 0)
+            if closed:
+                raw.close()
+            results.append(answers(raw))
+            raw.close()
+        assert results[1] == results[0]
 
 
 def test_a_kernel_timeout_ends_a_readline_and_every_read_after_it() -> None:
