@@ -554,14 +554,24 @@ class Bench:
             attempts.append(attempt)
             if not needs_rerun(attempts, self.opts.busy_limit, self.opts.reruns, usual):
                 break
-            where_ = f"pair {pair} block {rnd}" if pair else f"round {rnd}"
-            print(f"  {where_} {scenario.key} {key}: machine busy or slow (other load "
+            print(f"  {where(attempt)} {scenario.key} {key}: machine busy or slow (other load "
                   f"{attempt.other_cores:.2f} cores, speed probe {attempt.speed_ms:.1f} ms "
                   f"against a usual {usual:.1f}): measuring again", flush=True)
         chosen = choose_sample(attempts, self.opts.busy_limit, usual)
         (self.paired if pair else self.samples).append(chosen)
         self.discarded += [a for a in attempts if a is not chosen]
         return chosen
+
+    def measure_pairs(self) -> None:
+        """After the rounds: each target's pair (:data:`PAIRS`) in ``pair_blocks`` ABBA
+        blocks of adjacent cells, into :attr:`paired`."""
+        opts = self.opts
+        for scenario_key, a, b in PAIRS:
+            if scenario_key not in opts.scenarios or not {a, b} <= set(opts.servers):
+                continue
+            for block in range(1, opts.pair_blocks + 1):
+                for key in abba(a, b):
+                    print_cell(self.run_cell(SCENARIOS[scenario_key], key, block, f"{a}/{b}"))
 
     def measure_cell(self, scenario: Scenario, key: str, rnd: int) -> Sample:
         """Measure one server in one scenario, once."""
@@ -1551,11 +1561,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
 
 
-def print_cell(where: str, s: Sample) -> None:
+def print_cell(s: Sample) -> None:
     """One line of progress: a cell's figures."""
     served = "" if s.served is None else f" served {s.served}/{s.clients}"
     print(
-        f"{where} {s.scenario:15} {s.server:14} {s.rps:10,.0f} req/s "
+        f"{where(s)} {s.scenario:15} {s.server:14} {s.rps:10,.0f} req/s "
         f"p99 {fmt_ms(s.p99_us):>6} ms  cpu {s.cpu_per_req_us:8.1f} µs/req "
         f"errors {s.errors}{served} procs {s.procs} other {s.other_cores:.2f} cores"
         + (f" (BUSY after {s.attempts} attempts)" if s.busy else "")
@@ -1615,14 +1625,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for key in round_order(list(SERVERS), rnd):
                     if key not in opts.servers or scenario.proto not in SERVERS[key].protos:
                         continue
-                    print_cell(f"round {rnd}", bench.run_cell(scenario, key, rnd))
-        for scenario_key, a, b in PAIRS:
-            if scenario_key not in opts.scenarios or not {a, b} <= set(opts.servers):
-                continue
-            for block in range(1, opts.pair_blocks + 1):
-                for key in abba(a, b):
-                    sample = bench.run_cell(SCENARIOS[scenario_key], key, block, f"{a}/{b}")
-                    print_cell(f"pair {a}/{b} block {block}", sample)
+                    print_cell(bench.run_cell(scenario, key, rnd))
+        bench.measure_pairs()
     except KeyboardInterrupt:
         print("bench: interrupted; no results written", file=sys.stderr)
         return 130

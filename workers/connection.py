@@ -109,7 +109,9 @@ class _ConnectionIO(socket.SocketIO):
 
     def flush(self) -> None:
         """Nothing to flush; ``ValueError`` once closed (``IOBase.flush`` reads a flag of
-        ``IOBase.close``'s, which this class's ``close`` does not set)."""
+        ``IOBase.close``'s, which this class's ``close`` does not set: setting it through
+        ``__dict__`` measured 250-3,000 instructions more per connection than this call,
+        since it turns the instance's inline attributes into a dict)."""
         if self._sock is None:
             raise ValueError("I/O operation on closed file.")
 
@@ -228,9 +230,9 @@ class KernelTimedSocket(Connection):
         self.__class__ = Connection  # type: ignore[assignment]
 
     def _raise_if_timed_out(self) -> None:
-        """After EAGAIN: raise ``TimeoutError`` if it was the kernel's timeout (the
-        socket is blocking in Python); return otherwise, for the caller to re-raise."""
-        if _C_GETTIMEOUT(self) is None:
+        """After EAGAIN: raise ``TimeoutError`` if it was the kernel's timeout; return
+        otherwise, for the caller to re-raise."""
+        if _kernel_timed_out(self):
             raise TimeoutError("timed out") from None
 
     # The I/O methods, each spelled out: they are on every connection's path, and a

@@ -69,6 +69,9 @@ log = logging.getLogger("engine.intake")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _SOCKET = socket.socket
+# Connections the intake may give a kernel timeout by assigning __class__: the stdlib's
+# (a server's own get_request) and the worker's plain class.
+_PLAIN_CONNECTIONS = (Connection, _SOCKET)
 _TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
 _TCP = (socket.AF_INET, socket.AF_INET6)
 _KNOWN_FAMILIES = (*_TCP, socket.AF_UNIX)  # stream addresses: a tuple iff TCP
@@ -154,7 +157,7 @@ class Intake:
             kind = type(request)
             if kind is self._timed:  # built so by the worker's accept (connection_class)
                 return request, client_address
-            if kind is Connection or kind is _SOCKET:
+            if kind in _PLAIN_CONNECTIONS:
                 request.__class__ = self._timed  # client_timeout came from the listener
                 return request, client_address
         if isinstance(request, tuple):  # a datagram: (data, the server's socket)
@@ -230,7 +233,7 @@ class Intake:
             if request is None:
                 return None
         elif type(peer) is tuple and self.timeout_inherited and (
-            type(request) is Connection or type(request) is _SOCKET
+            type(request) in _PLAIN_CONNECTIONS
         ):
             request.__class__ = self._timed  # TCP: client_timeout came from the listener
         elif self.client_timeout is not None and not (

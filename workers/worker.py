@@ -195,7 +195,7 @@ class Worker:
 
     def _build_connections_as_own_class(self) -> None:
         """Accept each stream connection as a :mod:`workers.connection` class (its
-        ``makefile("rb")`` costs a quarter of the stdlib's), kernel-timed where the
+        ``makefile`` takes a shorter path than the stdlib's), kernel-timed where the
         intake would make it so: the server's ``get_request`` (the engine's own) builds
         it, so no ``__class__`` is assigned per connection."""
         intake = self.spec.intake
