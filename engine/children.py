@@ -215,13 +215,15 @@ class Children:
                  for slot, _ in zip(self.free_slots(size), range(count), strict=False)]
         forked: list[tuple[WorkerSpec, int]] = []
         fork = unpatched.fork_function()
-        for spec in specs:
-            pid = self._fork(spec, now, fork)
-            if pid is None:
-                break
-            forked.append((spec, pid))
-        for spec, pid in forked:
-            self._record(spec, pid, generation, now)
+        try:
+            for spec in specs:
+                pid = self._fork(spec, now, fork)
+                if pid is None:
+                    break
+                forked.append((spec, pid))
+        finally:  # whatever happens, no forked worker goes unrecorded
+            for spec, pid in forked:
+                self._record(spec, pid, generation, now)
         return len(forked)
 
     # --- signals ---

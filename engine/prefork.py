@@ -302,7 +302,11 @@ class PreforkLayer:
         """Called in each worker before it exits normally. May be overridden."""
 
     def worker_spawned(self, slot: int, pid: int) -> None:
-        """Called in the master after forking worker *slot* as *pid*. May be overridden."""
+        """Called in the master after forking worker *slot* as *pid*. May be overridden.
+
+        When the master forks several workers at once (at start, or to refill the pool),
+        it calls this for each after the last of them is forked.
+        """
 
     def worker_exited(self, slot: int, pid: int, exitcode: int) -> None:
         """Called in the master after reaping a worker. May be overridden.
