@@ -151,11 +151,6 @@ class Children:
 
     # --- fork ---
 
-    def spawn(self, spec: WorkerSpec, generation: int, now: float) -> Child | None:
-        """Fork one worker for *spec*; None when fork() failed (backed off, logged once)."""
-        pid = self._fork(spec, now, unpatched.fork_function())
-        return None if pid is None else self._record(spec, pid, generation, now)
-
     def _fork(self, spec: WorkerSpec, now: float, fork: Callable[[], int]) -> int | None:
         """Fork one worker (*fork* is ``os.fork``, never gevent's: its hub would hide
         exits from waitpid); None when fork() failed. Returns in the master only."""
@@ -214,7 +209,7 @@ class Children:
         specs = [make_spec(slot, generation)
                  for slot, _ in zip(self.free_slots(size), range(count), strict=False)]
         forked: list[tuple[WorkerSpec, int]] = []
-        fork = unpatched.fork_function()
+        fork = unpatched.original("os", "fork")  # looked up once for the batch
         try:
             for spec in specs:
                 pid = self._fork(spec, now, fork)

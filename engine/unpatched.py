@@ -37,11 +37,6 @@ def set_signal(signum: int, handler: Any) -> Any:
     return original("signal", "signal")(signum, handler)
 
 
-def fork_function() -> Any:
-    """``os.fork`` as :func:`fork` would call it now (looked up once for several forks)."""
-    return original("os", "fork")
-
-
 def fork() -> int:
     """``os.fork``: gevent's replacement watches the child from its hub, which never runs
     in the master, so the master's ``waitpid`` would never see the child exit."""
