@@ -10,8 +10,9 @@ runs first or right after the same neighbour) and reports per-scenario medians:
   workers with the equivalent WSGI app), driven by ``wrk``.
 
 After the rounds, each target's pair of servers (:data:`PAIRS`) is measured again in
-ABBA blocks of adjacent cells, and the targets are judged on those ratios: the host's
-speed moves too much between minutes for a ratio of cells a minute apart to hold 5%.
+blocks that run both servers and alternate the load between them every second, A B B A,
+and the targets are judged on those ratios: the host's speed moves too much between
+minutes for a ratio of cells a minute apart to hold 5%.
 
 For each server and scenario it reports requests/s, p50/p99 latency, errors, how many
 of the clients got at least one reply, the server's CPU time per request (its whole
@@ -142,9 +143,9 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 # The targets' pairs (scenario, server A, server B), measured again after the rounds in
-# ABBA blocks of adjacent cells: the machine's speed moves by tens of per cent between
-# minutes with no load visible from inside, and a ratio of cells measured seconds apart
-# (linear drift cancelled by the ABBA order) holds where one of cells a minute apart does not.
+# blocks of alternating runs: the machine's speed moves by tens of per cent between
+# minutes with no load visible from inside, and a ratio of runs a second apart (linear
+# drift cancelled by the A B B A order) holds where one of cells a minute apart does not.
 PAIRS: tuple[tuple[str, str, str], ...] = (
     ("tcp-close", "engine", "floor"),
     ("tcp-close", "engine-static", "floor"),
@@ -152,19 +153,63 @@ PAIRS: tuple[tuple[str, str, str], ...] = (
     ("http-close", "engine-static", "gunicorn"),
     ("http-close", "engine", "gunicorn"),
 )
-PAIR_BLOCKS = 3
+PAIR_BLOCKS = 5
+# A block runs both servers at once and alternates the load between them in runs of
+# PAIR_RUN_S seconds, A B B A, PAIR_SWITCHES times: the host's speed moves within tens of
+# seconds, and runs one second apart see nearly the same machine.
+PAIR_SWITCHES = 3
+PAIR_RUN_S = 1
 
 
 def abba(a: str, b: str) -> tuple[str, str, str, str]:
-    """The order of one paired block's cells."""
+    """The order of one A B B A switch of a paired block's runs."""
     return (a, b, b, a)
+
+
+def alternation(a: str, b: str, switches: int = PAIR_SWITCHES) -> list[str]:
+    """The order of one paired block's runs: *switches* times A B B A."""
+    return list(abba(a, b)) * switches
+
+
+def merge_runs(runs: Sequence[Sample]) -> Sample:
+    """One server's runs of a paired block as one sample: totals for the counts, the
+    CPU and the windows, rates over the summed windows, the runs' median latencies."""
+    first = runs[0]
+    merged = Sample(first.scenario, first.server, first.round, clients=first.clients,
+                    pair=first.pair)
+    done = [r for r in runs if r.ok]
+    if len(done) < len(runs):
+        failed = next(r for r in runs if not r.ok)
+        merged.ok, merged.note = False, failed.note
+    if not done:
+        return merged
+    merged.requests = sum(r.requests for r in done)
+    busy_s = sum(r.requests / r.rps for r in done if r.rps > 0)
+    merged.rps = merged.requests / busy_s if busy_s else 0.0
+    merged.p50_us = statistics.median(r.p50_us for r in done)
+    merged.p99_us = statistics.median(r.p99_us for r in done)
+    merged.errors = sum(r.errors for r in done)
+    merged.timeouts = sum(r.timeouts for r in done)
+    merged.closed_by_server = sum(r.closed_by_server for r in done)
+    served = [r.served for r in done if r.served is not None]
+    merged.served = min(served) if served else None
+    merged.window_s = sum(r.window_s for r in done)
+    merged.server_cpu_s = sum(r.server_cpu_s for r in done)
+    if merged.requests:
+        merged.cpu_per_req_us = merged.server_cpu_s / merged.requests * 1e6
+    if merged.window_s:
+        for name in ("server_cores", "gen_cores", "machine_cores", "softirq_cores"):
+            setattr(merged, name,
+                    sum(getattr(r, name) * r.window_s for r in done) / merged.window_s)
+    merged.procs = max(r.procs for r in done)
+    return merged
 
 
 def paired_ratios(samples: Sequence[Sample], scenario: str, a: str, b: str,
                   field_name: str) -> list[float]:
-    """Per ABBA block (a sample's ``round``) of the pair *a*/*b* in *scenario*: the mean
-    of A's *field_name* over the mean of B's. Blocks missing a cell, or with a failed
-    one, are left out."""
+    """Per block (a sample's ``round``) of the pair *a*/*b* in *scenario*: the mean of
+    A's *field_name* over the mean of B's. Blocks missing a server, or with a failed
+    sample, are left out."""
     tag = f"{a}/{b}"
     blocks: dict[int, dict[str, list[float]]] = {}
     for sample in samples:
@@ -175,7 +220,7 @@ def paired_ratios(samples: Sequence[Sample], scenario: str, a: str, b: str,
     ratios = []
     for _, cells in sorted(blocks.items()):
         xs, ys = cells.get(a, []), cells.get(b, [])
-        if len(xs) == 2 and len(ys) == 2:
+        if xs and ys:
             r = ratio(statistics.fmean(xs), statistics.fmean(ys))
             if not math.isnan(r):
                 ratios.append(r)
@@ -563,15 +608,96 @@ class Bench:
         return chosen
 
     def measure_pairs(self) -> None:
-        """After the rounds: each target's pair (:data:`PAIRS`) in ``pair_blocks`` ABBA
-        blocks of adjacent cells, into :attr:`paired`."""
+        """After the rounds: each target's pair (:data:`PAIRS`) in ``pair_blocks``
+        blocks (:meth:`run_pair_block`), into :attr:`paired`."""
         opts = self.opts
         for scenario_key, a, b in PAIRS:
             if scenario_key not in opts.scenarios or not {a, b} <= set(opts.servers):
                 continue
             for block in range(1, opts.pair_blocks + 1):
-                for key in abba(a, b):
-                    print_cell(self.run_cell(SCENARIOS[scenario_key], key, block, f"{a}/{b}"))
+                for sample in self.run_pair_block(SCENARIOS[scenario_key], a, b, block):
+                    print_cell(sample)
+
+    def run_pair_block(self, scenario: Scenario, a: str, b: str, block: int) -> list[Sample]:
+        """One block of the pair *a*/*b*: both servers running, the load alternating
+        between them (:func:`alternation`); again while the machine is busy or slow,
+        as :meth:`run_cell` does for a cell. Returns (and keeps) one sample per server."""
+        attempts: list[list[Sample]] = []
+        while True:
+            before = machine_speed_ms()
+            pair = self.measure_pair_block(scenario, a, b, block)
+            after = machine_speed_ms()
+            for sample in pair:
+                sample.speed_ms = (before + after) / 2
+            self.probes += [before, after]
+            usual = usual_speed_ms(self.probes)
+            attempts.append(pair)
+            # each attempt is judged by its busier sample, as a cell by its only one
+            worst = [max(both, key=lambda x: x.other_cores) for both in attempts]
+            if not needs_rerun(worst, self.opts.busy_limit, self.opts.reruns, usual):
+                break
+            print(f"  {where(pair[0])} {scenario.key} {a}/{b}: machine busy or slow (other "
+                  f"load {worst[-1].other_cores:.2f} cores, speed probe "
+                  f"{pair[0].speed_ms:.1f} ms against a usual {usual:.1f}): measuring again",
+                  flush=True)
+        kept = attempts[worst.index(choose_sample(worst, self.opts.busy_limit, usual))]
+        for sample in kept:
+            sample.attempts = len(attempts)
+            sample.busy = is_busy(sample, self.opts.busy_limit)
+            sample.slow = is_slow(sample, usual)
+        self.paired += kept
+        self.discarded += [s for pair in attempts if pair is not kept for s in pair]
+        return kept
+
+    def measure_pair_block(self, scenario: Scenario, a: str, b: str, block: int
+                           ) -> list[Sample]:
+        """Start *a* and *b*, warm each up, then alternate runs of ``PAIR_RUN_S``
+        seconds between them; one merged sample per server (:func:`merge_runs`)."""
+        runs: dict[str, list[Sample]] = {a: [], b: []}
+        warm: dict[str, int | None] = {}
+        try:
+            with contextlib.ExitStack() as stack:
+                live = {key: stack.enter_context(self.server(
+                    key, scenario.proto, self.work / f"{key}-{scenario.key}.log"))
+                    for key in (a, b)}
+                for key, (_, port) in live.items():  # the warm-up, as a cell's
+                    log = self.work / f"{key}-{scenario.key}.log"
+                    if scenario.proto == "line":
+                        warm[key] = None
+                        self._drive_loadgen(Sample(scenario.key, key, block), scenario,
+                                            live[key][0], port, log, seconds=self.opts.warmup)
+                    else:
+                        warm[key] = self._http_served(scenario, port, log)
+                for key in alternation(a, b):
+                    runs[key].append(self._pair_run(scenario, key, block, live[key]))
+        except (RuntimeError, OSError, ValueError) as exc:
+            note = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"  ! {a}/{b} {scenario.key}: {exc}", file=sys.stderr)
+            failed = [Sample(scenario.key, key, block, ok=False, note=note,
+                             clients=self.opts.clients) for key in (a, b)]
+            for sample in failed:
+                sample.pair = f"{a}/{b}"
+            return failed
+        merged = []
+        for key in (a, b):
+            sample = merge_runs(runs[key])
+            sample.pair = f"{a}/{b}"
+            if warm[key] is not None:
+                sample.served = warm[key]
+            merged.append(sample)
+        return merged
+
+    def _pair_run(self, scenario: Scenario, key: str, block: int,
+                  live: tuple[int, int]) -> Sample:
+        """One run of a paired block: ``PAIR_RUN_S`` seconds of load on a running server."""
+        pid, port = live
+        run = Sample(scenario.key, key, block, clients=self.opts.clients)
+        log = self.work / f"{key}-{scenario.key}.log"
+        if scenario.proto == "line":
+            self._drive_loadgen(run, scenario, pid, port, log, seconds=PAIR_RUN_S, warmup=0)
+        else:
+            self._drive_wrk(run, scenario, pid, port, log, seconds=PAIR_RUN_S, warm=False)
+        return run
 
     def measure_cell(self, scenario: Scenario, key: str, rnd: int) -> Sample:
         """Measure one server in one scenario, once."""
@@ -592,19 +718,22 @@ class Bench:
         return sample
 
     def _drive_loadgen(
-        self, sample: Sample, scenario: Scenario, pid: int, port: int, log: Path
+        self, sample: Sample, scenario: Scenario, pid: int, port: int, log: Path,
+        seconds: float | None = None, warmup: float | None = None,
     ) -> None:
         opts = self.opts
+        seconds = opts.duration if seconds is None else seconds
+        warmup = opts.warmup if warmup is None else warmup
         argv = [
             str(self.loadgen), "-p", str(port), "-c", str(opts.clients),
-            "-m", scenario.mode, "-d", f"{opts.duration:g}", "-w", f"{opts.warmup:g}",
+            "-m", scenario.mode, "-d", f"{seconds:g}", "-w", f"{warmup:g}",
             "-n", str(opts.max_requests), "-T", f"{opts.timeout:g}", "-H",
         ]
         with log.open("ab") as log_file:
             gen = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file)
         assert gen.stdout is not None and gen.stdin is not None
         try:
-            with Watchdog(gen, opts.warmup + opts.duration + 30.0):
+            with Watchdog(gen, warmup + seconds + 30.0):
                 start_line = gen.stdout.readline()
                 cpu0, _ = tree_cpu(pid)
                 ticks0 = machine_ticks()
@@ -677,11 +806,14 @@ class Bench:
         return [*argv, f"http://{HOST}:{port}/"]
 
     def _drive_wrk(
-        self, sample: Sample, scenario: Scenario, pid: int, port: int, log: Path
+        self, sample: Sample, scenario: Scenario, pid: int, port: int, log: Path,
+        seconds: float | None = None, warm: bool = True,
     ) -> None:
         opts = self.opts
-        seconds = max(1, round(opts.duration))  # wrk counts whole seconds
-        sample.served = self._http_served(scenario, port, log)
+        # wrk counts whole seconds
+        seconds = max(1, round(opts.duration if seconds is None else seconds))
+        if warm:
+            sample.served = self._http_served(scenario, port, log)
         cpu0, _ = tree_cpu(pid)
         ticks0 = machine_ticks()
         t0 = time.monotonic()
@@ -1271,8 +1403,8 @@ def write_markdown(
     out = [
         "# Benchmarks",
         "",
-        "Install the load-test extras, wrk and valgrind, then run the benchmark (about 18 "
-        "minutes, of which 6 for the side-by-side pairs, `--pair-blocks 0` to skip them; "
+        "Install the load-test extras, wrk and valgrind, then run the benchmark (about 20 "
+        "minutes, of which 8 for the side-by-side pairs, `--pair-blocks 0` to skip them; "
         "`--quick` is a smoke test of about ten seconds that writes to a temporary "
         "directory unless `--out` is given):",
         "",
@@ -1340,11 +1472,15 @@ def write_markdown(
         "with the cells re-run and any kept although still busy.",
         f"- *Side by side*: after the rounds, each target's pair of servers (engine and "
         "floor, engine static and floor, engine static and gunicorn, engine and gunicorn) "
-        f"is measured again in {opts.pair_blocks} block(s) of four adjacent cells, A B B A, "
-        "and the target is judged on the median over the blocks of A's mean over B's. "
-        "Cells a minute apart in the rounds can differ by tens of per cent on this shared "
-        "host with no load visible from inside, cells seconds apart much less, and the "
-        "ABBA order cancels a steady drift. The rounds' figures are given beside them."
+        f"is measured again in {opts.pair_blocks} block(s). A block starts both servers, "
+        f"warms each up as a cell does, then alternates the load between them in runs of "
+        f"{PAIR_RUN_S} s, A B B A, {PAIR_SWITCHES} times; each server's runs add up to one "
+        "sample (requests over the runs' time, CPU over requests, the runs' median "
+        "latencies), and the target is judged on the median over the blocks of A's over "
+        "B's. Cells a minute apart in the rounds can differ by tens of per cent on this "
+        "shared host with no load visible from inside, runs a second apart much less, and "
+        "the A B B A order cancels a steady drift. The rounds' figures are given beside "
+        "them."
         if opts.pair_blocks else "- *Side by side*: off (`--pair-blocks 0`): the targets "
         "are judged on the rounds' medians.",
         "- *Machine speed*: the machine's own speed moves between minutes (a shared host) "
@@ -1527,7 +1663,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--reruns", type=int, default=RERUNS,
                    help=f"re-runs of a cell measured on a busy machine (default {RERUNS})")
     p.add_argument("--pair-blocks", type=int,
-                   help=f"ABBA blocks per target pair after the rounds (default {PAIR_BLOCKS}; "
+                   help=f"blocks per target pair after the rounds (default {PAIR_BLOCKS}; "
                    "quick 0; 0 judges the targets on the rounds alone)")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the memory per worker (loadtests/worker_memory.py)")

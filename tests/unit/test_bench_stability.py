@@ -234,10 +234,13 @@ def test_paired_ratios_are_per_abba_block_means() -> None:
         paired("engine", 1, 92.0),
         paired("engine", 2, 135.0), paired("floor", 2, 150.0), paired("floor", 2, 152.0),
         paired("engine", 2, 137.0),
-        # Another pair's cells and an incomplete block are not mixed in.
+        # Another pair's cells, a block without the floor and one with a failed sample
+        # are not mixed in.
         paired("engine", 1, 500.0, pair="engine/gunicorn"),
-        paired("engine", 3, 10.0), paired("floor", 3, 100.0),
+        paired("engine", 3, 10.0),
+        paired("engine", 4, 10.0), paired("floor", 4, 100.0),
     ]
+    cells[-1].ok = False
     assert bench.abba("engine", "floor") == ("engine", "floor", "floor", "engine")
     ratios = bench.paired_ratios(cells, "tcp-close", "engine", "floor", "cpu_per_req_us")
     assert ratios == [pytest.approx(0.91), pytest.approx(136.0 / 151.0)]
@@ -260,3 +263,54 @@ def test_a_target_with_paired_cells_is_judged_on_them() -> None:
     assert "the rounds: 120.0 vs 100.0 µs = 1.20x" in judged.evidence
     unpaired = {t.text: t for t in bench.evaluate_targets(summaries, 32)}[label]
     assert unpaired.met is False
+
+
+def test_a_paired_block_alternates_a_b_b_a() -> None:
+    order = bench.alternation("engine", "floor", 3)
+    assert order == ["engine", "floor", "floor", "engine"] * 3
+    # As many runs of each, and each server's mean position is the same: a steady drift
+    # of the machine's speed over the block falls equally on both.
+    positions = {key: [i for i, k in enumerate(order) if k == key] for key in set(order)}
+    assert len(positions["engine"]) == len(positions["floor"]) == 6
+    assert sum(positions["engine"]) == sum(positions["floor"])
+
+
+def run(rps: float, seconds: float, cpu_s: float, p99: float, *, served: int | None = None,
+        ok: bool = True) -> Sample:
+    """One run of a paired block: *rps* for *seconds*, *cpu_s* of server CPU."""
+    s = Sample("http-close", "engine", 2, ok=ok, clients=32, rps=rps,
+               requests=int(rps * seconds), p50_us=p99 / 3, p99_us=p99, served=served)
+    s.pair = "engine/floor"
+    s.window_s = seconds
+    s.server_cpu_s = cpu_s
+    s.server_cores, s.gen_cores, s.softirq_cores = cpu_s / seconds, 0.5, 0.25
+    s.machine_cores = s.server_cores + 0.75
+    s.errors, s.procs = 1, 3
+    return s
+
+
+def test_a_servers_runs_add_up_to_one_sample() -> None:
+    runs = [run(10_000, 1.0, 1.0, 6000.0, served=32), run(5_000, 1.0, 0.8, 9000.0, served=30),
+            run(8_000, 1.0, 0.9, 7000.0, served=32)]
+    merged = bench.merge_runs(runs)
+    assert (merged.server, merged.round, merged.pair) == ("engine", 2, "engine/floor")
+    assert merged.ok
+    assert merged.requests == 23_000
+    assert merged.rps == pytest.approx(23_000 / 3.0)  # requests over the runs' time
+    assert merged.cpu_per_req_us == pytest.approx(2.7 / 23_000 * 1e6)
+    assert merged.p99_us == 7000.0  # the runs' median
+    assert merged.errors == 3
+    assert merged.served == 30
+    assert merged.window_s == pytest.approx(3.0)
+    assert merged.server_cores == pytest.approx(0.9)
+    assert merged.other_cores == pytest.approx(0.0)
+    assert merged.procs == 3
+
+
+def test_a_failed_run_fails_the_merged_sample() -> None:
+    runs = [run(10_000, 1.0, 1.0, 6000.0), run(0, 1.0, 0.0, math.nan, ok=False)]
+    runs[1].note = "wrk gave no result"
+    merged = bench.merge_runs(runs)
+    assert not merged.ok
+    assert merged.note == "wrk gave no result"
+    assert merged.requests == 10_000  # what the other runs measured is still shown
