@@ -51,7 +51,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -580,32 +580,47 @@ class Bench:
         finally:
             kill_group(proc)
 
-    def run_cell(self, scenario: Scenario, key: str, rnd: int, pair: str = "") -> Sample:
-        """Measure one server in one scenario; again while the machine is busy.
+    def run_cell(self, scenario: Scenario, key: str, rnd: int) -> Sample:
+        """Measure one server in one scenario; again while the machine is busy or slow
+        (:meth:`until_quiet`)."""
+        (sample,) = self.until_quiet(f"{scenario.key} {key}",
+                                     lambda: [self.measure_cell(scenario, key, rnd)])
+        self.samples.append(sample)
+        return sample
 
-        A measurement taken while other work used more than ``busy_limit`` cores is
-        repeated, at most ``reruns`` times (:func:`needs_rerun`); the one kept is
-        chosen by :func:`choose_sample`. Every attempt goes to the raw samples.
+    def until_quiet(self, label: str, measure: Callable[[], list[Sample]]) -> list[Sample]:
+        """Take *measure*'s samples (a cell's, or a paired block's two); again while the
+        machine was busy or slow, at most ``reruns`` times (:func:`needs_rerun`).
+
+        An attempt is judged by its busiest sample, and the one kept is chosen by
+        :func:`choose_sample`; the others go to the raw samples as discarded.
         """
-        attempts: list[Sample] = []
+        attempts: list[list[Sample]] = []
+        judged: list[Sample] = []
         while True:
             before = machine_speed_ms()
-            attempt = self.measure_cell(scenario, key, rnd)
-            attempt.pair = pair
+            attempt = measure()
             after = machine_speed_ms()
-            attempt.speed_ms = (before + after) / 2
+            for sample in attempt:
+                sample.speed_ms = (before + after) / 2
             self.probes += [before, after]
             usual = usual_speed_ms(self.probes)
             attempts.append(attempt)
-            if not needs_rerun(attempts, self.opts.busy_limit, self.opts.reruns, usual):
+            judged.append(max(attempt, key=lambda s: s.other_cores))
+            if not needs_rerun(judged, self.opts.busy_limit, self.opts.reruns, usual):
                 break
-            print(f"  {where(attempt)} {scenario.key} {key}: machine busy or slow (other load "
-                  f"{attempt.other_cores:.2f} cores, speed probe {attempt.speed_ms:.1f} ms "
-                  f"against a usual {usual:.1f}): measuring again", flush=True)
-        chosen = choose_sample(attempts, self.opts.busy_limit, usual)
-        (self.paired if pair else self.samples).append(chosen)
-        self.discarded += [a for a in attempts if a is not chosen]
-        return chosen
+            print(f"  {where(judged[-1])} {label}: machine busy or slow (other load "
+                  f"{judged[-1].other_cores:.2f} cores, speed probe "
+                  f"{judged[-1].speed_ms:.1f} ms against a usual {usual:.1f}): "
+                  "measuring again", flush=True)
+        chosen = choose_sample(judged, self.opts.busy_limit, usual)
+        kept = next(a for a, j in zip(attempts, judged, strict=True) if j is chosen)
+        for sample in kept:
+            sample.attempts = len(attempts)
+            sample.busy = is_busy(sample, self.opts.busy_limit)
+            sample.slow = is_slow(sample, usual)
+        self.discarded += [s for attempt in attempts if attempt is not kept for s in attempt]
+        return kept
 
     def measure_pairs(self) -> None:
         """After the rounds: each target's pair (:data:`PAIRS`) in ``pair_blocks``
@@ -619,34 +634,11 @@ class Bench:
                     print_cell(sample)
 
     def run_pair_block(self, scenario: Scenario, a: str, b: str, block: int) -> list[Sample]:
-        """One block of the pair *a*/*b*: both servers running, the load alternating
-        between them (:func:`alternation`); again while the machine is busy or slow,
-        as :meth:`run_cell` does for a cell. Returns (and keeps) one sample per server."""
-        attempts: list[list[Sample]] = []
-        while True:
-            before = machine_speed_ms()
-            pair = self.measure_pair_block(scenario, a, b, block)
-            after = machine_speed_ms()
-            for sample in pair:
-                sample.speed_ms = (before + after) / 2
-            self.probes += [before, after]
-            usual = usual_speed_ms(self.probes)
-            attempts.append(pair)
-            # each attempt is judged by its busier sample, as a cell by its only one
-            worst = [max(both, key=lambda x: x.other_cores) for both in attempts]
-            if not needs_rerun(worst, self.opts.busy_limit, self.opts.reruns, usual):
-                break
-            print(f"  {where(pair[0])} {scenario.key} {a}/{b}: machine busy or slow (other "
-                  f"load {worst[-1].other_cores:.2f} cores, speed probe "
-                  f"{pair[0].speed_ms:.1f} ms against a usual {usual:.1f}): measuring again",
-                  flush=True)
-        kept = attempts[worst.index(choose_sample(worst, self.opts.busy_limit, usual))]
-        for sample in kept:
-            sample.attempts = len(attempts)
-            sample.busy = is_busy(sample, self.opts.busy_limit)
-            sample.slow = is_slow(sample, usual)
+        """One block of the pair *a*/*b* (:meth:`measure_pair_block`); again while the
+        machine is busy or slow (:meth:`until_quiet`). Keeps one sample per server."""
+        kept = self.until_quiet(f"{scenario.key} {a}/{b}",
+                                lambda: self.measure_pair_block(scenario, a, b, block))
         self.paired += kept
-        self.discarded += [s for pair in attempts if pair is not kept for s in pair]
         return kept
 
     def measure_pair_block(self, scenario: Scenario, a: str, b: str, block: int
@@ -658,14 +650,13 @@ class Bench:
         try:
             with contextlib.ExitStack() as stack:
                 live = {key: stack.enter_context(self.server(
-                    key, scenario.proto, self.work / f"{key}-{scenario.key}.log"))
-                    for key in (a, b)}
-                for key, (_, port) in live.items():  # the warm-up, as a cell's
-                    log = self.work / f"{key}-{scenario.key}.log"
+                    key, scenario.proto, self.log_path(key, scenario))) for key in (a, b)}
+                for key, (pid, port) in live.items():  # the warm-up, as a cell's
+                    log = self.log_path(key, scenario)
                     if scenario.proto == "line":
                         warm[key] = None
                         self._drive_loadgen(Sample(scenario.key, key, block), scenario,
-                                            live[key][0], port, log, seconds=self.opts.warmup)
+                                            pid, port, log, seconds=self.opts.warmup)
                     else:
                         warm[key] = self._http_served(scenario, port, log)
                 for key in alternation(a, b):
@@ -692,17 +683,21 @@ class Bench:
         """One run of a paired block: ``PAIR_RUN_S`` seconds of load on a running server."""
         pid, port = live
         run = Sample(scenario.key, key, block, clients=self.opts.clients)
-        log = self.work / f"{key}-{scenario.key}.log"
+        log = self.log_path(key, scenario)
         if scenario.proto == "line":
             self._drive_loadgen(run, scenario, pid, port, log, seconds=PAIR_RUN_S, warmup=0)
         else:
             self._drive_wrk(run, scenario, pid, port, log, seconds=PAIR_RUN_S, warm=False)
         return run
 
+    def log_path(self, key: str, scenario: Scenario) -> Path:
+        """Where server *key* and its load generator write in *scenario*."""
+        return self.work / f"{key}-{scenario.key}.log"
+
     def measure_cell(self, scenario: Scenario, key: str, rnd: int) -> Sample:
         """Measure one server in one scenario, once."""
         sample = Sample(scenario.key, key, rnd, clients=self.opts.clients)
-        log = self.work / f"{key}-{scenario.key}.log"
+        log = self.log_path(key, scenario)
         try:
             with self.server(key, scenario.proto, log) as (pid, port):
                 if scenario.proto == "line":
