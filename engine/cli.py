@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
+import json
 import logging
 import os
 import signal
@@ -586,8 +587,6 @@ def _toml(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
     if isinstance(value, str):
-        import json  # only here and in `engine status`: not a module of every worker
-
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     return repr(value)
 
@@ -615,8 +614,6 @@ def run_status(args: argparse.Namespace) -> int:
     if args.json or args.prometheus:
         sys.stdout.write(body if body.endswith("\n") else body + "\n")
         return ExitStatus.OK
-    import json
-
     try:
         data = json.loads(body)
     except ValueError as exc:
