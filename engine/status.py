@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import json
 import logging
 import math
 import os
@@ -168,8 +169,6 @@ def render_json(snapshot: Snapshot) -> bytes:
     Raises ValueError for a non-finite float (JSON has no NaN) rather than emit
     something a strict parser rejects.
     """
-    import json  # here: the master's modules are every worker's too (see config.sources)
-
     text = json.dumps(snapshot, allow_nan=False, default=str, separators=(",", ":"))
     return text.encode("utf-8") + b"\n"
 

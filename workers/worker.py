@@ -40,17 +40,15 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from workers.connection import Connection, acceptor
 from workers.intake import Intake, set_listener_timeout
 from workers.prctl import PR_SET_PDEATHSIG, prctl
 from workers.protocol import Admitter, ExitCode, ServerLike, format_address
 from workers.scoreboard import Scoreboard
-
-if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
 
 # Out of file descriptors or memory: back off instead of spinning on accept().
 CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -232,8 +230,6 @@ class Worker:
     def _start_serving(self) -> None:
         """Once worker_init is done: the thread pool, if there is one."""
         if self.spec.threads > 1:
-            from concurrent.futures import ThreadPoolExecutor  # only with threads > 1
-
             self._pool = ThreadPoolExecutor(self.spec.threads, "engine-request")
 
     def _finish_serving(self) -> None:

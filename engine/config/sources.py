@@ -30,15 +30,10 @@ from typing import Any, Literal
 from engine.config.settings import Settings, build, cli_flag, env_var, registry
 from engine.errors import ConfigError
 
-
-def toml_parser() -> Any:
-    """The TOML parser (tomllib; tomli on 3.10), imported when a config file is read:
-    every module the master imports is its workers' too, and costs each of them pages."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-
-        return tomllib
-    return importlib.import_module("tomli")  # pragma: no cover - 3.10; no tomli stubs needed
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - 3.10 only; imported by name so mypy needs no tomli stubs
+    tomllib = importlib.import_module("tomli")
 
 SourceKind = Literal["default", "file", "env", "cli"]
 
@@ -98,14 +93,13 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(
             CONFIG_OPTION, str(path), f"a TOML file of at most {MAX_CONFIG_BYTES} bytes"
         )
-    toml = toml_parser()
     try:
-        data: dict[str, Any] = toml.loads(raw.decode("utf-8"))
+        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(
             CONFIG_OPTION, str(path), f"a TOML file in UTF-8 (byte {exc.start} is not)"
         ) from None
-    except toml.TOMLDecodeError as exc:
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(CONFIG_OPTION, str(path), f"a valid TOML file ({exc})") from None
     known = set(_setting_names())
     for key, value in data.items():

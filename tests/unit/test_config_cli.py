@@ -15,7 +15,7 @@ import pytest
 import engine
 from engine import cli
 from engine.config import SECTIONS, Settings, cli_flag, env_var, registry, resolve
-from engine.config.sources import toml_parser  # tomllib (tomli on 3.10)
+from engine.config.sources import tomllib  # tomli on 3.10
 from engine.examples.echo import EchoHandler
 
 
@@ -84,7 +84,7 @@ def test_check_config_in_process(
     assert "= 8" in lines["max_spare"] and lines["max_spare"].endswith("# cli --max-spare")
     assert lines["max_children"].endswith("# default")
     # The output is a valid config file (unset settings are commented out).
-    assert toml_parser().loads(out)["max_spare"] == 8
+    assert tomllib.loads(out)["max_spare"] == 8
 
 
 def test_render_resolved_round_trips_through_toml(tmp_path: Path) -> None:

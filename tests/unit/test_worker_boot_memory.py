@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -74,19 +73,3 @@ def test_die_with_parent_still_sets_the_parent_death_signal() -> None:
         return str(sig.value).encode()
 
     assert _in_child(body) == str(int(signal.SIGKILL)).encode()
-
-
-# Used by one feature each (a config file, the status endpoint, threads > 1): imported
-# when it is, not by ``import engine``. A module the master holds is every worker's too,
-# and each one loaded costs every worker pages (about 80 KiB of USS for these:
-# docs/benchmarks.md, "What the parent's imports cost each worker").
-LAZY_MODULES = ("json", "tomllib", "concurrent.futures", "queue")
-
-
-def test_import_engine_leaves_the_modules_of_optional_features_out() -> None:
-    code = ("import sys; before = set(sys.modules); import engine; "
-            "print(' '.join(sorted(set(sys.modules) - before)))")
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, timeout=60).stdout.split()
-    assert "engine" in loaded
-    assert not set(LAZY_MODULES) & set(loaded), sorted(set(LAZY_MODULES) & set(loaded))
