@@ -36,6 +36,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from workers.connection import acceptor
+
 __all__ = [
     "BaseRequestHandler",
     "BaseServer",
@@ -322,32 +324,24 @@ class TCPServer(BaseServer):
         """Return the listening socket's file descriptor (-1 once closed)."""
         return self.socket.fileno()
 
-    # (listening socket, family, type, proto, connection class) for get_request(); see
-    # there. A prefork worker sets its own class (workers.connection).
-    _accept_as: tuple[socket.socket, int, int, int, type[socket.socket]] | None = None
+    # (listening socket, its accept function) for get_request(); see there. A prefork
+    # worker sets one that builds its own class (workers.connection.acceptor).
+    _accept_as: tuple[socket.socket, Callable[[], tuple[Any, Any]]] | None = None
 
     def get_request(self) -> tuple[_Request, _Address]:
         """Accept one connection. May be overridden.
 
         Returns what ``self.socket.accept()`` returns. For a plain ``socket.socket``
-        it builds the connection's socket object itself, with the listener's family,
-        type and protocol looked up once rather than on every connection (the
-        ``family`` and ``type`` properties each convert to an enum: about a
-        microsecond per connection together).
+        it accepts through :func:`workers.connection.acceptor`, which looks the
+        listener's family, type and protocol up once rather than on every connection.
         """
         sock = self.socket
         if type(sock) is not socket.socket:
             return sock.accept()  # an SSLSocket or another wrapper: its own accept()
         kind = self._accept_as
         if kind is None or kind[0] is not sock:
-            kind = self._accept_as = (sock, sock.family, sock.type, sock.proto, socket.socket)
-        fd, address = sock._accept()  # type: ignore[attr-defined]
-        conn = kind[4](kind[1], kind[2], kind[3], fileno=fd)
-        # As socket.accept() does: a blocking listener with a timeout gives blocking
-        # connections unless a default timeout is set.
-        if socket.getdefaulttimeout() is None and sock.gettimeout():
-            conn.setblocking(True)
-        return conn, address
+            kind = self._accept_as = (sock, acceptor(sock, socket.socket))
+        return kind[1]()
 
     def shutdown_request(self, request: _Request) -> None:
         """Half-close the connection for writing, then close it."""

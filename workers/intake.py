@@ -55,12 +55,11 @@ import math
 import select
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from workers.connection import Connection, KernelTimedSocket, kernel_timed_class
+from workers.connection import TIMEVAL, Connection, KernelTimedSocket, kernel_timed_class
 from workers.protocol import format_address
 from workers.proxy_protocol import HeaderTruncated, ProxyProtocolError, read_header
 
@@ -72,7 +71,6 @@ _SOCKET = socket.socket
 # Connections the intake may give a kernel timeout by assigning __class__: the stdlib's
 # (a server's own get_request) and the worker's plain class.
 _PLAIN_CONNECTIONS = (Connection, _SOCKET)
-_TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
 _TCP = (socket.AF_INET, socket.AF_INET6)
 _KNOWN_FAMILIES = (*_TCP, socket.AF_UNIX)  # stream addresses: a tuple iff TCP
 
@@ -317,7 +315,7 @@ def set_listener_timeout(listeners: Iterable[socket.socket], seconds: float | No
     """
     # At least 1 µs (0 is none), at most about 31 years (the settings' longest duration).
     usec = 0 if seconds is None else min(max(1, round(seconds * 1e6)), 10**15)
-    timeval = _TIMEVAL.pack(*divmod(usec, 1_000_000))
+    timeval = TIMEVAL.pack(*divmod(usec, 1_000_000))
     took = True
     for listener in listeners:
         try:

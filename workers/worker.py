@@ -208,7 +208,7 @@ class Worker:
         sock = self.server.socket
         if type(sock) is socket.socket and sock.type == socket.SOCK_STREAM:
             self.server._accept_as = (  # type: ignore[attr-defined]
-                sock, sock.family, sock.type, sock.proto, class_for(sock)
+                sock, acceptor(sock, class_for(sock))
             )
         self._takers = self._make_takers(class_for)
 

@@ -349,8 +349,7 @@ def test_connections_are_accepted_as_the_class_asked_for(how: str) -> None:
             socket.create_connection(server.server_address) as client:
         listener = server.socket
         if how == "get_request":  # what a sync worker's boot sets
-            server._accept_as = (listener, listener.family, listener.type,
-                                 listener.proto, Connection)
+            server._accept_as = (listener, acceptor(listener, Connection))
             conn, address = server.get_request()
         else:  # a worker's extra listeners
             conn, address = acceptor(listener, Connection)()
