@@ -5,11 +5,13 @@ opens the log files and creates Unix socket files. Anyone who can write a direct
 on the way to one of those paths could swap in a symlink (or a hard link) and make
 root write, truncate or chmod a file of their choosing. So:
 
-* :func:`check_paths` refuses, when the process is privileged, any such path below a
+* :func:`check_paths` refuses, when the process is privileged, any such path in a
   directory that users other than root and the service user (``user``/``group``) can
   write, unless that directory is sticky (as ``/tmp``) and the entry in it is owned by
-  root or the service user, or does not exist yet. Every directory on the way is
-  checked, symlinks included.
+  root or the service user, or does not exist yet; every directory above that one must
+  exist and be writable by root alone (the service user could swap a directory of its
+  own for a symlink between the check and the open). Symlinks on the way are checked
+  too.
 * :func:`open_append` opens a file with ``O_NOFOLLOW`` and refuses anything but a
   regular file with one link; :func:`replace_contents` writes through a temporary file
   made by ``mkstemp`` (``O_EXCL``, an unpredictable name) in the same directory, then
@@ -60,13 +62,21 @@ def is_privileged() -> bool:
     return os.geteuid() == 0
 
 
+ROOT_ONLY = Trusted(frozenset({0}), frozenset({0}))
+_MISSING = os.strerror(errno.ENOENT)
+
+
 def unsafe_reason(path: str, trusted: Trusted) -> str | None:
     """Why another user could redirect *path*, or None when nobody untrusted can.
 
     Walks every directory from ``/`` to *path*'s parent, following symlinks as the
-    kernel would; each directory must be owned by a trusted user and not writable by
-    an untrusted group or by everyone, except that a sticky directory may be, when the
-    entry taken from it is owned by a trusted user (or, for the last one, is missing).
+    kernel would. The file's own directory must be owned by a *trusted* user (root or
+    the service user) and not writable by an untrusted group or by everyone, except
+    that a sticky directory may be, when the file is owned by a trusted user or
+    missing. Every directory above it must be root's alone in the same way, and must
+    exist: whoever can write a directory can swap any entry in it for a symlink
+    between this check and the open, and only the file itself is opened without
+    following one (a symlink on the way is followed only from a directory of root's).
     """
     pending = [part for part in os.path.abspath(path).split("/") if part]
     directory = "/"
@@ -78,6 +88,7 @@ def unsafe_reason(path: str, trusted: Trusted) -> str | None:
             continue
         if name == ".":
             continue
+        last = not pending
         entry = os.path.join(directory, name)
         try:
             dir_stat = os.stat(directory)
@@ -86,14 +97,21 @@ def unsafe_reason(path: str, trusted: Trusted) -> str | None:
             entry_stat = None
         except OSError as exc:
             return f"{directory} cannot be checked ({exc.strerror or exc})"
-        problem = _directory_problem(directory, dir_stat, entry_stat, trusted)
+        problem = _directory_problem(
+            directory, dir_stat, entry_stat, trusted if last else ROOT_ONLY
+        )
         if problem is not None:
-            return problem
+            return problem if last else (
+                f"{problem}; {entry} is on the way, and a directory on the way must be "
+                "root's alone"
+            )
         if entry_stat is None:
-            return None  # missing: opening it fails, or creates it in a safe directory
+            # Missing: the file is created in a safe directory; a directory on the way
+            # could be created, as a symlink, by whoever can write its parent.
+            return None if last else f"{entry}: {_MISSING}"
         # A symlink on the way is followed (its target is walked too); one at the end
         # is not: opening refuses it (O_NOFOLLOW) and a rename replaces it.
-        if stat.S_ISLNK(entry_stat.st_mode) and pending:
+        if stat.S_ISLNK(entry_stat.st_mode) and not last:
             links += 1
             if links > MAX_LINKS:
                 return f"{entry}: too many levels of symbolic links"
@@ -131,6 +149,8 @@ def check_path(setting: str, path: str, trusted: Trusted) -> None:
     if not is_privileged():
         return
     reason = unsafe_reason(path, trusted)
+    if reason is not None and reason.endswith(_MISSING):
+        raise ConfigError(setting, path, f"a path whose directories exist ({reason})")
     if reason is not None:
         raise ConfigError(
             setting, path, f"a path other users cannot redirect: {reason}; put it in a "
@@ -149,9 +169,7 @@ def privileged_paths(settings: object) -> Iterator[tuple[str, str]]:
         value = getattr(settings, name, None)
         specs = [value] if isinstance(value, str) else list(value or ())
         for spec in specs:
-            if isinstance(spec, str) and spec.startswith("unix:") and not spec.startswith(
-                "unix:@"
-            ):
+            if isinstance(spec, str) and spec.startswith("unix:"):
                 yield name, spec[len("unix:"):]
 
 

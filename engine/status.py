@@ -452,13 +452,13 @@ class StatusServer:
         # umask), so fchmod first: the file is 0600 from its first instant, with no
         # window where another user may connect, and without touching the
         # process-wide umask (other threads of the program may be creating files).
-        with contextlib.suppress(OSError):
-            os.fchmod(sock.fileno(), 0o600)
+        # Never chmod by path afterwards: as root, in a directory the service user can
+        # write, the path may be a symlink to another file by then.
+        os.fchmod(sock.fileno(), 0o600)
         sock.bind(path)
         self.path = path
         st = os.stat(path)
         self._socket_id = (st.st_dev, st.st_ino)
-        os.chmod(path, 0o600)  # where fchmod is not honoured, close the window now
 
     @property
     def listener(self) -> socket.socket:

@@ -18,6 +18,7 @@ import re
 import ssl
 from typing import Any
 
+from engine import privileges
 from engine.config import Settings
 from engine.errors import ConfigError
 
@@ -57,6 +58,10 @@ def build_context(settings: Settings) -> ssl.SSLContext:
             ``tls_ciphers``, with the value and what is allowed.
     """
     assert settings.certfile is not None
+    if settings.user:
+        # Before the key is in memory: a master that starts as the service user (the
+        # new master of an upgrade) is dumpable until it says otherwise.
+        privileges.keep_memory_private()
     # PROTOCOL_TLS_SERVER, not create_default_context(): the latter would trust the
     # system CAs for client certificates when ca_certs is unset.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

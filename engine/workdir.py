@@ -71,10 +71,7 @@ def absolute(path: str, base: str) -> str:
 def _absolute_address(spec: str, base: str) -> str:
     if not spec.startswith("unix:"):
         return spec
-    path = spec[len("unix:"):]
-    if path.startswith(("\0", "@")):  # abstract namespace: not a file
-        return spec
-    return "unix:" + absolute(path, base)
+    return "unix:" + absolute(spec[len("unix:"):], base)
 
 
 def with_absolute_paths(settings: T, base: str) -> T:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_MEMORY_MERGE = 67  # Linux 6.4+: KSM may merge any of the process's anonymous pages
 PR_GET_MEMORY_MERGE = 68
 

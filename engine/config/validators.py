@@ -203,6 +203,12 @@ def bind_address(name: str, value: Any) -> str:
     if not isinstance(value, str) or "\0" in value:
         raise ConfigError(name, value, allowed)
     spec = value.strip()
+    if spec.startswith("unix:@"):
+        # Not an abstract socket (engine binds file paths only): a file named @NAME in
+        # the working directory, which nobody meant.
+        raise ConfigError(
+            name, value, f"{allowed}; abstract sockets (unix:@NAME) are not supported"
+        )
     if spec.startswith("unix:") and len(spec) > len("unix:"):
         try:
             size = len(os.fsencode(spec[len("unix:"):]))

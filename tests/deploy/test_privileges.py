@@ -103,3 +103,124 @@ def test_switching_user_without_root_is_a_clear_error() -> None:
     assert f"running as uid {nobody.pw_uid}" in message
     # Already the right user: nothing to do, no error.
     assert privileges.resolve(str(os.getuid()), str(os.getgid())).is_current()
+
+
+# --- every id, every group, and memory kept private (found probing as root) ---
+
+
+def in_child(body: Callable[[], str]) -> str:
+    """Run *body* in a forked child (it may change ids for good); its answer, or the
+    exception it raised as ``Name: message``."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            answer = body()
+        except BaseException as exc:  # reported to the parent
+            answer = f"{type(exc).__name__}: {exc}"
+        try:
+            os.write(write_end, answer.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return answer
+
+
+PR_GET_DUMPABLE = 3
+
+
+def test_a_master_that_starts_as_the_service_user_makes_itself_non_dumpable() -> None:
+    """The new master of a SIGUSR2 upgrade is exec'd as the service user, and execve
+    makes a process dumpable again: it used to stay so, its memory (the TLS key)
+    readable and ptrace-able by any process of that user."""
+    from workers.prctl import PR_SET_DUMPABLE, prctl
+
+    nobody = pwd.getpwnam("nobody")
+
+    def started_as_nobody() -> str:
+        os.setgroups([])
+        os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
+        os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
+        prctl(PR_SET_DUMPABLE, 1)  # what execve does for a process of this user
+        before = prctl(PR_GET_DUMPABLE)
+        privileges.switch_to(privileges.resolve("nobody", None))
+        return f"{before} {prctl(PR_GET_DUMPABLE)}"
+
+    assert in_child(started_as_nobody) == "1 0"
+
+
+def test_only_the_real_ids_being_the_account_is_not_enough() -> None:
+    """Started with the real ids nobody's but the effective and saved ones root's, the
+    switch used to be skipped: the master and workers kept root."""
+    nobody = pwd.getpwnam("nobody")
+
+    def real_ids_only() -> str:
+        os.setresgid(nobody.pw_gid, 0, 0)
+        os.setresuid(nobody.pw_uid, 0, 0)
+        privileges.switch_to(privileges.resolve("nobody", None))
+        return repr((os.getresuid(), os.getresgid(), os.getgroups()))
+
+    uid, gid = nobody.pw_uid, nobody.pw_gid
+    assert in_child(real_ids_only) == repr(((uid,) * 3, (gid,) * 3, [gid]))
+
+
+def test_groups_the_process_cannot_leave_are_refused() -> None:
+    nobody = pwd.getpwnam("nobody")
+
+    def in_root_groups() -> str:
+        os.setgroups([0, 6])
+        os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
+        os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
+        privileges.switch_to(privileges.resolve("nobody", None))
+        return "kept " + repr(os.getgroups())
+
+    answer = in_child(in_root_groups)
+    assert answer.startswith("ConfigError: invalid setting user='nobody'"), answer
+    assert "running in groups 0, 6, which only root can leave" in answer
+
+
+def test_a_hard_link_in_place_of_a_socket_file_is_not_given_away(tmp_path: Path) -> None:
+    """give_to changes the owner of the socket file it created, by path, in a directory
+    the service user can write: a hard link swapped in would give it another file."""
+    nobody = pwd.getpwnam("nobody")
+    account = privileges.resolve("nobody", None)
+    precious = tmp_path / "precious"
+    precious.write_text("root's\n")
+    os.link(precious, tmp_path / "engine.sock")
+    privileges.give_to(str(tmp_path / "engine.sock"), account)
+    assert os.stat(precious).st_uid == 0
+    (tmp_path / "engine.sock").unlink()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "engine.sock"))
+        privileges.give_to(str(tmp_path / "engine.sock"), account)
+        info = os.stat(tmp_path / "engine.sock")
+    assert (info.st_uid, info.st_gid) == (nobody.pw_uid, nobody.pw_gid)
+
+
+def test_the_tls_key_is_read_only_once_the_process_is_non_dumpable(tmp_path: Path) -> None:
+    """Under --user, a master that starts dumpable (an upgrade's) reads the key only
+    after making itself non-dumpable, not later at the switch."""
+    import trustme
+
+    from engine import tls
+    from engine.config import Settings
+    from workers.prctl import PR_SET_DUMPABLE, prctl
+
+    cert = trustme.CA().issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    settings = Settings(certfile=str(tmp_path / "cert.pem"),
+                        keyfile=str(tmp_path / "key.pem"), user="nobody")
+
+    def load(with_user: bool) -> str:
+        prctl(PR_SET_DUMPABLE, 1)
+        tls.build_context(settings if with_user else Settings(
+            certfile=settings.certfile, keyfile=settings.keyfile))
+        return str(prctl(PR_GET_DUMPABLE))
+
+    assert in_child(lambda: load(True)) == "0"
+    assert in_child(lambda: load(False)) == "1"  # without --user: left as it was

@@ -175,6 +175,86 @@ def test_sticky_directory_is_accepted_for_a_path_root_owns(
     assert engine.wait() == 0
 
 
+def test_a_symlink_in_a_directory_of_the_service_user_is_not_followed(
+    tmp_path: Path,
+) -> None:
+    """The service user owns /run/engine and may put a link to a root directory in it:
+    root used to follow it, and wrote the pidfile and the logs there."""
+    assert NOBODY is not None
+    root_only = tmp_path / "root-only"
+    root_only.mkdir(mode=0o700)
+    target = victim(root_only)
+    directory = service_dir(tmp_path)
+    (directory / "sub").symlink_to(root_only)
+    os.lchown(directory / "sub", NOBODY.pw_uid, NOBODY.pw_gid)
+    for flag, name, setting in (
+        ("--pidfile", "precious", "pidfile"), ("--log-file", "precious", "log_file"),
+        ("--access-log", "new.log", "access_log"),
+    ):
+        path = directory / "sub" / name
+        result = refused([*SERVE, "--user", "nobody", flag, str(path)])
+        assert result.returncode == 2, result.stderr
+        assert f"invalid setting {setting}=" in result.stderr
+        assert f"{directory} is owned by uid {NOBODY.pw_uid}" in result.stderr
+        assert "a directory on the way must be root's alone" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert target.read_text() == "precious\n"
+    assert sorted(p.name for p in root_only.iterdir()) == ["precious"]
+
+
+def test_a_missing_directory_on_the_way_is_refused(tmp_path: Path) -> None:
+    """Anyone may create the missing ``sub`` in a sticky directory, as a symlink, between
+    the check and the open: it used to be accepted."""
+    from engine.safefiles import Trusted, unsafe_reason
+
+    assert NOBODY is not None
+    sticky = writable_by_all(tmp_path, sticky=True)
+    service = Trusted.for_service(NOBODY.pw_uid, NOBODY.pw_gid)
+    reason = unsafe_reason(str(sticky / "sub" / "engine.log"), service)
+    assert reason == f"{sticky / 'sub'}: No such file or directory", reason
+    assert unsafe_reason(str(sticky / "engine.log"), service) is None  # the file may be
+    result = refused([*SERVE, "--user", "nobody", "--log-file", str(sticky / "sub" / "x.log")])
+    assert result.returncode == 2, result.stderr
+    assert "a path whose directories exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_abstract_socket_name_is_refused_not_made_a_file(tmp_path: Path) -> None:
+    """``unix:@NAME`` was taken for an abstract socket by the checks but bound as a file
+    named @NAME in the working directory, unchecked."""
+    result = refused([*SERVE, "--status-bind", "unix:@status.sock", "--chdir", str(tmp_path)])
+    assert result.returncode == 2, result.stderr
+    assert "invalid setting status_bind='unix:@status.sock'" in result.stderr
+    assert "abstract sockets (unix:@NAME) are not supported" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_status_socket_is_never_chmoded_by_path(tmp_path: Path) -> None:
+    """A chmod by path after bind() could be sent to another file through a symlink
+    swapped in meanwhile; the mode is set on the socket before bind()."""
+    import stat
+    import sys
+
+    from engine.status import StatusServer
+
+    calls: list[tuple[object, ...]] = []
+    watching = True
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if watching and event == "os.chmod":
+            calls.append(args)
+
+    sys.addaudithook(hook)  # cannot be removed: the flag turns it off
+    try:
+        server = StatusServer(f"unix:{tmp_path / 'status.sock'}", lambda: {})
+    finally:
+        watching = False
+    try:
+        assert [c for c in calls if not isinstance(c[0], int)] == []  # fchmod only
+        assert stat.S_IMODE(os.stat(tmp_path / "status.sock").st_mode) == 0o600
+    finally:
+        server.close()
+
+
 # --- issue 13 item 12: what the service user cannot clean up is said at start ---
 
 
