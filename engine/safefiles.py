@@ -63,7 +63,6 @@ def is_privileged() -> bool:
 
 
 ROOT_ONLY = Trusted(frozenset({0}), frozenset({0}))
-_MISSING = os.strerror(errno.ENOENT)
 
 
 def unsafe_reason(path: str, trusted: Trusted) -> str | None:
@@ -73,10 +72,10 @@ def unsafe_reason(path: str, trusted: Trusted) -> str | None:
     kernel would. The file's own directory must be owned by a *trusted* user (root or
     the service user) and not writable by an untrusted group or by everyone, except
     that a sticky directory may be, when the file is owned by a trusted user or
-    missing. Every directory above it must be root's alone in the same way, and must
-    exist: whoever can write a directory can swap any entry in it for a symlink
-    between this check and the open, and only the file itself is opened without
-    following one (a symlink on the way is followed only from a directory of root's).
+    missing. Every directory above it must be root's alone in the same way (in a
+    sticky one, an existing entry of root's): whoever can write a directory can swap
+    any entry in it for a symlink between this check and the open, and only the file
+    itself is opened without following one.
     """
     pending = [part for part in os.path.abspath(path).split("/") if part]
     directory = "/"
@@ -98,7 +97,7 @@ def unsafe_reason(path: str, trusted: Trusted) -> str | None:
         except OSError as exc:
             return f"{directory} cannot be checked ({exc.strerror or exc})"
         problem = _directory_problem(
-            directory, dir_stat, entry_stat, trusted if last else ROOT_ONLY
+            directory, dir_stat, entry_stat, trusted if last else ROOT_ONLY, last
         )
         if problem is not None:
             return problem if last else (
@@ -106,9 +105,7 @@ def unsafe_reason(path: str, trusted: Trusted) -> str | None:
                 "root's alone"
             )
         if entry_stat is None:
-            # Missing: the file is created in a safe directory; a directory on the way
-            # could be created, as a symlink, by whoever can write its parent.
-            return None if last else f"{entry}: {_MISSING}"
+            return None  # opening fails, or creates it where only trusted users write
         # A symlink on the way is followed (its target is walked too); one at the end
         # is not: opening refuses it (O_NOFOLLOW) and a rename replaces it.
         if stat.S_ISLNK(entry_stat.st_mode) and not last:
@@ -125,7 +122,8 @@ def unsafe_reason(path: str, trusted: Trusted) -> str | None:
 
 
 def _directory_problem(
-    directory: str, dir_stat: os.stat_result, entry: os.stat_result | None, trusted: Trusted
+    directory: str, dir_stat: os.stat_result, entry: os.stat_result | None,
+    trusted: Trusted, last: bool,
 ) -> str | None:
     mode = dir_stat.st_mode
     if dir_stat.st_uid not in trusted.uids:
@@ -137,8 +135,13 @@ def _directory_problem(
         others = f"group {dir_stat.st_gid}"
     if not others:
         return None
-    if mode & stat.S_ISVTX and (entry is None or entry.st_uid in trusted.uids):
-        return None  # sticky: nobody else may remove or rename a trusted entry
+    # Sticky: nobody else may remove or rename a trusted entry. A missing one anybody
+    # may create: as the file, it is then refused (O_NOFOLLOW, the rename, bind);
+    # as a directory on the way, a symlink would be followed.
+    if mode & stat.S_ISVTX and (
+        entry.st_uid in trusted.uids if entry is not None else last
+    ):
+        return None
     what = "" if mode & stat.S_ISVTX else " (and it is not sticky)"
     return f"{directory} is writable by {others}{what}"
 
@@ -149,8 +152,6 @@ def check_path(setting: str, path: str, trusted: Trusted) -> None:
     if not is_privileged():
         return
     reason = unsafe_reason(path, trusted)
-    if reason is not None and reason.endswith(_MISSING):
-        raise ConfigError(setting, path, f"a path whose directories exist ({reason})")
     if reason is not None:
         raise ConfigError(
             setting, path, f"a path other users cannot redirect: {reason}; put it in a "

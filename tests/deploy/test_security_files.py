@@ -202,7 +202,7 @@ def test_a_symlink_in_a_directory_of_the_service_user_is_not_followed(
     assert sorted(p.name for p in root_only.iterdir()) == ["precious"]
 
 
-def test_a_missing_directory_on_the_way_is_refused(tmp_path: Path) -> None:
+def test_a_missing_directory_in_a_sticky_directory_is_refused(tmp_path: Path) -> None:
     """Anyone may create the missing ``sub`` in a sticky directory, as a symlink, between
     the check and the open: it used to be accepted."""
     from engine.safefiles import Trusted, unsafe_reason
@@ -211,11 +211,14 @@ def test_a_missing_directory_on_the_way_is_refused(tmp_path: Path) -> None:
     sticky = writable_by_all(tmp_path, sticky=True)
     service = Trusted.for_service(NOBODY.pw_uid, NOBODY.pw_gid)
     reason = unsafe_reason(str(sticky / "sub" / "engine.log"), service)
-    assert reason == f"{sticky / 'sub'}: No such file or directory", reason
+    assert reason == (f"{sticky} is writable by every user; {sticky / 'sub'} is on the "
+                      "way, and a directory on the way must be root's alone"), reason
     assert unsafe_reason(str(sticky / "engine.log"), service) is None  # the file may be
+    # Missing below a directory only root can write: nobody else can create it.
+    assert unsafe_reason(str(tmp_path / "missing" / "engine.log"), service) is None
     result = refused([*SERVE, "--user", "nobody", "--log-file", str(sticky / "sub" / "x.log")])
-    assert result.returncode == 2, result.stderr
-    assert "a path whose directories exist" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "a directory on the way must be root's alone" in result.stderr
 
 
 def test_an_abstract_socket_name_is_refused_not_made_a_file(tmp_path: Path) -> None:
