@@ -188,7 +188,8 @@ def check_paths(settings: object, uid: int | None, gid: int | None) -> None:
 
 
 def open_append(path: str, mode: int = 0o640) -> int:
-    """Open *path* for appending, creating it (*mode*) if needed; return the fd.
+    """Open *path* for appending, creating it (*mode*) if needed; return the fd
+    (blocking). A pipe with no reader is an error, not a wait.
 
     While privileged, a symlink at *path* is refused (``O_NOFOLLOW``), and so is a
     regular file with more than one link (a hard link to another file would make root
@@ -202,14 +203,19 @@ def open_append(path: str, mode: int = 0o640) -> int:
     privileged = is_privileged()
     flags = _OPEN_APPEND if privileged else _OPEN_APPEND & ~os.O_NOFOLLOW
     try:
-        fd = os.open(path, flags, mode)
+        # O_NONBLOCK: opening a pipe nobody reads would otherwise wait for a reader,
+        # for ever, before the "serving" line (a FIFO planted at the path does that).
+        fd = os.open(path, flags | os.O_NONBLOCK, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise OSError(
                 errno.ELOOP, "is a symbolic link, which root does not follow (for stderr, "
                 "leave it unset or give '-')", path,
             ) from None
+        if exc.errno == errno.ENXIO:
+            raise OSError(errno.ENXIO, "is a pipe that no process reads", path) from None
         raise
+    os.set_blocking(fd, True)  # a log write waits for the reader rather than fail
     if not privileged:
         return fd
     try:
@@ -242,7 +248,8 @@ def read_small(path: str, limit: int = 4096) -> str | None:
 
 
 def replace_contents(path: str, data: str, mode: int = 0o644) -> None:
-    """Write *data* to *path* atomically: a fresh ``mkstemp`` file, renamed over it.
+    """Write *data* to *path* atomically: a fresh ``mkstemp`` file, renamed over it;
+    its mode is *mode* less the umask, as for a file created by ``open``.
 
     The temporary file has an unpredictable name in *path*'s directory and is created
     with ``O_EXCL``, so nothing planted there is followed or overwritten.
@@ -254,13 +261,23 @@ def replace_contents(path: str, data: str, mode: int = 0o644) -> None:
     fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="ascii") as file:
-            os.fchmod(file.fileno(), mode)
+            os.fchmod(file.fileno(), mode & ~_current_umask())
             file.write(data)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _current_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` would set it, for a
+    moment, for every thread); 022 where /proc does not say."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
 
 
 def cannot_remove(path: str) -> str | None:

@@ -13,11 +13,20 @@ def format_address(address: Any) -> str:
     One format for process titles, logs, the access log and the scoreboard.
     """
     if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        host, port = _printable(str(address[0])), address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if isinstance(address, bytes):
         address = address.decode("utf-8", "replace")
-    return f"unix:{address}" if address else "unix"
+    return f"unix:{_printable(str(address))}" if address else "unix"
+
+
+def _printable(text: str) -> str:
+    """*text* with what is not printable escaped (``\\n``, ``\\x1b``, ``\\udcff``): a
+    client chooses the path a PROXY v2 header gives, and a log line must stay one
+    line, free of terminal escapes, and encodable."""
+    if text.isprintable():
+        return text
+    return text.encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 class WorkerState(enum.IntEnum):

@@ -80,8 +80,10 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         # file, read up to a size no config file comes near.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         with open(fd, "rb", buffering=0) as file:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 raise IsADirectoryError(0, "not a regular file")
+            _check_owner(path, info)
             raw = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(
@@ -112,6 +114,26 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "(settings are listed in docs/settings.md)",
             )
     return data
+
+
+def _check_owner(path: str | os.PathLike[str], info: os.stat_result) -> None:
+    """As root, refuse a config file another user could have written: it names the
+    user to run as (``user``), the files root opens, the code to import. Checked on the
+    file as opened, so no swap of a path on the way changes what is checked."""
+    if os.geteuid() != 0:
+        return
+    writers = []
+    if info.st_uid != 0:
+        writers.append(f"uid {info.st_uid}, its owner")
+    if info.st_mode & stat.S_IWGRP and info.st_gid != 0:
+        writers.append(f"group {info.st_gid}")
+    if info.st_mode & stat.S_IWOTH:
+        writers.append("every user")
+    if writers:
+        raise ConfigError(
+            CONFIG_OPTION, str(path), "a file only root can write, when engine starts as "
+            f"root (this one is writable by {' and '.join(writers)}; see docs/security.md)",
+        )
 
 
 def read_env(env: Mapping[str, str]) -> dict[str, str]:

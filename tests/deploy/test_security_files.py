@@ -258,6 +258,28 @@ def test_the_status_socket_is_never_chmoded_by_path(tmp_path: Path) -> None:
         server.close()
 
 
+def test_a_config_file_another_user_can_write_is_refused_as_root(tmp_path: Path) -> None:
+    """The service user could otherwise write ``user = "root"`` (or the files root opens,
+    or the handler to import) into it, for the next start."""
+    assert NOBODY is not None
+    config = tmp_path / "engine.toml"
+    config.write_text('workers = 1\nuser = "nobody"\n')
+    check = [*SERVE, "--config", str(config), "--check-config"]
+    assert run_cli(check, timeout=30).returncode == 0  # root's, 0644: fine
+    for owner, mode, writer in ((NOBODY.pw_uid, 0o644, f"uid {NOBODY.pw_uid}, its owner"),
+                                (0, 0o646, "every user"),
+                                (0, 0o664, f"group {NOBODY.pw_gid}")):
+        os.chown(config, owner, NOBODY.pw_gid)
+        config.chmod(mode)
+        result = run_cli(check, timeout=30)
+        assert result.returncode == 2, result.stderr
+        assert f"invalid setting config='{config}'" in result.stderr
+        assert f"writable by {writer}" in result.stderr and "Traceback" not in result.stderr
+    os.chown(config, 0, 0)
+    config.chmod(0o664)  # group root may write it
+    assert run_cli(check, timeout=30).returncode == 0
+
+
 # --- issue 13 item 12: what the service user cannot clean up is said at start ---
 
 

@@ -130,6 +130,22 @@ def test_v2_unix_paths_and_abstract_names() -> None:
     assert header.destination == b"\0abstract"
 
 
+def test_a_unix_path_a_client_chose_is_logged_as_one_printable_line() -> None:
+    """Every peer of a Unix listener may send a PROXY header, and the source path is its
+    choice: a newline in it forged a whole access-log line, terminal escapes passed
+    through, and a path that is not UTF-8 lost the line (a logging error)."""
+    from workers.protocol import format_address
+
+    forged = b"/x\n2099-01-01 00:00:00,000 [1] [worker 0] 203.0.113.66:443 FORGED\x1b[2J\xff"
+    header = parse(v2(family=3, transport=1, block=forged.ljust(108, b"\0") * 2))
+    assert header is not None
+    text = format_address(header.source)
+    assert text.isprintable() and text.isascii(), text
+    assert text == ("unix:/x\\n2099-01-01 00:00:00,000 [1] [worker 0] 203.0.113.66:443 "
+                    "FORGED\\x1b[2J\\udcff")
+    assert format_address("/run/café.sock") == "unix:/run/café.sock"  # printable: as it is
+
+
 @pytest.mark.parametrize("family_transport", [0x00, 0x11, 0x21, 0x22, 0x32])
 def test_v2_local_keeps_the_real_addresses_whatever_the_block(family_transport: int) -> None:
     block = os.urandom(40)  # never interpreted for LOCAL
