@@ -372,7 +372,7 @@ class _Documents:
 
 
 _HTTP_REQUEST_LINE = re.compile(rb"([A-Z]+) (\S+) HTTP/1\.\d")
-_HTTP_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
+_HTTP_REASONS = {200: "OK", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
                  500: "Internal Server Error"}
 
 
@@ -584,6 +584,14 @@ class StatusServer:
             # makes the kernel send a reset, which can destroy the answer in flight.
             return None
         method, target = match.group(1), match.group(2)
+        # Only over TCP: no browser connects to a Unix socket, and `curl --unix-socket`
+        # sends whatever host its URL names.
+        if self._sock.family != socket.AF_UNIX and not _local_host_header(data):
+            return _http_response(
+                403, "text/plain", b"the status endpoint answers requests for localhost or "
+                b"an IP address only: a Host header naming another host is what a web "
+                b"page does after rebinding its DNS name to 127.0.0.1\n",
+            )
         return self._http(method, target, documents)
 
     def _plain(self, word: bytes, documents: _Documents) -> bytes:
@@ -611,6 +619,31 @@ class StatusServer:
         if body is None:
             return _http_response(500, "text/plain", b"status unavailable (see the log)\n")
         return _http_response(200, content_type, body, head=method == b"HEAD")
+
+def _local_host_header(request: bytes) -> bool:
+    """The request's Host header (if any) names localhost or an IP address.
+
+    A web page can have its own DNS name resolve to 127.0.0.1 (DNS rebinding) and read
+    a loopback endpoint from a browser on this host; its requests carry that name.
+    """
+    head = request.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    for line in head.split(b"\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"host":
+            host = value.strip().decode("latin-1").lower()
+            if host.startswith("["):
+                host = host[1:].partition("]")[0]
+            elif host.count(":") == 1:
+                host = host.partition(":")[0]
+            if host == "localhost" or host.endswith(".localhost"):
+                return True
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                return False
+            return True
+    return True  # no Host (HTTP/1.0, a script): not a browser
+
 
 def _http_response(
     code: int, content_type: str, body: bytes, *, head: bool = False, extra: str = ""

@@ -399,7 +399,9 @@ def test_tcp_plain_and_http(
         assert headers["content-type"] == "application/json"
         assert json.loads(body) == snapshot_of(scoreboard)
 
-    status, headers, body = parse_http(ask(server, b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n"))
+    status, headers, body = parse_http(
+        ask(server, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    )
     assert status == "HTTP/1.0 200 OK"
     assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     families = parse_prometheus(body.decode())
@@ -412,6 +414,29 @@ def test_tcp_plain_and_http(
     assert status == "HTTP/1.0 404 Not Found"
     status, headers, _ = parse_http(ask(server, b"POST /status HTTP/1.1\r\n\r\n"))
     assert status == "HTTP/1.0 405 Method Not Allowed" and headers["allow"] == "GET, HEAD"
+
+
+def test_a_request_for_another_host_name_is_refused(
+    scoreboard: Scoreboard, make_server: Callable[..., StatusServer]
+) -> None:
+    """DNS rebinding: a web page whose name now resolves to 127.0.0.1 could read the
+    status (client addresses, pids) from a browser on this host; its Host header names
+    it. Found probing the endpoint: it ignored Host."""
+    server = make_server("127.0.0.1:0", lambda: snapshot_of(scoreboard))
+    port = server.address[1]
+    for host in (b"evil.example", b"evil.example:%d" % port, b"a", b"127.0.0.1.evil.example"):
+        status, _, body = parse_http(ask(server, b"GET /status HTTP/1.1\r\nHost: " + host
+                                         + b"\r\n\r\n"))
+        assert status == "HTTP/1.0 403 Forbidden", host
+        assert b"rebinding" in body
+    for host in (b"127.0.0.1:%d" % port, b"localhost", b"LOCALHOST:%d" % port, b"[::1]:9",
+                 b"::1", b"engine.localhost"):
+        status, _, _ = parse_http(ask(server, b"GET /status HTTP/1.1\r\nHost: " + host
+                                      + b"\r\n\r\n"))
+        assert status == "HTTP/1.0 200 OK", host
+    status, _, _ = parse_http(ask(server, b"GET /status HTTP/1.0\r\n\r\n"))  # no Host
+    assert status == "HTTP/1.0 200 OK"
+    # Unix socket: any Host (test_unix_http sends "x").
 
 
 def test_ipv6_loopback(make_server: Callable[..., StatusServer]) -> None:
