@@ -112,15 +112,31 @@ class Handover:
             sdnotify.notify("READY=1", f"MAINPID={os.getpid()}")
             return False
         sdnotify.notify(f"MAINPID={os.getpid()}", "READY=1")
-        log.info("upgrade: %d workers serve; stopping the old master %d", booted,
-                 self.old_master)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.old_master, signal.SIGTERM)
+        self._stop_old_master(booted)
         self.old_master = None
         self.took_over = True
         if status is not None:
             status.claim()
         return True
+
+    def _stop_old_master(self, booted: int) -> None:
+        """SIGTERM the master we replace, if it is still there: still our parent.
+
+        Its pid alone is not enough: once it has exited (stopped by hand, killed), the
+        pid may be another process's, of any user, and a failed kill must not stop us.
+        While it is our parent, it is alive or a zombie of ours, and the pid is its.
+        """
+        assert self.old_master is not None
+        if os.getppid() != self.old_master:
+            log.warning("upgrade: %d workers serve; the old master %d is gone already",
+                        booted, self.old_master)
+            return
+        log.info("upgrade: %d workers serve; stopping the old master %d", booted,
+                 self.old_master)
+        try:
+            os.kill(self.old_master, signal.SIGTERM)
+        except OSError as exc:  # exited meanwhile
+            log.warning("upgrade: cannot stop the old master %d: %s", self.old_master, exc)
 
     def release_files(self) -> None:
         """On the way out: remove the socket files we took over, unless handed on again.

@@ -33,17 +33,54 @@ def test_ready_once_the_floor_has_booted() -> None:
     assert handover.state is HandoverState.SERVING
 
 
+OLD_MASTER = """
+import os, signal, sys
+from engine.handover import Handover
+def stopped(*_):
+    _, status = os.wait()
+    sys.exit(15 if os.waitstatus_to_exitcode(status) == 0 else 1)
+signal.signal(signal.SIGTERM, stopped)  # before the fork: the child may be quick
+if os.fork() == 0:  # the new master: its parent is the master it replaces
+    handover = Handover(os.getppid(), None)
+    ready = not handover.check_ready(booted=0, target=1) and handover.check_ready(1, 1)
+    os._exit(0 if ready and handover.took_over else 1)
+while True:
+    signal.pause()
+"""
+
+
 def test_replacing_master_stops_the_old_one_when_ready() -> None:
-    old = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
+    old = subprocess.Popen([sys.executable, "-c", OLD_MASTER])
     try:
-        handover = Handover(old.pid, None)
-        assert not handover.check_ready(booted=0, target=1)
-        assert handover.check_ready(booted=1, target=1)
-        assert old.wait(timeout=10) == -signal.SIGTERM
-        assert handover.took_over and handover.state is HandoverState.SERVING
+        assert old.wait(timeout=30) == 15  # SIGTERMed by its child, which exited 0
     finally:
         old.kill()
         old.wait()
+
+
+def test_an_old_master_that_is_gone_is_not_signalled_by_pid() -> None:
+    """The old master exited before the new one was ready (stopped by hand): its pid
+    may be another process's by then. The new master used to SIGTERM whatever had the
+    pid, and died of the error when that process was another user's."""
+    unrelated = subprocess.Popen(
+        [sys.executable, "-c", "import signal; signal.pthread_sigmask(signal.SIG_BLOCK, "
+         "{signal.SIGTERM}); print('ready', flush=True); signal.pause()"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert unrelated.stdout is not None and unrelated.stdout.readline() == b"ready\n"
+        handover = Handover(unrelated.pid, None)  # not our parent: not the old master
+        assert handover.check_ready(booted=1, target=1)
+        assert handover.took_over and handover.state is HandoverState.SERVING
+        # A SIGTERM sent would be pending: it blocks it.
+        status = Path(f"/proc/{unrelated.pid}/status").read_text()
+        pending = int(status.split("ShdPnd:")[1].split()[0], 16)
+        assert not pending & (1 << (signal.SIGTERM - 1)), hex(pending)
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+        if unrelated.stdout is not None:
+            unrelated.stdout.close()
 
 
 def test_pidfile_restored_when_the_successor_died_after_writing_it(tmp_path: Path) -> None:
