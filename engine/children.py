@@ -322,6 +322,7 @@ class Children:
             if pid:
                 exit = self._exited(child, status, stopping)
                 exits.append(exit)
+                self.backoff.process_exited()
                 if exit.kind is ExitKind.BOOT_FAILED:
                     self._report(self.backoff.boot_failed(now))
         if self.reap_orphans:

@@ -101,6 +101,13 @@ class SpawnBackoff:
             loud=self.fork_failures > 1,
         )
 
+    def process_exited(self) -> None:
+        """A worker exited: try the next fork at once, if forks were failing. The usual
+        cause (a process limit, memory) may have just eased, and a dead worker must
+        not wait out a backoff of up to 30 s. A new failure backs off from where the
+        streak was; the boot backoff stays."""
+        self.fork_until = 0.0
+
     def fork_worked(self) -> str | None:
         """A fork succeeded: returns a line to log if it had been failing."""
         failures, self.fork_failures = self.fork_failures, 0

@@ -192,3 +192,50 @@ def test_fork_failure_keeps_the_listeners_and_refills_later(
     # One line per backoff step, not one per try: the steps double (0.1, 0.2, 0.4 ...).
     assert "next try in 0.10s" in log and "next try in 0.20s" in log
     assert log.count("next try in 0.10s") == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the engine as nobody")
+def test_a_dead_worker_is_replaced_at_once_while_forks_are_backing_off(
+    engine_proc, shared_dir: Path
+) -> None:
+    """Forks failing for a while (a process limit) had the master wait out the whole
+    backoff, up to 30 s, before replacing a worker that died meanwhile, with a free
+    process slot and no worker left (found probing with RLIMIT_NPROC)."""
+    fifo = shared_dir / "nproc"
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)
+    engine = engine_proc(program(
+        attrs="workers = 1\npool_mode = 'static'",
+        before=NPROC_CONTROL.format(fifo=str(fifo)),
+    ))
+    [worker] = wait_until(lambda: engine.workers(), 10, "the worker")
+    assert _served_by(engine.address, b"hi\n") == worker.pid  # booted: it served
+    wait_until(lambda: "NPROC control" in engine.log(), 10, "the control thread")
+    _control(fifo, "1\n")
+    wait_until(lambda: "NPROC set to 1" in engine.log(), 10, "the limit lowered")
+    os.kill(engine.pid, signal.SIGTTIN)  # one more worker: its fork fails, again and again
+    wait_until(lambda: "next try in 6.40s" in engine.log(), 30, "a long backoff")
+    _control(fifo, "max\n")
+    wait_until(lambda: "NPROC set to max" in engine.log(), 10, "the limit raised")
+    os.kill(worker.pid, signal.SIGKILL)
+    replacement = wait_until(
+        lambda: [w for w in engine.workers() if w.pid != worker.pid], 30, "a replacement"
+    )
+    spawned_text = f"pid {replacement[0].pid} (generation"
+    wait_until(lambda: spawned_text in engine.log(), 10, "the replacement's log line")
+    lines = engine.log().splitlines()
+    backing_off = next(line for line in lines if "next try in 6.40s" in line)
+    spawned = next(line for line in lines if spawned_text in line)
+    # By the master's own clock: not the 6.4 s the backoff had left.
+    waited = _log_time(spawned) - _log_time(backing_off)
+    assert waited < 5.0, (backing_off, spawned)
+    assert _served_by(engine.address, b"again\n") != worker.pid
+    assert engine.proc.poll() is None
+
+
+def _log_time(line: str) -> float:
+    """Seconds since midnight of an engine log line (``2026-12-03 14:10:06,331 ...``)."""
+    clock = line.split()[1]
+    hours, minutes, rest = clock.split(":")
+    seconds, millis = rest.split(",")
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(millis) / 1000

@@ -75,6 +75,21 @@ def test_fork_failures_back_off_forever_one_message_per_step() -> None:
     assert backoff.fork_worked() is None and backoff.can_spawn(now)
 
 
+def test_an_exit_ends_the_fork_wait_but_not_the_streak_nor_a_boot_wait() -> None:
+    backoff, now = SpawnBackoff(), 100.0
+    for _ in range(8):
+        backoff.fork_failed(now, "Resource temporarily unavailable")
+    assert backoff.next_spawn_at - now == pytest.approx(12.8)
+    backoff.process_exited()  # a slot may be free: try at once
+    assert backoff.can_spawn(now)
+    backoff.fork_failed(now, "Resource temporarily unavailable")  # still failing
+    assert backoff.next_spawn_at - now == pytest.approx(25.6)  # the streak goes on
+    backoff = SpawnBackoff()
+    backoff.boot_failed(now)
+    backoff.process_exited()
+    assert not backoff.can_spawn(now)  # a crash loop is not shortened by its own exits
+
+
 def test_status_reports_the_wait_left() -> None:
     backoff = SpawnBackoff()
     backoff.booted()
