@@ -58,7 +58,14 @@ from engine.prefork import (
     PreforkUnixStreamServer,
 )
 from engine.proctitle import format_address
-from engine.status_client import STATUS_TIMEOUT, fetch_status, format_status
+from engine.status_client import (
+    STATUS_TIMEOUT,
+    StatusError,
+    fetch_status,
+    format_status,
+    parse_status,
+    write_output,
+)
 
 log = logging.getLogger("engine.cli")
 
@@ -611,12 +618,10 @@ def run_status(args: argparse.Namespace) -> int:
             f"cannot read the status endpoint at {settings.status_bind}: "
             f"{exc.strerror or exc or type(exc).__name__}", ExitStatus.FAILURE,
         )
-    if args.json or args.prometheus:
-        sys.stdout.write(body if body.endswith("\n") else body + "\n")
-        return ExitStatus.OK
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        return _fail(f"the status endpoint sent invalid JSON: {exc}", ExitStatus.FAILURE)
-    print(format_status(data))
-    return ExitStatus.OK
+    if not args.prometheus:
+        try:  # --json too: its output must be a status document, as printed
+            data = parse_status(body)
+        except StatusError as exc:
+            return _fail(f"the status endpoint sent {exc}", ExitStatus.FAILURE)
+        body = body if args.json else format_status(data)
+    return write_output(body)
