@@ -135,6 +135,8 @@ class Worker:
         self._next_listener = 0
         self._capacity_errors = 0
         self._next_capacity_report = 0.0
+        self._thread_errors = 0  # request threads that could not start (threads > 1)
+        self._next_thread_report = 0.0
         # Start times of the connections in flight, oldest first (insertion order):
         # the oldest one is what request_timeout judges (see _track).
         self._in_flight: dict[int, float] = {}
@@ -163,12 +165,12 @@ class Worker:
             if hook is not None:
                 hook()
             self._set_up_connections()
+            self._start_serving()
         except Exception:
             traceback.print_exc()
             return ExitCode.BOOT_FAILED
         self.scoreboard.worker_booted(self.spec.slot)  # a later exit is no boot failure
         self.serving = True
-        self._start_serving()
         try:
             self.scoreboard.idle(self.spec.slot, time.monotonic(), 0)
             self._serve()
@@ -228,9 +230,18 @@ class Worker:
             set_listener_timeout(self._listeners(), None)
 
     def _start_serving(self) -> None:
-        """Once worker_init is done: the thread pool, if there is one."""
+        """Once worker_init is done, before the worker says it booted: the thread pool,
+        if there is one, with its first thread started.
+
+        A worker that cannot start even one (the process limit, memory) fails to boot;
+        the others start when needed, and one that cannot start leaves the connection
+        queued for a busy thread (:meth:`_dispatch_one`).
+        """
         if self.spec.threads > 1:
             self._pool = ThreadPoolExecutor(self.spec.threads, "engine-request")
+            ready = threading.Event()
+            self._pool.submit(ready.set)  # RuntimeError: a boot failure
+            ready.wait()
 
     def _finish_serving(self) -> None:
         """Listeners closed: let the connections in flight finish."""
@@ -435,8 +446,28 @@ class Worker:
             return self._accept_failed(exc)
         assert self._pool is not None
         token, started = self._track(client_address)
-        self._pool.submit(self._process, request, client_address, token, started)
+        try:
+            self._pool.submit(self._process, request, client_address, token, started)
+        except RuntimeError as exc:
+            # "can't start new thread": the connection was queued before the pool
+            # tried to add a thread; a running one takes it once free.
+            self._report_no_thread(exc)
         return True
+
+    def _report_no_thread(self, exc: RuntimeError) -> None:
+        """One line per CAPACITY_REPORT_EVERY at most, with the count since the last."""
+        self._thread_errors += 1
+        now = time.monotonic()
+        if now < self._next_thread_report:
+            return
+        self._next_thread_report = now + CAPACITY_REPORT_EVERY
+        count, self._thread_errors = self._thread_errors, 0
+        with contextlib.suppress(Exception):  # stderr on a full disk: serve all the same
+            print(
+                f"engine: worker {self.spec.slot} pid {os.getpid()}: cannot start another "
+                f"request thread ({exc}; {count} times); connections wait for a busy one",
+                file=sys.stderr, flush=True,
+            )
 
     def _track(self, client_address: Any) -> tuple[int, float]:
         """A connection starts (thread or greenlet): count it, note when it started.
@@ -663,3 +694,4 @@ def drain_pipe(fd: int) -> None:
     with contextlib.suppress(BlockingIOError, InterruptedError):
         while os.read(fd, 4096):
             pass
+

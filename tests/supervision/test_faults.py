@@ -186,8 +186,9 @@ def test_fork_failure_keeps_the_listeners_and_refills_later(
         _control(fifo, "max\n")
         assert recv_line(client, timeout=30).endswith(b"waiting\n")
     wait_until(lambda: len(engine.workers()) == 2, 40, "the pool refilled")
+    # Logged after the batch's last fork: the processes may be seen first.
+    wait_until(lambda: "fork works again" in engine.log(), 10, "the recovery line")
     log = engine.log()
-    assert "fork works again" in log
     assert "no worker could boot" not in log and "failed to boot" not in log
     # One line per backoff step, not one per try: the steps double (0.1, 0.2, 0.4 ...).
     assert "next try in 0.10s" in log and "next try in 0.20s" in log
@@ -239,3 +240,45 @@ def _log_time(line: str) -> float:
     hours, minutes, rest = clock.split(":")
     seconds, millis = rest.split(",")
     return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(millis) / 1000
+
+
+# Runs in the master before serve_forever: become a uid no other process has, so that
+# RLIMIT_NPROC (which counts every task of the real uid) counts only this engine's.
+LONE_UID = """
+import resource
+os.setgroups([]); os.setgid(45679); os.setuid(45679)
+"""
+
+# The worker lets itself start 2 more threads than it and its master have now.
+TWO_THREADS_ONLY = """
+workers = 1
+pool_mode = 'static'
+threads = 8
+def worker_init(self):
+    tasks = len(os.listdir('/proc/self/task')) + len(os.listdir(f'/proc/{os.getppid()}/task'))
+    hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    resource.setrlimit(resource.RLIMIT_NPROC, (tasks + 2, hard))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the engine as another user")
+def test_threads_that_cannot_start_leave_the_worker_serving_with_fewer(engine_proc) -> None:
+    """threads = 8 where only 2 can start: the third connection used to raise
+    "can't start new thread" in the accept loop, and the worker died with every
+    connection it held (found probing with RLIMIT_NPROC). Now it waits for a thread."""
+    engine = engine_proc(program(attrs=TWO_THREADS_ONLY, before=LONE_UID))
+    [worker] = wait_until(lambda: engine.workers(), 20, "the worker")
+    with open_clients(engine.address, 6, timeout=30) as clients:
+        for client in clients:
+            client.sendall(b"hello\n")
+        answered = []
+        for pair in (clients[:2], clients[2:4], clients[4:]):  # 2 threads: 2 at a time
+            for client in pair:
+                answered.append(int(recv_line(client, timeout=30).split()[0]))
+            for client in pair:
+                client.close()  # frees the thread for a waiting connection
+    assert answered == [worker.pid] * 6
+    assert engine.workers() == [worker]
+    log = engine.log()
+    assert "died" not in log and "Traceback" not in log, log[-2000:]
+    assert "cannot start another request thread (can't start new thread; 1 times)" in log
