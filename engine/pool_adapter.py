@@ -261,7 +261,11 @@ class PoolAdapter:
             if hang is not None:
                 deadlines.append(hang + HANG_SLACK)
             if surplus and child.idle_since is not None:
-                deadlines.append(child.idle_since + self.settings.idle_timeout)
+                retire_at = child.idle_since + self.settings.idle_timeout
+                # Past due and still here: the plan keeps it (the spares it needs).
+                # Waking for it again would be at once, every turn: a spinning master.
+                if retire_at > tick.now:
+                    deadlines.append(retire_at)
         return max(0.0, min(deadlines) - tick.now)
 
     def wants_listener(self, tick: Tick, children: Sequence[Child], *, running: bool,

@@ -155,6 +155,24 @@ def test_surplus_idle_worker_wakes_the_master_for_its_retirement(closing) -> Non
     assert len(pool.plan(later, children, can_spawn=True).drain) == 1
 
 
+def test_a_surplus_worker_the_plan_keeps_does_not_make_the_master_spin(closing) -> None:
+    """Idle past idle_timeout, but the only spare once the other worker is busy: the
+    plan keeps it, and its past retirement deadline used to make every sleep 0 s (the
+    master at 80-100 % CPU for as long as the other worker was busy; found probing)."""
+    pool, board = adapter(pool_mode="dynamic", workers=1, min_spare=1, max_spare=1,
+                          idle_timeout=10.0, worker_timeout=None)
+    closing.append(board)
+    children = idle_pool(board, 0.0, 2)
+    pool.observe(pool.snapshot(children, 2.0), children)  # both idle since 2.0
+    board.busy(0, 20.0, 0, 1, ("127.0.0.1", 5000))  # a long request arrives at 20.0
+    tick = pool.snapshot(children, 20.0)
+    pool.observe(tick, children)
+    assert pool.plan(tick, children, can_spawn=True).drain == []  # the only spare
+    timeout, _ = pool.sleep(tick, children, running=True, ready=True, spawn_at=0.0,
+                            signals=True, health_due=60.0)
+    assert timeout == pytest.approx(BUSY_TICK)  # a busy pool's tick, not 0 s
+
+
 def test_observe_reports_boots_retirement_and_idle_time(closing) -> None:
     pool, board = adapter()
     closing.append(board)
