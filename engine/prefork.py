@@ -450,10 +450,10 @@ class PreforkMixIn(_MixInSurface):
         does, so that nothing the handler raises reaches the caller."""
         pool_pid = self._prefork_pool_pid
         if pool_pid is not None and pool_pid != _this_pid:  # in a worker of the pool
-            try:
-                self.finish_request(request, client_address)  # type: ignore[attr-defined]
-            finally:
-                self.shutdown_request(request)  # type: ignore[attr-defined]
+            # On an exception the worker calls handle_error, the connection still open,
+            # then shutdown_request: the order of ForkingMixIn's child, each once.
+            self.finish_request(request, client_address)  # type: ignore[attr-defined]
+            self.shutdown_request(request)  # type: ignore[attr-defined]
             return
         classic.ForkingMixIn.process_request(self, request, client_address)  # type: ignore[arg-type]
 

@@ -136,6 +136,39 @@ class Boom(StreamRequestHandler):
     assert len(engine.workers()) == 1
 
 
+def test_handle_error_runs_on_the_open_connection_and_it_is_shut_down_once(
+    engine_proc, tmp_path
+) -> None:
+    """As in ForkingMixIn's child: finish_request, handle_error (which may still answer
+    the client), then shutdown_request, once. The worker used to shut the request down
+    first (handle_error wrote to a closed socket: OSError, the client got nothing) and
+    then again after handle_error (found probing drop-in programs)."""
+    record = tmp_path / "hooks"
+    code = program(
+        attrs=f"""workers = 1
+pool_mode = 'static'
+def handle_error(self, request, client_address):
+    open({str(record)!r}, 'a').write('handle_error\\n')
+    request.sendall(b'ERR ' + sys.exc_info()[0].__name__.encode() + b'\\n')
+def shutdown_request(self, request):
+    open({str(record)!r}, 'a').write('shutdown_request\\n')
+    super().shutdown_request(request)""",
+        before="""
+class Boom(StreamRequestHandler):
+    def handle(self):
+        self.rfile.readline()
+        raise ValueError('boom')
+""",
+        handler="Boom",
+    )
+    engine = engine_proc(code)
+    assert tcp_exchange(engine.address, b"boom\n") == b"ERR ValueError\n"
+    wait_until(lambda: record.exists() and record.read_text().count("\n") >= 2, 10,
+               "the hooks")
+    assert tcp_exchange(engine.address, b"again\n") == b"ERR ValueError\n"  # after both
+    assert record.read_text().splitlines() == ["handle_error", "shutdown_request"] * 2
+
+
 def test_verify_request_false_closes_unserved(engine_proc) -> None:
     code = program(
         attrs="workers = 1\ndef verify_request(self, request, client_address):\n    return False"
