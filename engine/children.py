@@ -210,6 +210,11 @@ class Children:
                  for slot, _ in zip(self.free_slots(size), range(count), strict=False)]
         forked: list[tuple[WorkerSpec, int]] = []
         fork = unpatched.original("os", "fork")  # looked up once for the batch
+        # What the program printed and has not flushed would be in every worker's copy
+        # of the buffer, and each worker flushes its own at exit: printed once per worker.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # closed, or a full disk: not ours
+                stream.flush()
         try:
             for spec in specs:
                 pid = self._fork(spec, now, fork)

@@ -169,6 +169,28 @@ class Boom(StreamRequestHandler):
     assert record.read_text().splitlines() == ["handle_error", "shutdown_request"] * 2
 
 
+def test_what_the_program_printed_before_the_forks_is_written_once(
+    engine_proc, tmp_path
+) -> None:
+    """sys.stdout to a file is block-buffered: a line not yet flushed when the workers
+    are forked was in each worker's copy of the buffer, and each worker flushes its
+    stdout at exit, so it was written once more per worker (found probing)."""
+    out = tmp_path / "stdout"
+    code = program(
+        attrs=f"""workers = 2
+pool_mode = 'static'
+def serve_forever(self, poll_interval=0.5):
+    sys.stdout = open({str(out)!r}, 'w')  # after the READY line: a file, buffered
+    print('parent: before serving')
+    super().serve_forever(poll_interval)""",
+    )
+    engine = engine_proc(code)
+    wait_until(lambda: len(engine.workers()) == 2, 10, "the workers")
+    engine.signal(signal.SIGTERM)
+    assert engine.wait(timeout=30) == 0
+    assert out.read_text() == "parent: before serving\n"
+
+
 def test_verify_request_false_closes_unserved(engine_proc) -> None:
     code = program(
         attrs="workers = 1\ndef verify_request(self, request, client_address):\n    return False"
