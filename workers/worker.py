@@ -530,6 +530,9 @@ class Worker:
         finish."""
         self._exit_status = self._report_exit(exc, client_address, where)
         self._stop_taking()
+        # The others may take up to graceful_timeout: the master forks our
+        # replacement now, not once we have exited, or nobody takes new connections.
+        self._announce_retirement()
 
     def _report_exit(self, exc: BaseException, client_address: Any, where: str) -> int:
         """One line (and the traceback unless SystemExit) for a handler's BaseException;

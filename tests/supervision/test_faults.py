@@ -282,3 +282,38 @@ def test_threads_that_cannot_start_leave_the_worker_serving_with_fewer(engine_pr
     log = engine.log()
     assert "died" not in log and "Traceback" not in log, log[-2000:]
     assert "cannot start another request thread (can't start new thread; 1 times)" in log
+
+
+HOLDING = """
+class Holding(StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            if line.startswith(b'SYSEXIT'):
+                raise SystemExit(3)
+            self.wfile.write(b'%d %s' % (os.getpid(), line))
+            self.wfile.flush()
+"""
+
+
+def test_a_thread_s_system_exit_gets_the_worker_replaced_before_it_has_drained(
+    engine_proc,
+) -> None:
+    """threads > 1: a handler's SystemExit makes the worker take no more connections and
+    exit once its others finish, which may take up to graceful_timeout. Its replacement
+    used to be forked only after that: a pool of 1 had nobody accepting meanwhile."""
+    engine = engine_proc(program(
+        attrs="workers = 1\npool_mode = 'static'\nthreads = 2", before=HOLDING,
+        handler="Holding",
+    ))
+    with open_clients(engine.address, 1, timeout=30) as (held,):
+        held.sendall(b"first\n")
+        first = int(recv_line(held, timeout=30).split()[0])
+        assert tcp_exchange(engine.address, b"SYSEXIT\n") == b""
+        # The held connection keeps the first worker draining; a new client is served.
+        with open_clients(engine.address, 1, timeout=30) as (late,):
+            late.sendall(b"late\n")
+            assert int(recv_line(late, timeout=15).split()[0]) != first
+        held.sendall(b"still\n")  # the draining worker still serves what it holds
+        assert int(recv_line(held, timeout=30).split()[0]) == first
+    wait_until(lambda: first not in {w.pid for w in engine.workers()}, 30, "the drain")
+    assert "SystemExit(3) in a pool thread" in engine.log()
