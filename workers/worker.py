@@ -96,8 +96,9 @@ class WorkerSpec:
 
 
 def exit_status(exc: SystemExit) -> int:
-    """The worker's exit status for a SystemExit (an int code, else ERROR)."""
-    return exc.code if isinstance(exc.code, int) else ExitCode.ERROR
+    """The worker's exit status for a SystemExit: an int code as the kernel will report
+    it (its low 8 bits: 99999 is 159, -1 is 255), else ERROR."""
+    return exc.code & 0xFF if isinstance(exc.code, int) else ExitCode.ERROR
 
 
 _SIGKILL = int(signal.SIGKILL)
