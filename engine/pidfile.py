@@ -26,13 +26,20 @@ OLD_SUFFIX = ".oldbin"
 log = logging.getLogger("engine.master")
 
 
+# The largest pid_t: a number above it names no process (and os.kill() of it would
+# raise OverflowError), as 0 and negative numbers name none.
+PID_MAX = 2**31 - 1
+
+
 def read(path: str) -> int | None:
-    """The pid in *path*, or None when there is no file or no pid in it."""
+    """The pid in *path*, or None when there is no file or no pid in it (garbage, 0,
+    a negative number or one beyond pid_t: a stale file, written by no engine)."""
     text = safefiles.read_small(path, 64)
     try:
-        return int(text.strip()) if text is not None else None
+        pid = int(text.strip()) if text is not None else None
     except ValueError:
         return None
+    return pid if pid is not None and 0 < pid <= PID_MAX else None
 
 
 def write(path: str, pid: int) -> None:

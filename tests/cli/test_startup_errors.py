@@ -10,7 +10,9 @@ import os
 import socket
 from pathlib import Path
 
-from tests.kit import run_cli
+import pytest
+
+from tests.kit import StartEngine, run_cli
 
 ECHO = "engine.examples.echo:EchoHandler"
 
@@ -39,3 +41,19 @@ def test_pidfile_held_by_a_live_process_fails_before_serving(tmp_path: Path) -> 
     assert "serving" not in result.stderr
     assert "Traceback" not in result.stderr
     assert pidfile.read_text() == f"{os.getpid()}\n"  # left alone
+
+
+@pytest.mark.parametrize(
+    "stale", ["2147483648", "99999999999999999999", "0", "-5", "garbage", "4294967296"],
+)
+def test_a_stale_pidfile_with_any_number_is_replaced(
+    engines: StartEngine, tmp_path: Path, stale: str,
+) -> None:
+    # Found probing: a pid beyond pid_t (2**31 and up) was an OverflowError traceback
+    # from psutil.pid_exists, after the "listening on" line; 0 is no process either.
+    pidfile = tmp_path / "stale.pid"
+    pidfile.write_text(stale)
+    engine = engines(["--workers", "1", "--pidfile", str(pidfile)], handler=ECHO)
+    assert pidfile.read_text() == f"{engine.pid}\n"
+    assert engine.stop() == 0
+    assert "Traceback" not in engine.log()
