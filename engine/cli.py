@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import importlib
 import inspect
 import json
@@ -28,10 +29,12 @@ import os
 import signal
 import socket
 import socketserver
+import stat
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from engine import (
@@ -45,7 +48,16 @@ from engine import (
     upgrade,
     workdir,
 )
-from engine.config import SECTIONS, Resolved, cli_flag, env_var, registry, resolve
+from engine.config import (
+    SECTIONS,
+    Origin,
+    Resolved,
+    cli_flag,
+    env_var,
+    registry,
+    resolve,
+    with_source,
+)
 from engine.config.docs import flag_usage, format_value, is_boolean, is_list
 from engine.config.settings import Settings, choices, class_attr_names, resolved_workers
 from engine.config.validators import duration, file_mode
@@ -228,7 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HandlerImportError as exc:
         # The user's module failed: the first line says so, the traceback says where.
         status = _fail(str(exc), ExitStatus.USAGE)
-        traceback.print_exception(exc.error, file=sys.stderr)
+        error = exc.error
+        traceback.print_exception(type(error), error, _users_frames(error.__traceback__),
+                                  file=sys.stderr)
         return status
     except HandlerError as exc:
         return _fail(str(exc), ExitStatus.USAGE)
@@ -269,9 +283,14 @@ def import_handler(path: str, search_cwd: bool = True) -> type:
     With *search_cwd*, the current directory is searched first, as ``python -m``
     does; a master re-executed by an upgrade passes False (see :mod:`engine.upgrade`).
 
+    Anything the handler's own code raises while it is imported, looked up or
+    inspected (``sys.exit()``, ``KeyboardInterrupt``, a ``BaseException`` subclass,
+    a metaclass that raises) is a :class:`HandlerImportError`; only a real SIGINT
+    during the import stays a ``KeyboardInterrupt`` (exit 130, as at any other time).
+
     Raises:
         HandlerError: the path is malformed, the module or attribute does not exist,
-            or it is not a class.
+            or it is not a class; HandlerImportError when the handler's code raised.
     """
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
@@ -282,6 +301,20 @@ def import_handler(path: str, search_cwd: bool = True) -> type:
     # console script (whose sys.path[0] is the script's directory).
     if search_cwd and os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
+    with _sigint_noted() as interrupted:
+        try:
+            return _load_handler(path, module_name, attribute)
+        except HandlerError:
+            raise
+        except KeyboardInterrupt as exc:
+            if interrupted:
+                raise  # a real Ctrl-C while a slow module imports
+            raise HandlerImportError(path, exc) from exc
+        except BaseException as exc:  # SystemExit too: the module's code, not ours
+            raise HandlerImportError(path, exc) from exc
+
+
+def _load_handler(path: str, module_name: str, attribute: str) -> type:
     try:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -291,8 +324,6 @@ def import_handler(path: str, search_cwd: bool = True) -> type:
         raise HandlerImportError(path, exc) from exc  # one of the module's own imports
     except (ValueError, TypeError) as exc:  # "a\udcff", "..x": not a module name at all
         raise HandlerError(f"cannot import handler {path!r}: {exc}") from None
-    except Exception as exc:  # the user's module raised: say so, then show where
-        raise HandlerImportError(path, exc) from exc
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
@@ -305,6 +336,32 @@ def import_handler(path: str, search_cwd: bool = True) -> type:
         raise HandlerError(f"handler {path!r} is not a class: {target!r}")
     check_handler_class(path, target)
     return target
+
+
+@contextlib.contextmanager
+def _sigint_noted() -> Iterator[list[bool]]:
+    """Note in the yielded list whether a real SIGINT arrived during the block.
+
+    A handler module may raise KeyboardInterrupt itself: that is its error (exit 2),
+    where a Ctrl-C is the user's wish (exit 130). Only Python's default handler is
+    replaced (and put back, unless the block installed its own).
+    """
+    received: list[bool] = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield received
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        received.append(True)
+        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield received
+    finally:
+        if signal.getsignal(signal.SIGINT) is note:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def check_handler_class(path: str, cls: type) -> None:
@@ -335,10 +392,32 @@ class HandlerImportError(HandlerError):
     """The handler's module raised while being imported (the user's code failed)."""
 
     def __init__(self, path: str, error: BaseException) -> None:
-        super().__init__(
-            f"cannot import handler {path!r}: {type(error).__name__}: {error}"
-        )
+        super().__init__(f"cannot import handler {path!r}: {_describe(error)}")
         self.error = error
+
+
+def _users_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """*tb* without its leading frames of this module and of importlib: the
+    traceback starts where the handler's own code (or what it called) raised."""
+    first = tb
+    while first is not None and first.tb_next is not None and (
+        first.tb_frame.f_code.co_filename in _LOADER_FILES
+        or first.tb_frame.f_code.co_filename.startswith("<frozen importlib")
+    ):
+        first = first.tb_next
+    return first
+
+
+_LOADER_FILES = frozenset({__file__, importlib.__file__})
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: text``, or ``Type`` when the error has no text (or its str() fails)."""
+    try:
+        text = str(error)
+    except BaseException:  # the user's __str__: never let it replace the real error
+        text = ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class CommandLineServer(PreforkMixIn):
@@ -454,55 +533,70 @@ def run_serve(
     base = workdir.base_directory()
     config = workdir.absolute(args.config, base) if args.config else None
     resolved = resolve(setting_values(args), config_path=config)
-    handler = import_handler(handler_path, search_cwd=not upgraded)
-    settings = workdir.with_absolute_paths(resolved.settings, base)
-    check_with_the_system(settings, demo)
-    if args.check_config:
-        print(render_resolved(resolved, handler_path))
-        return ExitStatus.OK
-    workdir.change_to(settings.chdir)
-    upgrade.remember_entry(upgrade.Entry(
-        tuple(arguments), base, workdir.module_directory(handler_path.partition(":")[0], base)
-    ))
-    if settings.umask is not None:
-        os.umask(settings.umask)  # before any file is created: logs, sockets, pidfile
-    access = _open_logs(settings)
-    handed_in = listeners.handed_in_source() is not None
-    try:
-        sockets = open_sockets(settings)
-    except ListenError as exc:
-        return _fail(str(exc), ExitStatus.FAILURE)
-    # Unix socket files we created (not handed in) are ours to remove at the end.
-    paths = [] if handed_in else [listeners.unix_path(sock) for sock in sockets]
-    created = {path: os.stat(path).st_ino for path in paths if path is not None}
-    primary = sockets[0]
-    cls = server_class(settings, primary.family, primary.type == socket.SOCK_DGRAM)
-    server: Any = cls(primary.getsockname(), handler, bind_and_activate=False)
-    server.adopt_listeners(sockets)
-    if access is not None:
-        # The master hands this to each worker (WorkerSpec.on_request_done).
-        server._engine_request_done = access
-    server.on_ready = lambda: _announce(server, settings, demo)
-    where = ", ".join(format_address(sock.getsockname()) for sock in sockets)
-    with server:
-        log.info("listening on %s (%s, handler %s)", where,
-                 "datagrams" if primary.type == socket.SOCK_DGRAM else "streams", handler_path)
+    # A setting refused from here on (by the system checks, at start-up in the master)
+    # is named with its source too, as resolve() names the ones it refuses.
+    with naming_sources(resolved.origins):
+        handler = import_handler(handler_path, search_cwd=not upgraded)
+        settings = workdir.with_absolute_paths(resolved.settings, base)
+        notes = check_with_the_system(settings, demo)
+        if args.check_config:
+            for note in notes:
+                print(f"engine: note: {note}", file=sys.stderr)
+            print(render_resolved(resolved, handler_path))
+            return ExitStatus.OK
+        workdir.change_to(settings.chdir)
+        upgrade.remember_entry(upgrade.Entry(
+            tuple(arguments), base, workdir.module_directory(handler_path.partition(":")[0], base)
+        ))
+        if settings.umask is not None:
+            os.umask(settings.umask)  # before any file is created: logs, sockets, pidfile
+        access = _open_logs(settings)
+        handed_in = listeners.handed_in_source() is not None
         try:
-            server.serve_forever()
-        except MasterFatalError as exc:
-            return _fail(str(exc), ExitStatus.NO_WORKER_BOOTS)
-        except OSError as exc:  # the status endpoint's address is taken, say
+            sockets = open_sockets(settings)
+        except ListenError as exc:
             return _fail(str(exc), ExitStatus.FAILURE)
-        finally:
-            if not server.handed_off:  # after an upgrade the files serve the new master
-                for path, inode in created.items():
-                    _unlink_if_ours(path, inode)
-    log.info("stopped" if not server.handed_off else "stopped; the new master serves")
-    return ExitStatus.OK
+        # Unix socket files we created (not handed in) are ours to remove at the end.
+        paths = [] if handed_in else [listeners.unix_path(sock) for sock in sockets]
+        created = {path: os.stat(path).st_ino for path in paths if path is not None}
+        primary = sockets[0]
+        cls = server_class(settings, primary.family, primary.type == socket.SOCK_DGRAM)
+        server: Any = cls(primary.getsockname(), handler, bind_and_activate=False)
+        server.adopt_listeners(sockets)
+        if access is not None:
+            # The master hands this to each worker (WorkerSpec.on_request_done).
+            server._engine_request_done = access
+        server.on_ready = lambda: _announce(server, settings, demo)
+        where = ", ".join(format_address(sock.getsockname()) for sock in sockets)
+        with server:
+            log.info("listening on %s (%s, handler %s)", where,
+                     "datagrams" if primary.type == socket.SOCK_DGRAM else "streams", handler_path)
+            try:
+                server.serve_forever()
+            except MasterFatalError as exc:
+                return _fail(str(exc), ExitStatus.NO_WORKER_BOOTS)
+            except OSError as exc:  # the status endpoint's address is taken, say
+                return _fail(str(exc), ExitStatus.FAILURE)
+            finally:
+                if not server.handed_off:  # after an upgrade the files serve the new master
+                    for path, inode in created.items():
+                        _unlink_if_ours(path, inode)
+        log.info("stopped" if not server.handed_off else "stopped; the new master serves")
+        return ExitStatus.OK
 
 
-def check_with_the_system(settings: Settings, demo: bool = False) -> None:
-    """The checks that need the system (accounts, certificates), before binding.
+@contextlib.contextmanager
+def naming_sources(origins: Mapping[str, Origin]) -> Iterator[None]:
+    """A ConfigError raised in the block ends with ``(from SOURCE)`` of its setting."""
+    try:
+        yield
+    except ConfigError as error:
+        raise with_source(error, origins) from None
+
+
+def check_with_the_system(settings: Settings, demo: bool = False) -> list[str]:
+    """The checks that need the system (accounts, certificates, directories), before
+    binding; return notes for ``--check-config`` (see :func:`check_paths_usable`).
 
     ``--check-config`` runs them too, so it refuses what the start would refuse. The
     master builds the real TLS context again, before forking.
@@ -515,8 +609,130 @@ def check_with_the_system(settings: Settings, demo: bool = False) -> None:
     account = privileges.resolve(settings.user, settings.group) if settings.user else None
     # Root opens the pidfile, logs and socket files: refuse paths others could redirect.
     safefiles.check_paths(settings, *((account.uid, account.gid) if account else (None, None)))
+    notes = check_paths_usable(settings)
     if settings.certfile:
         tls.build_context(settings)
+    return notes
+
+
+# --- the paths the start opens or creates, looked at without touching them ---
+
+# Where systemd makes a service's own directories when it starts it (RuntimeDirectory=,
+# LogsDirectory=, StateDirectory=, CacheDirectory=): one missing there may not be yet.
+MADE_AT_START = ("/run/", "/var/run/", "/var/log/", "/var/lib/", "/var/cache/")
+
+
+def check_paths_usable(settings: Settings) -> list[str]:
+    """Refuse a path the start could not use, as it would, creating nothing; return
+    notes on the directories that do not exist yet where systemd makes them.
+
+    ``chdir`` must be a directory the engine can enter; the log files, the pidfile and
+    a ``unix:`` status socket must be in an existing directory it can write (a log
+    file that exists must be writable, not a directory). A directory that is missing
+    under /run, /var/log, /var/lib or /var/cache is a note, not an error: systemd
+    makes it when it starts the service (the start itself then needs it). A pidfile or
+    status socket that a running engine holds is not refused here: ``--check-config``
+    is run next to the running engine, before a restart or an upgrade.
+
+    Raises:
+        ConfigError: with the message the start gives (the paths are absolute here).
+    """
+    notes: list[str] = []
+    why = _cannot_enter(settings.chdir, notes)
+    if why:
+        raise ConfigError("chdir", settings.chdir, f"a directory the engine can enter ({why})")
+    for name in ("log_file", "access_log"):
+        path = getattr(settings, name)
+        why = _cannot_append(path, notes) if path not in (None, "-") else None
+        if why:
+            raise ConfigError(name, path, f"a file that can be opened for appending ({why})")
+    if settings.status_bind and settings.status_bind.startswith("unix:"):
+        problem = _status_socket_problem(settings.status_bind[len("unix:"):], notes)
+        if problem:
+            raise ConfigError("status_bind", settings.status_bind, problem)
+    if settings.pidfile:
+        why = _cannot_create_in(settings.pidfile, notes) or (
+            os.strerror(errno.EISDIR) if os.path.isdir(settings.pidfile) else None
+        )
+        if why:
+            raise ConfigError("pidfile", settings.pidfile, f"a writable path ({why})")
+    return notes
+
+
+def _may(path: str, mode: int) -> bool:
+    """os.access with the ids the engine opens files with (effective, where supported)."""
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
+def _missing(directory: str, exc: OSError, notes: list[str]) -> str | None:
+    """The error for a *directory* that cannot be looked at, or None (and a note) when
+    it is only missing where systemd makes directories at start."""
+    if isinstance(exc, FileNotFoundError) and directory.startswith(MADE_AT_START):
+        notes.append(f"{directory} does not exist yet: the start needs it (systemd's "
+                     "RuntimeDirectory=, LogsDirectory=... make it)")
+        return None
+    return exc.strerror or str(exc)
+
+
+def _cannot_enter(directory: str, notes: list[str]) -> str | None:
+    try:
+        info = os.stat(directory)
+    except OSError as exc:
+        return _missing(directory, exc, notes)
+    if not stat.S_ISDIR(info.st_mode):
+        return os.strerror(errno.ENOTDIR)
+    return None if _may(directory, os.X_OK) else os.strerror(errno.EACCES)
+
+
+def _cannot_create_in(path: str, notes: list[str]) -> str | None:
+    """Why no new file can be made at *path*: its directory is missing, not one, or
+    not writable."""
+    directory = os.path.dirname(path) or "."
+    try:
+        info = os.stat(directory)
+    except OSError as exc:
+        return _missing(directory, exc, notes)
+    if not stat.S_ISDIR(info.st_mode):
+        return os.strerror(errno.ENOTDIR)
+    return None if _may(directory, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
+
+
+def _cannot_append(path: str, notes: list[str]) -> str | None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return _cannot_create_in(path, notes)
+    except OSError as exc:  # a file on the way: Not a directory
+        return exc.strerror or str(exc)
+    privileged = safefiles.is_privileged()
+    if stat.S_ISLNK(info.st_mode):
+        if privileged:  # opened with O_NOFOLLOW (engine.safefiles.open_append)
+            return ("is a symbolic link, which root does not follow (for stderr, leave "
+                    "it unset or give '-')")
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:  # a dangling link: opening creates its target
+            return None
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    if stat.S_ISDIR(info.st_mode):
+        return os.strerror(errno.EISDIR)
+    if privileged and stat.S_ISREG(info.st_mode) and info.st_nlink != 1:
+        return "has other hard links, not written"
+    return None if _may(path, os.W_OK) else os.strerror(errno.EACCES)
+
+
+def _status_socket_problem(path: str, notes: list[str]) -> str | None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        why = _cannot_create_in(path, notes)
+        return f"an address free to listen on ({why})" if why else None
+    except OSError as exc:
+        return f"an address free to listen on ({exc.strerror or exc})"
+    if not stat.S_ISSOCK(info.st_mode):  # as engine.status refuses it
+        return "a path that is free or a stale socket (this one exists and is not a socket)"
+    return None  # stale, or a running engine's: the start tells them apart
 
 
 def _open_logs(settings: Settings) -> logs.AccessLog | None:

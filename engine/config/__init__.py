@@ -13,7 +13,15 @@ from engine.config.settings import (
     resolved_workers,
     validate,
 )
-from engine.config.sources import Origin, Resolved, load_settings, read_env, read_file, resolve
+from engine.config.sources import (
+    Origin,
+    Resolved,
+    load_settings,
+    read_env,
+    read_file,
+    resolve,
+    with_source,
+)
 
 __all__ = [
     "ENV_PREFIX",
@@ -33,4 +41,5 @@ __all__ = [
     "resolve",
     "resolved_workers",
     "validate",
+    "with_source",
 ]

@@ -17,8 +17,13 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from engine.config import validators as v
 from engine.errors import ConfigError
+from workers.worker import IDLE_WAKE
 
 ENV_PREFIX = "ENGINE_"
+
+# The shortest worker_timeout: an idle worker (sync or gevent) writes its heartbeat
+# every IDLE_WAKE seconds, so a shorter limit would kill every idle worker.
+WORKER_TIMEOUT_MIN = 2 * IDLE_WAKE
 
 # Sections, in the order --help and the docs list them.
 SECTIONS = {
@@ -107,11 +112,13 @@ class Settings:
         "deploy", v.optional(v.account), metavar="GROUP",
     )
     umask: int | None = setting(
-        None, "Process umask, set before any file or Unix socket is created (octal, e.g. 027).",
+        None, "Process umask, set before any file or Unix socket is created (octal, e.g. "
+        "027; in a TOML file a string, \"027\": a TOML integer is refused, being decimal).",
         "deploy", v.optional(v.file_mode), class_attr=False, metavar="MODE",
     )
     socket_mode: int | None = setting(
-        None, "Permission bits of Unix socket files the engine creates (octal, e.g. 0660); "
+        None, "Permission bits of Unix socket files the engine creates (octal, e.g. 0660; "
+        "in a TOML file a string, \"0660\": a TOML integer is refused, being decimal); "
         "with `user`, they are also given to that user.",
         "deploy", v.optional(v.file_mode), class_attr=False, metavar="MODE",
     )
@@ -127,10 +134,12 @@ class Settings:
         "in the same file.", "tls", v.optional(v.text), metavar="PATH",
     )
     keyfile: str | None = setting(
-        None, "The certificate's private key (PEM).", "tls", v.optional(v.text), metavar="PATH",
+        None, "The certificate's private key (PEM); only with certfile.", "tls",
+        v.optional(v.text), metavar="PATH",
     )
     ca_certs: str | None = setting(
-        None, "CA certificates (PEM) that client certificates are checked against.",
+        None, "CA certificates (PEM) that client certificates are checked against; only "
+        "with certfile.",
         "tls", v.optional(v.text), metavar="PATH",
     )
     tls_verify_client: TlsVerifyClient = setting(  # noqa: RUF009 (a Literal: immutable)
@@ -143,7 +152,8 @@ class Settings:
         metavar="VERSION",
     )
     tls_ciphers: str | None = setting(
-        None, "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults).",
+        None, "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults); "
+        "only with certfile.",
         "tls", v.optional(v.utf8_text), metavar="CIPHERS",
     )
     # --- clients ---
@@ -253,8 +263,15 @@ class Settings:
     worker_timeout: float | None = setting(
         30.0, "Kill a worker that is not busy with a request yet sends no heartbeat for "
         "this long (a wedged worker). Busy workers are governed by request_timeout, except "
-        "gevent workers, whose hub writes the heartbeat busy or not.",
-        "timeouts", v.optional(v.duration(0.0, exclusive=True)), metavar="SECONDS",
+        "gevent workers, whose hub writes the heartbeat busy or not. At least "
+        f"{WORKER_TIMEOUT_MIN:g} s: twice the {IDLE_WAKE:g} s period at which an idle "
+        "worker writes its heartbeat (less would kill healthy idle workers).",
+        "timeouts",
+        v.optional(v.duration(
+            WORKER_TIMEOUT_MIN,
+            why=f"twice the {IDLE_WAKE:g}s period of an idle worker's heartbeat",
+        )),
+        metavar="SECONDS",
     )
     request_timeout: float | None = setting(
         None, "Kill a worker busy on one connection for longer than this (off by default: "
@@ -434,8 +451,10 @@ def check_consistency(s: Settings) -> None:
             "workers", s.workers, f"at most max_children ({s.max_children})"
         )
     check_stream_only(s, datagram=s.udp)
-    if s.keyfile and not s.certfile:
-        raise ConfigError("keyfile", s.keyfile, "used with certfile")
+    if not s.certfile:  # what only means something for TLS: refused alike
+        for name in ("keyfile", "ca_certs", "tls_ciphers"):
+            if getattr(s, name) is not None:
+                raise ConfigError(name, getattr(s, name), "used with certfile")
     if s.tls_verify_client != "none" and not s.ca_certs:
         raise ConfigError(
             "tls_verify_client", s.tls_verify_client, "none unless ca_certs is set"

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.config.settings import Settings, build, cli_flag, env_var, registry
+from engine.config.validators import file_mode
 from engine.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -113,7 +114,24 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
                 key, value, f"a known setting{hint}; {path} has an unknown key {key!r} "
                 "(settings are listed in docs/settings.md)",
             )
+        if key in _mode_settings() and isinstance(value, int) and not isinstance(value, bool):
+            # TOML reads 660 as decimal and 0o660 as 432: the file cannot say which
+            # was meant, where the flag and the variable read "660" as octal.
+            raise ConfigError(
+                key, value, f'a string of octal digits, e.g. "0660", in a TOML file (an '
+                f"integer is ambiguous: TOML reads {value} as decimal, and 0o660 as 432) "
+                f"(from {_origin('file', key, path)})",
+            )
     return data
+
+
+def _mode_settings() -> set[str]:
+    """Settings of permission bits (octal): ``umask``, ``socket_mode``."""
+    return {
+        f.name for f in registry()
+        if getattr(f.metadata["validator"], "__wrapped__", f.metadata["validator"])
+        is file_mode
+    }
 
 
 def _check_owner(path: str | os.PathLike[str], info: os.stat_result) -> None:
@@ -178,13 +196,18 @@ def resolve(
     try:
         settings = build(values)
     except ConfigError as error:
-        origin = origins.get(error.setting)
-        if origin is None or origin.kind == "default":
-            raise
-        raise ConfigError(
-            error.setting, error.value, f"{error.allowed} (from {origin})"
-        ) from None
+        raise with_source(error, origins) from None
     return Resolved(settings, origins)
+
+
+def with_source(error: ConfigError, origins: Mapping[str, Origin]) -> ConfigError:
+    """*error*, its message ending ``(from SOURCE)`` when someone gave the value
+    (not for a default, nor twice). The checks made later, against the system (the
+    user exists, the pidfile's directory...), name the source this way too."""
+    origin = origins.get(error.setting)
+    if origin is None or origin.kind == "default" or " (from " in error.allowed:
+        return error
+    return ConfigError(error.setting, error.value, f"{error.allowed} (from {origin})")
 
 
 def load_settings(

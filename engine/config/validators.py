@@ -89,16 +89,18 @@ _DURATION = re.compile(
 )
 
 
-def duration(low: float = 0.0, *, exclusive: bool = False) -> Validator:
+def duration(low: float = 0.0, *, exclusive: bool = False, why: str = "") -> Validator:
     """A duration above *low*, at most DURATION_MAX: seconds, or a number with a unit.
 
     ``30`` and ``30s`` are 30 seconds; ``250ms``, ``5m`` and ``1h`` are what they say
-    (one number and one unit; units are case-insensitive).
+    (one number and one unit; units are case-insensitive). *why* explains the floor in
+    the error message.
     """
     sign = ">" if exclusive else ">="
+    reason = f" ({why})" if why else ""
     allowed = (
-        f"a number of seconds {sign} {low:g} and <= {DURATION_MAX:g}, or a number with "
-        "a unit: ms, s, m, h (e.g. 250ms, 30s, 5m, 1h)"
+        f"a number of seconds {sign} {low:g}{reason} and <= {DURATION_MAX:g}, or a number "
+        "with a unit: ms, s, m, h (e.g. 250ms, 30s, 5m, 1h)"
     )
 
     def check(name: str, value: Any) -> float:
