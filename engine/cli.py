@@ -513,8 +513,7 @@ def open_sockets(settings: Settings) -> list[socket.socket]:
         try:
             opened.append(listeners.open_listener(spec, settings))
         except OSError as exc:
-            for sock in opened:
-                sock.close()
+            listeners.discard(opened)  # and the socket files they made
             raise ListenError(spec, exc) from None
     return opened
 
@@ -581,7 +580,10 @@ def run_serve(
                 if not server.handed_off:  # after an upgrade the files serve the new master
                     for path, inode in created.items():
                         _unlink_if_ours(path, inode)
-        log.info("stopped" if not server.handed_off else "stopped; the new master serves")
+        # Handed off: the new master has the sockets; it may not serve yet (its workers
+        # may still be booting, or it may fail), so say no more than that.
+        log.info("stopped" if not server.handed_off
+                 else "stopped; the sockets are the new master's now")
         return ExitStatus.OK
 
 

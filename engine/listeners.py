@@ -14,9 +14,11 @@ handlers start mistake them for their own, and each descriptor is taken exactly 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import stat
+from collections.abc import Sequence
 from typing import Any
 
 from engine.config import Settings
@@ -154,10 +156,18 @@ def _bind_with_mode(sock: socket.socket, path: str, mode: int) -> None:
 
 
 def remove_stale_socket(path: str, sock_type: int) -> None:
-    """Remove a Unix socket file nobody listens on; leave anything else to bind()."""
+    """Remove a Unix socket file nobody listens on; leave a live one to bind().
+
+    Raises:
+        FileExistsError: the path is something else (a file, a directory), which
+            bind() would only call "address already in use".
+    """
     try:
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            return  # a regular file, say: bind() fails and the message names it
+            raise FileExistsError(
+                errno.EEXIST, "exists and is not a socket (only a stale socket file is "
+                "replaced)", path,
+            )
     except FileNotFoundError:
         return
     with socket.socket(socket.AF_UNIX, sock_type) as probe:
@@ -179,3 +189,20 @@ def unix_path(sock: socket.socket) -> str | None:
         if isinstance(name, str) and name and not name.startswith("\0"):
             return name
     return None
+
+
+
+def discard(socks: Sequence[socket.socket]) -> None:
+    """Close listeners this process has just bound and remove their socket files: a
+    start that fails at a later address leaves nothing behind.
+
+    Only for sockets bound here, never for ones handed in (systemd, an upgrade), whose
+    files are their owner's.
+    """
+    for sock in socks:
+        path = unix_path(sock)
+        sock.close()
+        if path:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
