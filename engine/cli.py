@@ -541,8 +541,7 @@ def run_serve(
         if args.check_config:
             for note in notes:
                 print(f"engine: note: {note}", file=sys.stderr)
-            print(render_resolved(resolved, handler_path))
-            return ExitStatus.OK
+            return write_output(render_resolved(resolved, handler_path))
         workdir.change_to(settings.chdir)
         upgrade.remember_entry(upgrade.Entry(
             tuple(arguments), base, workdir.module_directory(handler_path.partition(":")[0], base)

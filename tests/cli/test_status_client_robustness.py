@@ -279,6 +279,14 @@ def test_a_closed_stdout_exits_quietly(
     assert result.returncode == EXIT_BROKEN_PIPE
 
 
+def test_check_config_into_a_closed_stdout_exits_quietly() -> None:
+    """``engine serve ... --check-config | head -0``: was a BrokenPipeError traceback."""
+    result = run_into_closed_pipe(["serve", "engine.examples.echo:EchoHandler", "--bind",
+                                   "127.0.0.1:0", "--check-config"])
+    assert result.stderr == ""
+    assert result.returncode == EXIT_BROKEN_PIPE
+
+
 # --- e) what the endpoint says is shown escaped ---
 
 
