@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine import ksm, listeners, pidfile, privileges, safefiles, sdnotify, upgrade
+from engine import ksm, listeners, logs, pidfile, privileges, safefiles, sdnotify, upgrade
 from engine.config import Settings
 from engine.errors import ConfigError
 from engine.handover import Handover
@@ -26,12 +26,23 @@ def open_status(settings: Settings, snapshot: Callable[[], Snapshot]) -> StatusS
     """Check the files start-up creates, then open the status endpoint (or adopt the one a
     previous master handed over): the first thing a master does.
 
+    A server run from Python gets the engine log its ``log_file`` / ``log_level`` ask
+    for here (``engine serve`` has set it up already).
+
     Raises:
         ConfigError: a pidfile, log or socket path another user could redirect (while
-            root); ``status_bind`` is malformed or its address cannot be listened on.
+            root); ``log_file`` cannot be opened; ``status_bind`` is malformed or its
+            address cannot be listened on.
     """
     account = privileges.resolve(settings.user, settings.group) if settings.user else None
     safefiles.check_paths(settings, *((account.uid, account.gid) if account else (None, None)))
+    try:
+        logs.set_up_from_settings(settings)  # a server run from Python: its class's
+    except OSError as exc:
+        raise ConfigError(
+            "log_file", settings.log_file,
+            f"a file that can be opened for appending ({exc.strerror or exc})",
+        ) from None
     handed_in = upgrade.handed_in_status_socket()
     if settings.status_bind is None:
         if handed_in is not None:

@@ -149,6 +149,22 @@ def setup_logging(settings: Settings) -> logging.Logger:
     return logger
 
 
+def set_up_from_settings(settings: Settings) -> None:
+    """For a server run from Python (not ``engine serve``, which does it first): set
+    up the engine log as :func:`setup_logging` does, if ``log_file`` or ``log_level``
+    was given and nothing set it up yet. Otherwise the engine's lines go wherever the
+    program's logging sends them, untouched.
+
+    Raises:
+        OSError: ``log_file`` cannot be opened.
+    """
+    if ENGINE_LOGGER in _installed:
+        return
+    if settings.log_file is None and settings.log_level == type(settings)().log_level:
+        return
+    setup_logging(settings)
+
+
 def reopen_logs() -> None:
     """Reopen every log file opened by this module (after logrotate moved them).
 
