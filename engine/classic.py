@@ -114,9 +114,17 @@ class BaseServer:
         Polls for shutdown every *poll_interval* seconds and calls
         :meth:`service_actions` once per loop iteration.
 
+        A :meth:`shutdown` requested while the loop was not running makes it return at
+        once, even when the server has been closed meanwhile: ``shutdown()`` then
+        ``server_close()`` before the serving thread got here is the usual teardown.
+
         Raises:
             ValueError: the server's socket is already closed.
         """
+        with self._serve_lock:
+            if self.__shutdown_request:  # shutdown() came first: consume it, return
+                self.__shutdown_request = False
+                return
         if self.fileno() < 0:
             raise _closed_error(self, "serve_forever")
         with self._serve_lock:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import socket
 import ssl
@@ -47,6 +48,8 @@ from engine.config import Settings, build, class_attr_names, registry
 from engine.config.settings import LogLevel, PoolMode, TlsMinVersion, TlsVerifyClient, WorkerClass
 from engine.master import Master
 from workers.intake import set_listener_timeout
+
+log = logging.getLogger("engine.prefork")
 
 Socket = socket.socket  # for annotations inside the class, whose `socket` is an attribute
 
@@ -70,10 +73,16 @@ _DEFAULTS: dict[str, Any] = {f.name: f.default for f in registry() if f.metadata
 # This process's pid, kept current across forks without a syscall per request.
 _this_pid = os.getpid()
 
+# How many pools this process is the master of: while one runs, its workers are this
+# process's children too, and waitpid(-1) (collect_children) would steal them.
+_pools_here = 0
+_pools_lock = threading.Lock()
+
 
 def _after_fork_in_child() -> None:
-    global _this_pid
+    global _this_pid, _pools_here
     _this_pid = os.getpid()
+    _pools_here = 0  # a child is the master of none of its parent's pools
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -90,6 +99,59 @@ class _ServeState:
 
     def __post_init__(self) -> None:
         self.stopped.set()
+
+
+class _EngineState:
+    """A read-only attribute showing engine's state, kept under a private name.
+
+    It has no ``__set__``: a user's ``self.<name> = ...`` (in a server's ``__init__``,
+    say) sets an instance attribute that hides it, instead of failing as assigning a
+    property without a setter does; engine goes on using the private name.
+    """
+
+    def __init__(self, private: str, doc: str) -> None:
+        self.private = private
+        self.__doc__ = doc
+
+    def __get__(self, server: object, owner: type | None = None) -> Any:
+        return self if server is None else getattr(server, self.private)
+
+
+class _LoopView:
+    """The server as its master's loop sees it: the same, except that an exception
+    raised by ``service_actions`` stops the pool instead of being logged and ignored
+    (which is what the master does with every other hook's)."""
+
+    def __init__(self, server: Any, master: _PoolMaster) -> None:
+        self._server = server
+        self._master = master
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+    def service_actions(self) -> None:
+        try:
+            self._server.service_actions()
+        except Exception as error:
+            self._master.service_actions_raised(error)
+
+
+class _PoolMaster(Master):
+    """The master of a PreforkMixIn server's pool, with BaseServer's rule for
+    ``service_actions``: an exception raised there ends ``serve_forever``, which raises
+    it once the pool has stopped gracefully (in-flight requests finish first)."""
+
+    def __init__(self, server: Any, settings: Settings) -> None:
+        super().__init__(server, settings)
+        self.service_error: Exception | None = None
+        self.server = _LoopView(server, self)  # the loop's hooks only: workers get the server
+
+    def service_actions_raised(self, error: Exception) -> None:
+        if self.service_error is None:
+            self.service_error = error
+            log.error("service_actions raised %r: stopping the pool; serve_forever raises "
+                      "it once the pool has stopped", error)
+        self.request_stop()
 
 
 class PreforkLayer:
@@ -212,10 +274,13 @@ class PreforkLayer:
         self.extra_listeners = list(sockets[1:])
         self._prefork_adopted = True
 
-    @property
-    def handed_off(self) -> bool:
-        """True once a SIGUSR2 upgrade has passed the sockets on to a new master."""
-        return self._prefork_handed_off
+    if TYPE_CHECKING:
+        handed_off: bool
+    else:
+        handed_off = _EngineState(
+            "_prefork_handed_off",
+            "True once a SIGUSR2 upgrade has passed the sockets on to a new master.",
+        )
 
     # --- the serving loop: the pool, where BaseServer's loop would be ---
 
@@ -225,27 +290,42 @@ class PreforkLayer:
         ``poll_interval`` is accepted for compatibility and unused: the master is
         woken by events, it does not poll.
 
+        A :meth:`shutdown` requested while it was not running makes it return at once,
+        even on a server closed since (``shutdown(); server_close()`` before the serving
+        thread got here).
+
         Raises:
             ValueError: the server is closed.
             KeyboardInterrupt: SIGINT (Ctrl-C) stopped it, as it stops BaseServer's.
+            Exception: what :meth:`service_actions` raised, as from BaseServer's loop:
+                the pool stops gracefully first (in-flight requests finish).
             engine.errors.ConfigError: a setting is invalid.
             engine.errors.MasterFatalError: no worker could boot.
         """
+        global _pools_here
+        state = self._prefork_state()
+        with state.lock:
+            if state.shutdown_pending:  # shutdown() came first (the server may be closed
+                state.shutdown_pending = False  # since): return at once
+                return
         if self.fileno() < 0:  # type: ignore[attr-defined]
             raise ValueError(f"serve_forever() called on a closed server: {self!r}")
         settings = self.prefork_settings()
-        state = self._prefork_state()
         sock = self.socket
         with state.lock:
-            if state.shutdown_pending:  # shutdown() came first: return at once
+            if state.shutdown_pending:  # shutdown() came meanwhile
                 state.shutdown_pending = False
                 return
-            master = self._prefork_master = Master(self, settings)
+            master = self._prefork_master = _PoolMaster(self, settings)
             self._prefork_pool_pid = os.getpid()
             state.thread = threading.current_thread()
             state.stopped.clear()
+            with _pools_lock:
+                _pools_here += 1
         socks = [sock, *self.extra_listeners]
-        was_blocking = [each.getblocking() for each in socks]
+        # The mode to give back: blocking (None), non-blocking (0.0) or a timeout the
+        # program set on the listener (handle_request() waits that long).
+        was_timeout = [each.gettimeout() for each in socks]
         # Workers poll before accepting, but a sibling may win the race: never block.
         for each in socks:
             each.setblocking(False)
@@ -255,12 +335,12 @@ class PreforkLayer:
             self._prefork_handed_off = master.handed_off
             # O_NONBLOCK belongs to the open file, which a new master now shares after
             # an upgrade: making it blocking again would hang that master's workers.
-            # Nor for sockets handed in: their old mode is not known (getblocking()
+            # Nor for sockets handed in: their old mode is not known (gettimeout()
             # reports the Python object's view, not the shared file's flag).
             restore = [] if self._prefork_handed_off or self._prefork_adopted else socks
-            for each, blocking in zip(restore, was_blocking, strict=False):
+            for each, timeout in zip(restore, was_timeout, strict=False):
                 with contextlib.suppress(OSError):  # closed meanwhile by server_close()
-                    each.setblocking(blocking)
+                    each.settimeout(timeout)
             # Nor its client_timeout (SO_RCVTIMEO/SO_SNDTIMEO, for the connections to
             # inherit): a blocking accept() on the caller's socket must not time out.
             set_listener_timeout(restore, None)
@@ -270,6 +350,11 @@ class PreforkLayer:
                 state.thread = None
                 state.shutdown_pending = False
                 state.stopped.set()
+                with _pools_lock:
+                    _pools_here -= 1
+        error, master.service_error = master.service_error, None
+        if error is not None:  # as BaseServer.serve_forever: service_actions raised
+            raise error
 
     def shutdown(self) -> None:
         """Stop :meth:`serve_forever` gracefully and wait until it has returned.
@@ -327,8 +412,19 @@ def _is_engines(klass: type) -> bool:
     return issubclass(klass, (PreforkMixIn, PreforkLayer))
 
 
+# request_queue_size as the registry accepts it. For a PreforkMixIn server it is the
+# base class's server_activate() that listens, with the attribute itself: listen()
+# takes any int (Python makes a negative one 0, the kernel caps it at somaxconn).
+_BACKLOG_RANGE = (1, 1 << 20)
+
+
 def _setting(server: Any, name: str) -> Any:
     """The value of setting *name* for *server*, by the rule in the module docstring."""
+    if name == "request_queue_size":
+        value = getattr(server, name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return min(max(value, _BACKLOG_RANGE[0]), _BACKLOG_RANGE[1])
+        return value
     if name in SOCKETSERVER_NAMES:
         return getattr(server, name)
     for klass in type(server).__mro__:
@@ -415,17 +511,26 @@ class PreforkMixIn(_MixInSurface):
     def collect_children(self, *, blocking: bool = False) -> None:
         """Reap finished request children; block while :attr:`max_children` run.
 
-        Only the children :meth:`process_request` forked are waited for, never the
-        pool's workers (the master reaps those).
+        While :attr:`max_children` run, it waits as ForkingMixIn does, for whichever
+        child of the process finishes first (``waitpid(-1)``); but while a pool runs in
+        this process (its workers are children too, and the master reaps them), for the
+        request child with the lowest pid. Then it reaps only :attr:`active_children`.
         """
         children = self.active_children
         if not children:
             return
         while len(children) >= self.max_children:
-            oldest = min(children)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(oldest, 0)
-            children.discard(oldest)
+            if _pools_here:  # a pool's workers are our children too: wait for one of ours
+                pid = min(children)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            else:  # as ForkingMixIn: whichever child finishes first
+                try:
+                    pid, _ = os.waitpid(-1, 0)
+                except ChildProcessError:
+                    children.clear()  # none of ours is left
+                    break
+            children.discard(pid)
         flags = 0 if blocking else os.WNOHANG
         for pid in list(children):
             try:
