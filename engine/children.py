@@ -387,6 +387,21 @@ def call_hook(server: Any, name: str, *args: Any) -> None:
         log.exception("hook %s raised", getattr(hook, "__name__", hook))
 
 
+def run_service_actions(server: Any) -> Exception | None:
+    """Run the server's ``service_actions``; return what it raised (logged), if anything.
+
+    Unlike the other hooks', its exception stops the pool: BaseServer's loop lets it
+    end ``serve_forever``, and PreforkMixIn does the same once the pool has drained.
+    """
+    try:
+        server.service_actions()
+    except Exception as error:
+        log.error("service_actions raised %r: stopping the pool; serve_forever raises "
+                  "it once the pool has stopped", error)
+        return error
+    return None
+
+
 def preload_worker_modules(worker_class: str) -> None:
     """Import, in the master before any fork, what a *worker_class* worker would import
     after it (gevent's modules; nothing for sync). Importing patches nothing: the master

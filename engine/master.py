@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from engine import boot, supervision, upgrade
-from engine.children import Children, SpecFactory, call_hook
+from engine.children import Children, SpecFactory, call_hook, run_service_actions
 from engine.config import Settings
 from engine.errors import MasterFatalError
 from engine.events import FORK_BLOCKED_SIGNALS, MasterEvents
@@ -62,6 +62,7 @@ class Master:
         self.started = time.monotonic()
         self.stop_requested = False
         self.interrupted = False  # so serve_forever raises KeyboardInterrupt, as stdlib's
+        self.service_error: Exception | None = None  # serve_forever raises it at the end
         sockets = [server.socket, *getattr(server, "extra_listeners", ())]
         self.events = MasterEvents(sockets)
         scoreboard = Scoreboard(settings.max_children)
@@ -110,14 +111,14 @@ class Master:
         self._enforce_deadlines(tick)
         if self.running:
             self.manage_workers(tick)
-            call_hook(self.server, "service_actions")
+            self.service_error = self.service_error or run_service_actions(self.server)
         elif not self.children:
             self.state = MasterState.STOPPED
             return
         for byte in self.events.wait(self._next_timeout(tick)):
             name, *args = COMMANDS.get(byte, ("_recheck",))
             getattr(self, name)(*args)
-        if self.stop_requested and self.running:
+        if (self.stop_requested or self.service_error) and self.running:
             self.stop_gracefully()
         self.reap_workers()
 
@@ -219,10 +220,6 @@ class Master:
         if self.children.fatal and self.running:
             self.stop_quickly()
 
-    def kill_all(self) -> None:
-        """SIGKILL and reap whatever is left (used on the way out)."""
-        self.children.kill_all()
-
     def _next_timeout(self, tick: Tick) -> float:
         """How long to sleep; meanwhile, should a new connection wake us?"""
         timeout, watch = self.pool.sleep(
@@ -244,7 +241,7 @@ class Master:
     def _close(self) -> None:
         """Kill what is left and release the master's resources."""
         boot.release(self.settings, self.events.status, self.handover)
-        self.kill_all()
+        self.children.kill_all()
         self.events.close()
         self.pool.scoreboard.close()
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import socket
 import ssl
@@ -48,8 +47,6 @@ from engine.config import Settings, build, class_attr_names, registry
 from engine.config.settings import LogLevel, PoolMode, TlsMinVersion, TlsVerifyClient, WorkerClass
 from engine.master import Master
 from workers.intake import set_listener_timeout
-
-log = logging.getLogger("engine.prefork")
 
 Socket = socket.socket  # for annotations inside the class, whose `socket` is an attribute
 
@@ -115,43 +112,6 @@ class _EngineState:
 
     def __get__(self, server: object, owner: type | None = None) -> Any:
         return self if server is None else getattr(server, self.private)
-
-
-class _LoopView:
-    """The server as its master's loop sees it: the same, except that an exception
-    raised by ``service_actions`` stops the pool instead of being logged and ignored
-    (which is what the master does with every other hook's)."""
-
-    def __init__(self, server: Any, master: _PoolMaster) -> None:
-        self._server = server
-        self._master = master
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._server, name)
-
-    def service_actions(self) -> None:
-        try:
-            self._server.service_actions()
-        except Exception as error:
-            self._master.service_actions_raised(error)
-
-
-class _PoolMaster(Master):
-    """The master of a PreforkMixIn server's pool, with BaseServer's rule for
-    ``service_actions``: an exception raised there ends ``serve_forever``, which raises
-    it once the pool has stopped gracefully (in-flight requests finish first)."""
-
-    def __init__(self, server: Any, settings: Settings) -> None:
-        super().__init__(server, settings)
-        self.service_error: Exception | None = None
-        self.server = _LoopView(server, self)  # the loop's hooks only: workers get the server
-
-    def service_actions_raised(self, error: Exception) -> None:
-        if self.service_error is None:
-            self.service_error = error
-            log.error("service_actions raised %r: stopping the pool; serve_forever raises "
-                      "it once the pool has stopped", error)
-        self.request_stop()
 
 
 class PreforkLayer:
@@ -316,7 +276,7 @@ class PreforkLayer:
             if state.shutdown_pending:  # shutdown() came meanwhile
                 state.shutdown_pending = False
                 return
-            master = self._prefork_master = _PoolMaster(self, settings)
+            master = self._prefork_master = Master(self, settings)
             self._prefork_pool_pid = os.getpid()
             state.thread = threading.current_thread()
             state.stopped.clear()
@@ -570,7 +530,7 @@ class PreforkMixIn(_MixInSurface):
             extra.close()
         master = self._prefork_master
         if master is not None and master.workers:
-            master.kill_all()
+            master.children.kill_all()
         self.collect_children(blocking=self.block_on_close)
 
 
