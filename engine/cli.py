@@ -675,27 +675,21 @@ def _missing(directory: str, exc: OSError, notes: list[str]) -> str | None:
     return exc.strerror or str(exc)
 
 
-def _cannot_enter(directory: str, notes: list[str]) -> str | None:
+def _cannot_enter(directory: str, notes: list[str], access: int = os.X_OK) -> str | None:
+    """Why *directory* cannot be used: missing, not a directory, or no *access*."""
     try:
         info = os.stat(directory)
     except OSError as exc:
         return _missing(directory, exc, notes)
     if not stat.S_ISDIR(info.st_mode):
         return os.strerror(errno.ENOTDIR)
-    return None if _may(directory, os.X_OK) else os.strerror(errno.EACCES)
+    return None if _may(directory, access) else os.strerror(errno.EACCES)
 
 
 def _cannot_create_in(path: str, notes: list[str]) -> str | None:
     """Why no new file can be made at *path*: its directory is missing, not one, or
     not writable."""
-    directory = os.path.dirname(path) or "."
-    try:
-        info = os.stat(directory)
-    except OSError as exc:
-        return _missing(directory, exc, notes)
-    if not stat.S_ISDIR(info.st_mode):
-        return os.strerror(errno.ENOTDIR)
-    return None if _may(directory, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
+    return _cannot_enter(os.path.dirname(path) or ".", notes, os.W_OK | os.X_OK)
 
 
 def _cannot_append(path: str, notes: list[str]) -> str | None:

@@ -104,6 +104,26 @@ def exit_status(exc: SystemExit) -> int:
 _SIGKILL = int(signal.SIGKILL)
 
 
+class ReportThrottle:
+    """A failure that may repeat many times a second is reported at most once per
+    *every* seconds, with how many times it happened since the last report."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.count = 0
+        self.next_at = 0.0
+
+    def due(self) -> int:
+        """Count one failure; return the count to report now, or 0 (not yet)."""
+        self.count += 1
+        now = time.monotonic()
+        if now < self.next_at:
+            return 0
+        self.next_at = now + self.every
+        count, self.count = self.count, 0
+        return count
+
+
 def _die_with_parent() -> None:
     """Ask the kernel to SIGKILL us when the master dies (Linux), even mid-request."""
     with contextlib.suppress(OSError):
@@ -134,10 +154,8 @@ class Worker:
         # Where requests come from: one callable per listener (see _make_takers).
         self._takers = self._make_takers()
         self._next_listener = 0
-        self._capacity_errors = 0
-        self._next_capacity_report = 0.0
-        self._thread_errors = 0  # request threads that could not start (threads > 1)
-        self._next_thread_report = 0.0
+        self._accept_failures = ReportThrottle(CAPACITY_REPORT_EVERY)
+        self._thread_failures = ReportThrottle(CAPACITY_REPORT_EVERY)  # threads > 1
         # Start times of the connections in flight, oldest first (insertion order):
         # the oldest one is what request_timeout judges (see _track).
         self._in_flight: dict[int, float] = {}
@@ -457,12 +475,9 @@ class Worker:
 
     def _report_no_thread(self, exc: RuntimeError) -> None:
         """One line per CAPACITY_REPORT_EVERY at most, with the count since the last."""
-        self._thread_errors += 1
-        now = time.monotonic()
-        if now < self._next_thread_report:
+        count = self._thread_failures.due()
+        if not count:
             return
-        self._next_thread_report = now + CAPACITY_REPORT_EVERY
-        count, self._thread_errors = self._thread_errors, 0
         with contextlib.suppress(Exception):  # stderr on a full disk: serve all the same
             print(
                 f"engine: worker {self.spec.slot} pid {os.getpid()}: cannot start another "
@@ -490,12 +505,9 @@ class Worker:
 
     def _report_capacity(self, exc: OSError) -> None:
         """One line per CAPACITY_REPORT_EVERY at most, with the count since the last."""
-        self._capacity_errors += 1
-        now = time.monotonic()
-        if now < self._next_capacity_report:
+        count = self._accept_failures.due()
+        if not count:
             return
-        self._next_capacity_report = now + CAPACITY_REPORT_EVERY
-        count, self._capacity_errors = self._capacity_errors, 0
         with contextlib.suppress(Exception):  # stderr on a full disk: still back off
             print(
                 f"engine: worker {self.spec.slot} pid {os.getpid()}: accept failed "

@@ -18,7 +18,6 @@ import psutil
 import pytest
 
 from engine import privileges
-from engine.errors import ConfigError
 from tests.kit import CLI, READY, EngineProcess, run_cli, wait_until
 from tests.kit import exchange as tcp_exchange
 
@@ -82,24 +81,15 @@ def test_master_and_workers_drop_to_nobody_after_binding_port_below_1024(
 def test_switching_user_without_root_is_a_clear_error() -> None:
     """Once unprivileged, asking for another user is a ConfigError naming the setting."""
     nobody = pwd.getpwnam("nobody")
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        try:
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            privileges.switch_to(privileges.resolve("root", None))
-            os.write(write_end, b"switched")
-        except ConfigError as exc:
-            os.write(write_end, str(exc).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        message = pipe.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert message.startswith("invalid setting user='root'"), message
+
+    def as_nobody() -> str:
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+        privileges.switch_to(privileges.resolve("root", None))
+        return "switched"
+
+    message = in_child(as_nobody)
+    assert message.startswith("ConfigError: invalid setting user='root'"), message
     assert f"running as uid {nobody.pw_uid}" in message
     # Already the right user: nothing to do, no error.
     assert privileges.resolve(str(os.getuid()), str(os.getgid())).is_current()
