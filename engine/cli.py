@@ -608,6 +608,8 @@ def check_with_the_system(settings: Settings, demo: bool = False) -> list[str]:
     if demo and settings.udp:
         raise ConfigError("udp", True, "false for the demo, a stream protocol")
     account = privileges.resolve(settings.user, settings.group) if settings.user else None
+    if account is not None:
+        privileges.check_can_switch(account)  # as the start would, before it listens
     # Root opens the pidfile, logs and socket files: refuse paths others could redirect.
     safefiles.check_paths(settings, *((account.uid, account.gid) if account else (None, None)))
     notes = check_paths_usable(settings)

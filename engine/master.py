@@ -112,13 +112,15 @@ class Master:
         if self.running:
             self.manage_workers(tick)
             self.service_error = self.service_error or run_service_actions(self.server)
+            if self.service_error:
+                self.request_stop()  # now: not after the sleep this turn would take
         elif not self.children:
             self.state = MasterState.STOPPED
             return
         for byte in self.events.wait(self._next_timeout(tick)):
             name, *args = COMMANDS.get(byte, ("_recheck",))
             getattr(self, name)(*args)
-        if (self.stop_requested or self.service_error) and self.running:
+        if self.stop_requested and self.running:
             self.stop_gracefully()
         self.reap_workers()
 

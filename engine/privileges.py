@@ -79,16 +79,7 @@ def switch_to(account: Account) -> None:
     if account.is_current():
         keep_memory_private()
         return
-    if os.geteuid() != 0:
-        extra = account.foreign_groups()
-        why = (
-            f"running as uid {os.getuid()}" if set(os.getresuid()) != {account.uid}
-            or set(os.getresgid()) != {account.gid}
-            else f"running in groups {', '.join(map(str, extra))}, which only root can leave"
-        )
-        raise ConfigError(
-            "user", account.name, f"the current user, or run as root to switch ({why})",
-        )
+    check_can_switch(account)
     # Supplementary groups first, while still root; then gid before uid (after
     # setuid we could no longer change the group). setres*id sets all three ids, also
     # when only some of them were root's (a process started with a real uid already
@@ -100,6 +91,25 @@ def switch_to(account: Account) -> None:
     os.setresgid(account.gid, account.gid, account.gid)
     os.setresuid(account.uid, account.uid, account.uid)
     keep_memory_private()
+
+
+def check_can_switch(account: Account) -> None:
+    """Refuse, before anything starts, an *account* this process could not become.
+
+    Raises:
+        ConfigError: not root, and not already running as *account* in every id.
+    """
+    if account.is_current() or os.geteuid() == 0:
+        return
+    extra = account.foreign_groups()
+    why = (
+        f"running as uid {os.getuid()}" if set(os.getresuid()) != {account.uid}
+        or set(os.getresgid()) != {account.gid}
+        else f"running in groups {', '.join(map(str, extra))}, which only root can leave"
+    )
+    raise ConfigError(
+        "user", account.name, f"the current user, or run as root to switch ({why})",
+    )
 
 
 def keep_memory_private() -> None:

@@ -167,8 +167,12 @@ def write_output(text: str) -> int:
 
     Returns 0, or :data:`EXIT_BROKEN_PIPE`, quietly, when stdout was closed before
     everything was written (the reader of a pipe exited): like the usual command-line
-    tools, which SIGPIPE ends without a message.
+    tools, which SIGPIPE ends without a message; 1 (said on stderr) when the process
+    was started with no stdout at all.
     """
+    if sys.stdout is None:  # started with fd 1 closed (`>&-`): nowhere to write
+        print("engine: error: standard output is closed", file=sys.stderr)
+        return 1
     if not text.endswith("\n"):
         text += "\n"
     # A stdout that cannot encode all of it (a Latin-1 or ASCII locale) gets escapes,

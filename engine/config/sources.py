@@ -90,6 +90,8 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(
             CONFIG_OPTION, str(path), f"a readable TOML file ({exc.strerror or exc})"
         ) from None
+    except ConfigError:
+        raise  # _check_owner's, already naming the file
     except ValueError as exc:  # a NUL in the path
         raise ConfigError(CONFIG_OPTION, str(path), f"a file path ({exc})") from None
     if len(raw) > MAX_CONFIG_BYTES:

@@ -287,6 +287,19 @@ def test_check_config_into_a_closed_stdout_exits_quietly() -> None:
     assert result.returncode == EXIT_BROKEN_PIPE
 
 
+def test_no_stdout_at_all_is_said_once_without_a_traceback() -> None:
+    """Started with fd 1 closed (``>&-``): sys.stdout is None (was an AttributeError
+    traceback)."""
+    result = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m engine serve engine.examples.echo:EchoHandler '
+         "--bind 127.0.0.1:0 --check-config >&-", sys.executable],
+        cwd=ROOT, env=engine_env(), stdin=subprocess.DEVNULL, capture_output=True,
+        text=True, timeout=30,
+    )
+    assert result.returncode == 1, result
+    assert result.stderr == "engine: error: standard output is closed\n"
+
+
 # --- e) what the endpoint says is shown escaped ---
 
 

@@ -214,3 +214,22 @@ def test_the_tls_key_is_read_only_once_the_process_is_non_dumpable(tmp_path: Pat
 
     assert in_child(lambda: load(True)) == "0"
     assert in_child(lambda: load(False)) == "1"  # without --user: left as it was
+
+
+def test_check_config_refuses_groups_the_start_would_refuse() -> None:
+    """--check-config said 0 where the start, after listening, exited 2."""
+    from engine import cli
+    from engine.config import Settings
+
+    nobody = pwd.getpwnam("nobody")
+
+    def checked() -> str:
+        os.setgroups([0, 6])
+        os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
+        os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
+        cli.check_with_the_system(Settings(user="nobody"))
+        return "accepted"
+
+    answer = in_child(checked)
+    assert answer.startswith("ConfigError: invalid setting user='nobody'"), answer
+    assert "which only root can leave" in answer

@@ -275,6 +275,7 @@ def test_a_config_file_another_user_can_write_is_refused_as_root(tmp_path: Path)
         assert result.returncode == 2, result.stderr
         assert f"invalid setting config='{config}'" in result.stderr
         assert f"writable by {writer}" in result.stderr and "Traceback" not in result.stderr
+        assert "a file path" not in result.stderr  # said once, not wrapped in another
     os.chown(config, 0, 0)
     config.chmod(0o664)  # group root may write it
     assert run_cli(check, timeout=30).returncode == 0

@@ -118,6 +118,18 @@ def serve_forever(self, poll_interval=0.5):
     assert "RAISED Maintenance maintenance window" in log
     assert "RETURNED" not in log
     assert "SERVED-OUT" in log
+    # The stop starts in the same turn, not after that turn's sleep (up to 5 s idle).
+    lines = log.splitlines()
+    raised = next(line for line in lines if "service_actions raised" in line)
+    stopping = next(line for line in lines if "graceful stop" in line)
+    assert _log_time(stopping) - _log_time(raised) < 1.0, (raised, stopping)
+
+
+def _log_time(line: str) -> float:
+    """Seconds since midnight of a log line (``2026-12-03 14:10:06,331 ...``)."""
+    hours, minutes, rest = line.split()[1].split(":")
+    seconds, millis = rest.split(",")
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(millis) / 1000
 
 
 def test_an_exception_from_service_actions_ends_the_classic_loop(no_leaks: None) -> None:
