@@ -123,6 +123,13 @@ def in_child(body: Callable[[], str]) -> str:
 PR_GET_DUMPABLE = 3
 
 
+def become(account: pwd.struct_passwd, groups: list[int]) -> None:
+    """Be *account* in every uid and gid, with supplementary *groups* (in a child)."""
+    os.setgroups(groups)
+    os.setresgid(account.pw_gid, account.pw_gid, account.pw_gid)
+    os.setresuid(account.pw_uid, account.pw_uid, account.pw_uid)
+
+
 def test_a_master_that_starts_as_the_service_user_makes_itself_non_dumpable() -> None:
     """The new master of a SIGUSR2 upgrade is exec'd as the service user, and execve
     makes a process dumpable again: it used to stay so, its memory (the TLS key)
@@ -132,9 +139,7 @@ def test_a_master_that_starts_as_the_service_user_makes_itself_non_dumpable() ->
     nobody = pwd.getpwnam("nobody")
 
     def started_as_nobody() -> str:
-        os.setgroups([])
-        os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
-        os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
+        become(nobody, [])
         prctl(PR_SET_DUMPABLE, 1)  # what execve does for a process of this user
         before = prctl(PR_GET_DUMPABLE)
         privileges.switch_to(privileges.resolve("nobody", None))
@@ -162,9 +167,7 @@ def test_groups_the_process_cannot_leave_are_refused() -> None:
     nobody = pwd.getpwnam("nobody")
 
     def in_root_groups() -> str:
-        os.setgroups([0, 6])
-        os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
-        os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
+        become(nobody, [0, 6])
         privileges.switch_to(privileges.resolve("nobody", None))
         return "kept " + repr(os.getgroups())
 
@@ -224,9 +227,7 @@ def test_check_config_refuses_groups_the_start_would_refuse() -> None:
     nobody = pwd.getpwnam("nobody")
 
     def checked() -> str:
-        os.setgroups([0, 6])
-        os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
-        os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
+        become(nobody, [0, 6])
         cli.check_with_the_system(Settings(user="nobody"))
         return "accepted"
 
