@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import errno
 import json
-import math
 import os
 import signal
 import socket
@@ -228,15 +227,21 @@ def _printable(text: str) -> str:
     )
 
 
+# No count, size or duration in a status document comes near this (in seconds, 31
+# million years): a larger one is shown as "-", not as a number hundreds of digits long.
+_LARGEST_SHOWN = 1e15
+
+
 def _number(value: Any) -> float | None:
-    """*value* as a finite float, or None: not a number, or too large for a float."""
+    """*value* as a float the table can show, or None: not a number, not finite, or
+    beyond :data:`_LARGEST_SHOWN`."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
     try:
         number = float(value)
     except OverflowError:  # an integer of hundreds of digits
         return None
-    return number if math.isfinite(number) else None
+    return number if abs(number) < _LARGEST_SHOWN else None  # nan and inf fail too
 
 
 def _duration(value: Any) -> str:
@@ -266,8 +271,11 @@ def _plain(value: Any) -> str:
     """A value as one printable cell: ``-`` for none, floats to one decimal."""
     if value is None or value == "":
         return "-"
-    if isinstance(value, float):
-        return f"{value:.1f}" if math.isfinite(value) else "-"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = _number(value)
+        if number is None:
+            return "-"
+        return f"{value:.1f}" if isinstance(value, float) else str(value)
     return _printable(str(value))
 
 

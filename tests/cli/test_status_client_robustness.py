@@ -172,7 +172,7 @@ def test_numbers_too_large_for_the_table_show_as_missing(
     body = (
         f'{{"master": {{"pid": 1, "uptime": {huge}, "rss": {huge}}}, '
         f'"workers": [{{"slot": 0, "state": "idle", "rss": {huge}, "bytes_in": {huge}, '
-        f'"age": 1e308, "request_age": {huge}}}]}}'
+        f'"age": 1e308, "request_age": {huge}, "requests": 1{"0" * 30}}}]}}'
     ).encode()
     result = status(endpoint(sends(body)).spec)
     assert "Traceback" not in result.stderr, result.stderr
@@ -180,6 +180,8 @@ def test_numbers_too_large_for_the_table_show_as_missing(
     row = result.stdout.splitlines()[-1].split()
     assert row[:3] == ["0", "-", "idle"]
     assert "uptime -" in result.stdout and "master RSS -" in result.stdout
+    # A float's range is not the limit: 1e308 seconds was printed as a 300-digit age.
+    assert max(len(word) for word in result.stdout.split()) < 40, result.stdout
 
 
 # --- c) the whole exchange within --timeout, the answer within a size cap ---
