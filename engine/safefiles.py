@@ -38,6 +38,10 @@ log = logging.getLogger("engine.master")
 
 # Most symlinks followed while walking one path (the kernel's own limit is 40).
 MAX_LINKS = 40
+# Why a privileged open refuses a path (engine.startpaths says the same ahead).
+SYMLINK_REFUSED = ("is a symbolic link, which root does not follow (for stderr, leave it "
+                   "unset or give '-')")
+OTHER_LINKS = "has other hard links, not written"
 _OPEN_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 
 
@@ -208,10 +212,7 @@ def open_append(path: str, mode: int = 0o640) -> int:
         fd = os.open(path, flags | os.O_NONBLOCK, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise OSError(
-                errno.ELOOP, "is a symbolic link, which root does not follow (for stderr, "
-                "leave it unset or give '-')", path,
-            ) from None
+            raise OSError(errno.ELOOP, SYMLINK_REFUSED, path) from None
         if exc.errno == errno.ENXIO:
             raise OSError(errno.ENXIO, "is a pipe that no process reads", path) from None
         raise
@@ -224,7 +225,7 @@ def open_append(path: str, mode: int = 0o640) -> int:
                 or stat.S_ISFIFO(info.st_mode)):  # /dev/null and pipes are fine
             raise OSError(errno.EINVAL, "not a regular file, a pipe or /dev/null", path)
         if stat.S_ISREG(info.st_mode) and info.st_nlink != 1:
-            raise OSError(errno.EMLINK, "has other hard links, not written", path)
+            raise OSError(errno.EMLINK, OTHER_LINKS, path)
     except BaseException:
         os.close(fd)
         raise

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.config.validators import parse_bind
+from workers.protocol import printable
 
 STATUS_TIMEOUT = 5.0
 # The answer's size cap. A real answer is a few hundred bytes per worker (about
@@ -215,18 +216,6 @@ codecs.register_error(_UNENCODABLE, _u_escapes)
 # --- the table ---
 
 
-def _printable(text: str) -> str:
-    """*text* with each character that is not printable escaped (``\\n``, ``\\x1b``,
-    ``\\u202e``, ``\\ud800``): the endpoint's strings must not move the cursor, forge
-    lines, or fail to encode."""
-    if text.isprintable():
-        return text
-    return "".join(
-        c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
-        for c in text
-    )
-
-
 # No count, size or duration in a status document comes near this (in seconds, 31
 # million years): a larger one is shown as "-", not as a number hundreds of digits long.
 _LARGEST_SHOWN = 1e15
@@ -276,7 +265,7 @@ def _plain(value: Any) -> str:
         if number is None:
             return "-"
         return f"{value:.1f}" if isinstance(value, float) else str(value)
-    return _printable(str(value))
+    return printable(str(value))
 
 
 # (heading, JSON key, formatter, right-aligned)

@@ -13,20 +13,24 @@ def format_address(address: Any) -> str:
     One format for process titles, logs, the access log and the scoreboard.
     """
     if isinstance(address, tuple) and len(address) >= 2:
-        host, port = _printable(str(address[0])), address[1]
+        host, port = printable(str(address[0])), address[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if isinstance(address, bytes):
         address = address.decode("utf-8", "replace")
-    return f"unix:{_printable(str(address))}" if address else "unix"
+    return f"unix:{printable(str(address))}" if address else "unix"
 
 
-def _printable(text: str) -> str:
-    """*text* with what is not printable escaped (``\\n``, ``\\x1b``, ``\\udcff``): a
-    client chooses the path a PROXY v2 header gives, and a log line must stay one
-    line, free of terminal escapes, and encodable."""
+def printable(text: str) -> str:
+    """*text* with each character that is not printable escaped (``\\n``, ``\\x1b``,
+    ``\\u202e``, ``\\udcff`` for a byte that was not UTF-8): a string a peer chose
+    (a PROXY v2 path, a status endpoint's answer) stays one line in a log or a
+    terminal, free of escapes, and encodable."""
     if text.isprintable():
         return text
-    return text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for c in text
+    )
 
 
 class WorkerState(enum.IntEnum):

@@ -392,3 +392,11 @@ def run_cli(
 
 StartEngine = Callable[..., EngineProcess]
 """The type of the ``engine_proc`` and ``engines`` fixtures."""
+
+
+def log_time(line: str) -> float:
+    """Seconds since midnight of an engine log line (``2026-12-03 14:10:06,331 ...``):
+    to compare two events by the master's own clock."""
+    hours, minutes, rest = line.split()[1].split(":")
+    seconds, millis = rest.split(",")
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(millis) / 1000

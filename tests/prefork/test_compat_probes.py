@@ -23,7 +23,7 @@ import engine
 from engine import PreforkMixIn, PreforkTCPServer, StreamRequestHandler
 from engine.prefork import PreforkLayer
 from tests.apps.prefork_apps import program
-from tests.kit import read_to_eof, recv_line, wait_until
+from tests.kit import log_time, read_to_eof, recv_line, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,14 +122,7 @@ def serve_forever(self, poll_interval=0.5):
     lines = log.splitlines()
     raised = next(line for line in lines if "service_actions raised" in line)
     stopping = next(line for line in lines if "graceful stop" in line)
-    assert _log_time(stopping) - _log_time(raised) < 1.0, (raised, stopping)
-
-
-def _log_time(line: str) -> float:
-    """Seconds since midnight of a log line (``2026-12-03 14:10:06,331 ...``)."""
-    hours, minutes, rest = line.split()[1].split(":")
-    seconds, millis = rest.split(",")
-    return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(millis) / 1000
+    assert log_time(stopping) - log_time(raised) < 1.0, (raised, stopping)
 
 
 def test_an_exception_from_service_actions_ends_the_classic_loop(no_leaks: None) -> None:

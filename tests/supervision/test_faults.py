@@ -22,7 +22,7 @@ import pytest
 
 from tests.apps.prefork_apps import program
 from tests.kit import exchange as tcp_exchange
-from tests.kit import open_clients, recv_line, run_cli, wait_until
+from tests.kit import log_time, open_clients, recv_line, run_cli, wait_until
 
 # A handler that exits the way the client asks, after answering once.
 EXITING = """
@@ -228,18 +228,10 @@ def test_a_dead_worker_is_replaced_at_once_while_forks_are_backing_off(
     backing_off = next(line for line in lines if "next try in 6.40s" in line)
     spawned = next(line for line in lines if spawned_text in line)
     # By the master's own clock: not the 6.4 s the backoff had left.
-    waited = _log_time(spawned) - _log_time(backing_off)
+    waited = log_time(spawned) - log_time(backing_off)
     assert waited < 5.0, (backing_off, spawned)
     assert _served_by(engine.address, b"again\n") != worker.pid
     assert engine.proc.poll() is None
-
-
-def _log_time(line: str) -> float:
-    """Seconds since midnight of an engine log line (``2026-12-03 14:10:06,331 ...``)."""
-    clock = line.split()[1]
-    hours, minutes, rest = clock.split(":")
-    seconds, millis = rest.split(",")
-    return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(millis) / 1000
 
 
 # Runs in the master before serve_forever: become a uid no other process has, so that
