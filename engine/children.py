@@ -419,7 +419,7 @@ def preload_worker_modules(worker_class: str) -> None:
 def describe_fork_error(exc: OSError) -> str:
     """``fork()``'s error in words, with the usual cause for the usual errnos."""
     hint = {
-        errno.EAGAIN: "process limit reached (RLIMIT_NPROC or pid_max)",
+        errno.EAGAIN: "a process limit reached (RLIMIT_NPROC, a pids cgroup, pid_max)",
         errno.ENOMEM: "out of memory",
     }.get(exc.errno or 0)
     text = exc.strerror or str(exc)

@@ -25,6 +25,7 @@ from engine import listeners, pidfile, sdnotify, upgrade
 from engine.errors import ConfigError
 from engine.exits import describe_exit
 from engine.status import StatusServer
+from workers.prctl import PR_SET_PDEATHSIG, prctl
 
 log = logging.getLogger("engine.master")
 
@@ -49,6 +50,11 @@ class Handover:
         self.took_over = False  # we stopped the master we replace
         # The Unix socket files the old master created: ours once we take over.
         self.adopted_files = _socket_files(sockets) if old_master is not None else {}
+        if old_master is not None and old_master == os.getppid():
+            # Its exit wakes our loop (SIGCHLD re-checks everything): a process limit
+            # that kept us from forking may just have eased (see reap).
+            with contextlib.suppress(OSError):
+                prctl(PR_SET_PDEATHSIG, signal.SIGCHLD)
 
     @property
     def state(self) -> HandoverState:
@@ -119,6 +125,30 @@ class Handover:
             status.claim()
         return True
 
+    def reap(self, status: StatusServer | None = None) -> bool:
+        """The other master of an upgrade exited: our successor died (we keep serving)
+        or our predecessor is gone (we take over). True if either did: the process
+        slots it held are free, and a fork that failed for want of them may be retried.
+        """
+        successor_died = self.reap_successor()
+        return self.predecessor_exited(status) or successor_died
+
+    def predecessor_exited(self, status: StatusServer | None = None) -> bool:
+        """Has the master we replace exited before our workers were ready (stopped by
+        the operator, killed)? Then we take over: its sockets' files and the *status*
+        endpoint's are ours. True once, at that moment: the process slots its workers
+        held are free, and a fork that failed for want of them may be retried at once.
+        """
+        if self.ready or self.old_master is None or os.getppid() == self.old_master:
+            return False
+        log.warning("upgrade: the old master %d exited before our workers were ready; "
+                    "taking over", self.old_master)
+        self.old_master = None
+        self.took_over = True
+        if status is not None:
+            status.claim()
+        return True
+
     def _stop_old_master(self, booted: int) -> None:
         """SIGTERM the master we replace, if it is still there: still our parent.
 
@@ -151,20 +181,22 @@ class Handover:
                 if os.stat(path).st_ino == inode:  # not replaced by another server since
                     os.unlink(path)
 
-    def reap_successor(self) -> None:
-        """Our successor died (at any moment of its start): keep serving, fix the pidfile."""
+    def reap_successor(self) -> bool:
+        """Our successor died (at any moment of its start): keep serving, fix the pidfile.
+        True if it did."""
         if self.new_master is None:
-            return
+            return False
         try:
             pid, status = os.waitpid(self.new_master, os.WNOHANG)
         except ChildProcessError:
             pid, status = self.new_master, 0
         if not pid:
-            return
+            return False
         dead, self.new_master = self.new_master, None
         log.error("upgrade failed: new master %d %s; still serving", dead, describe_exit(status))
         if self.pidfile:
             restore_pidfile(str(self.pidfile), os.getpid(), dead)
+        return True
 
 
 def _socket_files(sockets: Sequence[socket.socket]) -> dict[str, int]:

@@ -218,7 +218,8 @@ class Master:
     def reap_workers(self) -> None:
         """Collect exited workers (and a failed successor); stop if none could boot."""
         self.children.reap(time.monotonic(), stopping=not self.running)
-        self.handover.reap_successor()
+        if self.handover.reap(self.events.status):  # a master of the upgrade exited
+            self.children.backoff.process_exited()
         if self.children.fatal and self.running:
             self.stop_quickly()
 

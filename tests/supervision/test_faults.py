@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,6 +234,67 @@ def test_a_dead_worker_is_replaced_at_once_while_forks_are_backing_off(
     assert waited < 5.0, (backing_off, spawned)
     assert _served_by(engine.address, b"again\n") != worker.pid
     assert engine.proc.poll() is None
+
+
+# Runs in each master before serve_forever (the new master of an upgrade too): join
+# the test's pids cgroup, whose limit the test sets once the pool is up.
+JOIN_CGROUP = """
+with open({procs!r}, 'w') as procs:
+    procs.write(str(os.getpid()))
+"""
+
+
+@pytest.fixture
+def pids_cgroup() -> Iterator[Path]:
+    """A cgroup (v1 pids controller) of its own: a process limit that binds root too,
+    as systemd's TasksMax= does. Request it before engine_proc, so that it is removed
+    after the engines in it are gone."""
+    parent = Path("/sys/fs/cgroup/pids")
+    path = parent / f"engine-test-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        path.mkdir()
+    except OSError as exc:
+        pytest.skip(f"no pids cgroup to create here: {exc}")
+    yield path
+    (path / "pids.max").write_text("max")
+    wait_until(lambda: not (path / "cgroup.procs").read_text().strip(), 10, "an empty cgroup")
+    path.rmdir()
+
+
+def test_the_new_master_forks_as_soon_as_the_old_master_has_exited(
+    pids_cgroup: Path, engine_proc
+) -> None:
+    """A SIGUSR2 upgrade where the new master cannot fork (a process limit) until the
+    old master and its workers are gone. When the operator stopped the old master, the
+    new one waited out its fork backoff (up to 30 s) with no worker at all: the old
+    workers were not its children, so their exits did not wake it (found probing: 6.2 s).
+    Now the old master's exit (it is the new master's parent) ends the backoff."""
+    engine = engine_proc(program(
+        attrs="workers = 1\npool_mode = 'static'",
+        before=JOIN_CGROUP.format(procs=str(pids_cgroup / "cgroup.procs")),
+    ))
+    [old_worker] = wait_until(lambda: engine.workers(), 10, "the old master's worker")
+    # Room for one more process: the new master, which then cannot fork its worker.
+    tasks = int((pids_cgroup / "pids.current").read_text())
+    (pids_cgroup / "pids.max").write_text(str(tasks + 1))
+    os.kill(engine.pid, signal.SIGUSR2)
+    started = wait_until(lambda: re.search(r"started new master pid (\d+)", engine.log()),
+                         20, "the new master")
+    new_master = int(started.group(1))
+    engine.seen_pids.add(new_master)
+    wait_until(lambda: "next try in 3.20s" in engine.log(), 30, "the new master backing off")
+    assert engine.proc.poll() is None  # the old master still serves meanwhile
+    assert _served_by(engine.address, b"old\n") == old_worker.pid
+    engine.signal(signal.SIGTERM)  # the operator stops the old master
+    engine.proc.wait(timeout=20)
+    exited = time.monotonic()
+    engine.adopt_master(new_master)
+    [new_worker] = wait_until(lambda: engine.workers(), 10, "the new master's worker")
+    # Not the 3.2 s the backoff had left.
+    assert time.monotonic() - exited < 1.5, engine.log_tail()
+    assert _served_by(engine.address, b"new\n") == new_worker.pid
+    wait_until(lambda: "taking over" in engine.log(), 10, "the take-over logged")
+    assert engine.stop() == 0
 
 
 # Runs in the master before serve_forever: become a uid no other process has, so that

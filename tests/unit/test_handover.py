@@ -33,6 +33,18 @@ def test_ready_once_the_floor_has_booted() -> None:
     assert handover.state is HandoverState.SERVING
 
 
+def test_a_predecessor_gone_before_we_were_ready_is_taken_over_once() -> None:
+    """The old master exited while we could not fork yet (a process limit): we take
+    over, and reap says so once, so that the fork backoff ends once."""
+    handover = Handover(4242, None)  # not our parent: it has exited
+    assert handover.reap() is True
+    assert handover.took_over and handover.state is HandoverState.SERVING
+    assert handover.reap() is False
+    waiting = Handover(4242, None)
+    waiting.ready = True  # ready already: check_ready stops (or finds gone) the old one
+    assert waiting.reap() is False and waiting.state is HandoverState.REPLACING
+
+
 OLD_MASTER = """
 import os, signal, sys
 from engine.handover import Handover
