@@ -137,8 +137,8 @@ class PoolAdapter:
             if child.kill_at is not None or record is None:
                 continue
             why = watchdog.hang_reason(record, child.spawned, self.settings, tick.now)
-            if why is not None:
-                found.append((child, why, record.client))
+            if why is not None:  # an idle slot still holds the last client it served
+                found.append((child, why, record.client if record.active else ""))
         return found
 
     def views(self, tick: Tick, children: Iterable[Child]) -> list[pool.WorkerView]:

@@ -201,6 +201,18 @@ def test_hung_worker_is_found_from_the_tick(closing) -> None:
     assert pool.hung(pool.snapshot([worker], 8.0), [worker]) == []
 
 
+def test_an_idle_worker_found_hung_names_no_client(closing) -> None:
+    """An idle worker gone silent past worker_timeout: its slot still holds the last
+    client it served, which the kill's log line named as if it were the culprit."""
+    pool, board = adapter(worker_timeout=3.0)
+    closing.append(board)
+    (worker,) = idle_pool(board, 0.0, 1)
+    board.busy(0, 1.0, 0, 1, ("10.0.0.1", 4242))
+    board.idle(0, 1.5, 1)  # served it, then went silent
+    ((found, why, client),) = pool.hung(pool.snapshot([worker], 5.0), [worker])
+    assert found is worker and "worker_timeout" in why and client == ""
+
+
 def test_reload_generations(closing) -> None:
     pool, board = adapter(workers=2)
     closing.append(board)
