@@ -72,6 +72,7 @@ from engine.proctitle import format_address
 from engine.status_client import (
     STATUS_TIMEOUT,
     StatusError,
+    check_prometheus,
     fetch_status,
     format_status,
     parse_status,
@@ -716,10 +717,12 @@ def run_status(args: argparse.Namespace) -> int:
             f"cannot read the status endpoint at {settings.status_bind}: "
             f"{exc.strerror or exc or type(exc).__name__}", ExitStatus.FAILURE,
         )
-    if not args.prometheus:
-        try:  # --json too: its output must be a status document, as printed
+    try:  # --json too: its output must be a status document, as printed
+        if args.prometheus:
+            body = check_prometheus(body)
+        else:
             data = parse_status(body)
-        except StatusError as exc:
-            return _fail(f"the status endpoint sent {exc}", ExitStatus.FAILURE)
-        body = body if args.json else format_status(data)
+            body = body if args.json else format_status(data)
+    except StatusError as exc:
+        return _fail(f"the status endpoint sent {exc}", ExitStatus.FAILURE)
     return write_output(body)

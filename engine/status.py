@@ -211,7 +211,11 @@ def _escape_help(text: str) -> str:
 
 
 def _escape_label(text: str) -> str:
-    # Label values escape backslash, double quote and newline.
+    # Label values escape backslash, double quote and newline. The format has no escape
+    # for other characters that are not printable (a control character in a socket's
+    # path): they become U+FFFD, so that the text is safe on a terminal.
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() or c == "\n" else "\ufffd" for c in text)
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 

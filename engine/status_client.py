@@ -2,8 +2,8 @@
 
 Used by ``engine status``; the endpoint itself is :mod:`engine.status`. The endpoint
 is trusted no further than any peer: its answer is read within one deadline and a
-size cap, must be a JSON object of the expected shape, and every string from it is
-shown with what is not printable escaped.
+size cap, must be a JSON object of the expected shape (or plain text, for Prometheus),
+and every string from it is shown with what is not printable escaped.
 """
 
 from __future__ import annotations
@@ -127,6 +127,23 @@ def parse_status(body: str) -> dict[str, Any]:
                         f'"{key}" with {_json_type(entry)} at index {index}, not an object'
                     )
     return data
+
+
+def check_prometheus(body: str) -> str:
+    """*body* if it is plain text, as the Prometheus exposition format is: printable
+    lines (tabs allowed). Printed as sent, an escape sequence in it would drive the
+    user's terminal.
+
+    Raises:
+        StatusError: a character that is not printable, named with its line.
+    """
+    for number, line in enumerate(body.split("\n"), 1):
+        if not line.replace("\t", " ").isprintable():
+            raise StatusError(
+                f"a character that is not printable text in its Prometheus answer, line "
+                f"{number}: {printable(line[:200])}"
+            )
+    return body
 
 
 def _reject_constant(name: str) -> Any:

@@ -347,3 +347,26 @@ def test_what_stdout_cannot_encode_is_escaped_not_a_traceback(
     assert "caf\\u00e9 \\u4e2d \\ud83d\\ude00" in result.stdout
     if output:  # the escapes are JSON's own: the document reads back the same
         assert json.loads(result.stdout)["master"]["name"] == name
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"engine_workers 2\n\x1b]0;pwned\x07engine_up 1\n", b"engine_up 1\r\nx 2\n",
+     b"engine_up\x00 1\n", "engine_up{a=\"\u202e\"} 1\n".encode()],
+    ids=["osc-escape", "carriage-return", "nul", "bidi-override"],
+)
+def test_prometheus_text_that_is_not_plain_text_is_a_clear_error(
+    endpoint: Callable[..., FakeEndpoint], body: bytes
+) -> None:
+    """--prometheus printed whatever the endpoint sent: a terminal escape in it drove
+    the user's terminal. The exposition format is plain printable lines."""
+    one = endpoint(sends(body))
+    assert_clean_failure(status(one.spec, "--prometheus"), "status endpoint", "line ")
+
+
+def test_plain_prometheus_text_is_printed_as_sent(
+    endpoint: Callable[..., FakeEndpoint],
+) -> None:
+    body = '# HELP engine_up 1 if up\n# TYPE engine_up gauge\nengine_up{name="caf\u00e9\\n"}\t1\n'
+    result = status(endpoint(sends(body.encode())).spec, "--prometheus")
+    assert result.returncode == 0 and result.stdout == body, result

@@ -310,6 +310,16 @@ def test_prometheus_label_values_are_escaped(scoreboard: Scoreboard) -> None:
     assert info.labels == {"name": name}
 
 
+def test_prometheus_text_is_printable_whatever_the_labels_hold(scoreboard: Scoreboard) -> None:
+    """A name or a socket path may hold control characters; the format has no escape
+    for them, and `engine status --prometheus` refuses text that is not printable."""
+    name = "a\x1b[2Jb\x07\u202e"
+    text = render_prometheus(snapshot_of(scoreboard, {"name": name}))
+    assert all(line.isprintable() for line in text.split("\n")), repr(text)
+    (info,) = parse_prometheus(text)["engine_info"].samples
+    assert info.labels == {"name": "a\ufffd[2Jb\ufffd\ufffd"}
+
+
 def test_prometheus_with_no_workers_is_still_valid() -> None:
     families = parse_prometheus(render_prometheus(build_snapshot({}, [], {}, NOW)))
     assert sample(families, "engine_workers", state="busy") == 0
