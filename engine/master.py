@@ -166,7 +166,7 @@ class Master:
         if self.running:
             serving = sum(1 for c in self.children if not c.draining)
             log.info("graceful restart: generation %d replaces %d workers",
-                     self.pool.reload(serving), serving)
+                     self.pool.reload(serving), self.pool.reload_size)
 
     def scale_by(self, delta: int) -> None:
         """Change the pool's floor by *delta*, within [1, max_children]."""
@@ -234,11 +234,11 @@ class Master:
 
     def _status(self) -> dict[str, Any]:
         now, pool = time.monotonic(), self.pool
+        records = pool.look(self.children, now, self.running)  # now, not at the last turn
         info = supervision.master_info(
             self.name, self.server.server_address, self.settings, state=self.state.value,
             generation=pool.generation, target=pool.target, started=self.started,
             crash_loop=self.children.backoff.status(now))
-        records = [pool.scoreboard.read(slot) for slot in sorted(self.children.by_slot)]
         return supervision.status_snapshot(info, records, self.health, now, pool.capacity)
 
     def _close(self) -> None:

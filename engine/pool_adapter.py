@@ -27,6 +27,9 @@ from workers.scoreboard import Scoreboard, SlotRecord
 GROWTH_TICK = 0.1
 # Ticks: short while the pool is changing; otherwise the master sleeps until a deadline.
 BUSY_TICK = 0.1
+# While a worker is busy, the master looks at least this often: the accept queues (a
+# full pool's waiting clients, its warning) are never staler than this under load.
+LOAD_TICK = 1.0
 # Without signals (serve_forever in a thread) child exits are found by polling.
 NO_SIGNAL_TICK = 0.05
 # A hang deadline is acted on just after it passes, not just before.
@@ -74,9 +77,15 @@ class PoolAdapter:
     # --- commands ---
 
     def reload(self, serving: int) -> int:
-        """SIGHUP: a new generation replaces *serving* workers; returns the generation."""
+        """SIGHUP: a new generation replaces *serving* workers; returns the generation.
+
+        During a reload, it replaces the pool that reload is building: *serving* then
+        counts that pool twice, its new workers and the old ones still beside them (a
+        SIGHUP storm doubled the pool at each SIGHUP, up to max_children).
+        """
         self.generation += 1
-        self.reload_size = max(serving, self.target)
+        size = serving if self.reload_size is None else self.reload_size
+        self.reload_size = max(size, self.target)
         return self.generation
 
     def scale_by(self, delta: int) -> tuple[int, int]:
@@ -90,6 +99,16 @@ class PoolAdapter:
     def snapshot(self, children: Iterable[Child], now: float) -> Tick:
         """Read every live worker's slot, once."""
         return Tick(now, {c.slot: self.scoreboard.read(c.slot) for c in children})
+
+    def look(self, children: Iterable[Child], now: float, running: bool) -> list[SlotRecord]:
+        """Every worker's slot in slot order and, while the pool runs, the accept queues,
+        read as of *now*, between turns (a status request): the master may have slept
+        since its last turn (up to ``health_interval`` in a quiet pool)."""
+        children = sorted(children, key=lambda child: child.slot)
+        tick = self.snapshot(children, now)
+        if running:
+            self._observe_capacity(tick, children, self.listeners)
+        return list(tick.records.values())
 
     def observe(self, tick: Tick, children: Iterable[Child], running: bool = True) -> list[Child]:
         """Update retiring flags, idle times and (while the pool runs) the capacity
@@ -247,6 +266,8 @@ class PoolAdapter:
             deadlines.append(tick.now + BUSY_TICK)
         if not signals:
             deadlines.append(tick.now + NO_SIGNAL_TICK)
+        if any(record.state == WorkerState.BUSY for record in tick.records.values()):
+            deadlines.append(tick.now + LOAD_TICK)
         surplus = len(children) > self.target and self.settings.pool_mode != "static"
         for child in children:
             if child.kill_at is not None:
@@ -255,7 +276,7 @@ class PoolAdapter:
             record = tick.records.get(child.slot)
             hang = None
             if record is not None:
-                hang = watchdog.hang_deadline(record, child.spawned, self.settings)
+                hang = watchdog.next_look(record, child.spawned, self.settings, tick.now)
             elif self.settings.worker_timeout:  # forked after the read: STARTING
                 hang = child.spawned + self.settings.worker_timeout
             if hang is not None:

@@ -38,6 +38,21 @@ def hang_deadline(record: SlotRecord, spawned: float, settings: Settings) -> flo
     return None
 
 
+def next_look(record: SlotRecord, spawned: float, settings: Settings, now: float) -> float | None:
+    """When the master must read this worker again (*now*: when this record was read).
+
+    Its hang deadline; and, with ``request_timeout`` set, within ``request_timeout`` for
+    a worker that was not busy: a request it begins just after the read (the worker
+    wakes nobody) is then seen by its own deadline, however long the master would
+    sleep otherwise (until ``health_interval``, in a quiet static pool).
+    """
+    deadline = hang_deadline(record, spawned, settings)
+    if settings.request_timeout and record.state in _NOT_BUSY:
+        look = now + settings.request_timeout
+        deadline = look if deadline is None else min(deadline, look)
+    return deadline
+
+
 def _cooperative_deadline(record: SlotRecord, spawned: float, settings: Settings) -> float | None:
     deadlines = []
     if record.state in _ALIVE and settings.worker_timeout:

@@ -99,3 +99,35 @@ def test_full_pool_shows_queue_and_warns(
     assert 'engine_listen_backlog{listener="127.0.0.1:' in metrics
     engine.signal(15)
     assert engine.wait() == 0
+
+
+def test_the_status_shows_waiting_clients_at_once_while_the_master_sleeps(
+    engine_proc: Callable[..., EngineProcess], tmp_path
+) -> None:
+    """A quiet static pool sleeps until health_interval; the status endpoint answered
+    with the queues as of the master's last turn, so a full pool read as not full for
+    up to that long (found probing: 19 s with health_interval 20). It reads them now."""
+    from tests.supervision.test_supervision import master_sleep_ms
+
+    sock_path = str(tmp_path / "status.sock")
+    engine = engine_proc(program(attrs=(
+        f"workers = 1\npool_mode = 'static'\nstatus_bind = 'unix:{sock_path}'\n"
+        "health_interval = 20\n"
+    )))
+    wait_until(lambda: os.path.exists(sock_path), 10, "status socket")
+    assert status(sock_path)["master"]["listen_queue"] == 0
+    wait_until(lambda: (master_sleep_ms(engine.pid) or 0) >= 5000, 10, "the master asleep")
+    with socket.create_connection(engine.address, timeout=5) as held:
+        held.sendall(b"hold\n")
+        assert recv_line(held).endswith(b"hold\n")  # the only worker is busy with us now
+        with open_clients(engine.address, 2, timeout=5) as waiting:
+            master = status(sock_path)["master"]  # the first read: no waiting for a turn
+            assert master["listen_queue"] == 2 and master["pool_full"], master
+            assert master["clients_waiting"] and master["max_children_reached"] == 1, master
+            held.close()
+            for client in waiting:  # one worker: one client at a time
+                client.sendall(b"served\n")
+                assert recv_line(client, timeout=10).endswith(b"served\n")
+                client.close()
+    engine.signal(15)
+    assert engine.wait() == 0

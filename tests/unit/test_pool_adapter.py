@@ -11,7 +11,7 @@ from engine.children import Child
 from engine.config import build
 from engine.growth import GrowthGate
 from engine.health import HealthSampler
-from engine.pool_adapter import BUSY_TICK, GROWTH_TICK, PoolAdapter
+from engine.pool_adapter import BUSY_TICK, GROWTH_TICK, LOAD_TICK, PoolAdapter
 from workers.protocol import WorkerState
 from workers.scoreboard import Scoreboard, SlotRecord
 
@@ -201,6 +201,36 @@ def test_hung_worker_is_found_from_the_tick(closing) -> None:
     assert pool.hung(pool.snapshot([worker], 8.0), [worker]) == []
 
 
+def test_a_quiet_static_pool_looks_again_within_request_timeout(closing) -> None:
+    """All idle at this read: a request begun just after it wakes nobody, so the
+    master must look again by request_timeout, not sleep until health_interval."""
+    pool, board = adapter(pool_mode="static", request_timeout=5.0, health_interval=60.0)
+    closing.append(board)
+    workers = idle_pool(board, 0.0)
+    tick = pool.snapshot(workers, 0.0)
+    assert pool.next_timeout(tick, workers, changing=False, signals=True,
+                             other_deadlines=[60.0]) == pytest.approx(5.0, abs=0.01)
+    quiet, board2 = adapter(pool_mode="static", health_interval=60.0)
+    closing.append(board2)
+    workers = idle_pool(board2, 0.0)
+    tick = quiet.snapshot(workers, 0.0)
+    # No request_timeout: until the worker_timeout deadline (30 s), not sooner.
+    assert quiet.next_timeout(tick, workers, changing=False, signals=True,
+                              other_deadlines=[60.0]) == pytest.approx(30.0, abs=0.01)
+
+
+def test_a_busy_pool_is_looked_at_every_second(closing) -> None:
+    """A full static pool: its waiting clients (the accept queue, the pool-full
+    warning) are read at least once a second, not at health_interval."""
+    pool, board = adapter(pool_mode="static", health_interval=60.0)
+    closing.append(board)
+    workers = idle_pool(board, 0.0)
+    board.busy(0, 1.0, 0, 1, ("10.0.0.1", 4242))
+    tick = pool.snapshot(workers, 1.0)
+    assert pool.next_timeout(tick, workers, changing=False, signals=True,
+                             other_deadlines=[60.0]) == pytest.approx(LOAD_TICK)
+
+
 def test_an_idle_worker_found_hung_names_no_client(closing) -> None:
     """An idle worker gone silent past worker_timeout: its slot still holds the last
     client it served, which the kill's log line named as if it were the culprit."""
@@ -227,6 +257,21 @@ def test_reload_generations(closing) -> None:
         child.draining = True
     assert pool.reload_finished(old + new) and pool.reload_size is None
     assert pool.reload(serving=3) == 2
+
+
+def test_a_sighup_during_a_reload_replaces_the_same_pool(closing) -> None:
+    """SIGHUPs in quick succession: each one counted the reload's new workers and the
+    old ones beside them as the pool to replace, so the pool doubled at each SIGHUP
+    (found probing: 4 SIGHUPs 50 ms apart forked 64 workers for a pool of 4)."""
+    pool, board = adapter(workers=4, pool_mode="static", max_children=40)
+    closing.append(board)
+    old = idle_pool(board, 0.0, 4)
+    assert pool.reload(serving=4) == 1 and pool.reload_size == 4
+    first = [Child(slot, 2000 + slot, 1, 1.0) for slot in range(4, 8)]  # forked, booting
+    assert pool.reload(serving=len(old + first)) == 2
+    assert pool.reload_size == 4
+    decision = pool.plan(pool.snapshot(old + first, 2.0), old + first, can_spawn=True)
+    assert decision.spawn == 4  # one pool of the newest generation, not 8
 
 
 def test_scale_limits(closing) -> None:
