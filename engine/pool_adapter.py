@@ -181,6 +181,8 @@ class PoolAdapter:
 
     def plan(self, tick: Tick, children: Sequence[Child], can_spawn: bool) -> pool.Plan:
         """This tick's forks and drains (:func:`engine.pool.plan`)."""
+        # server_close() from another thread: a worker forked now could accept nothing.
+        can_spawn = can_spawn and all(sock.fileno() >= 0 for sock in self.listeners)
         views = self.views(tick, children)
         settings = self.settings
         self.cpu_saturated = self._cpu_saturated(tick, children, views)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import socket
 import ssl
 import threading
@@ -524,12 +525,24 @@ class PreforkMixIn(_MixInSurface):
 
     def server_close(self) -> None:
         """Close the listening sockets; no worker outlives this call. Then reap the
-        request children, waiting for them unless :attr:`block_on_close` is false."""
+        request children, waiting for them unless :attr:`block_on_close` is false.
+
+        While :meth:`serve_forever` runs in another thread (a ``with`` block left by an
+        exception), its pool stops at once, as on SIGQUIT: nothing is left to accept
+        on. This call returns once it has, and ``serve_forever`` returns.
+        """
         super().server_close()  # type: ignore[misc]
         for extra in self.extra_listeners:
             extra.close()
-        master = self._prefork_master
-        if master is not None and master.workers:
+        state = self._prefork_state()
+        with state.lock:
+            master = self._prefork_master
+            if master is not None:
+                master.events.wakeup.wake(signal.SIGQUIT)  # the loop's quick stop
+            elsewhere = master is not None and state.thread is not threading.current_thread()
+        if elsewhere:
+            state.stopped.wait()
+        elif master is not None and master.workers:  # from the master's own thread
             master.children.kill_all()
         self.collect_children(blocking=self.block_on_close)
 

@@ -9,7 +9,9 @@ attribute named like one of engine's.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import socketserver
 import threading
@@ -273,3 +275,61 @@ def test_classic_api_lists_every_name_engine_adds_to_the_server() -> None:
     added = {name for name in vars(PreforkLayer) if not name.startswith("_")}
     added.add("reopen_logs")  # called on SIGUSR1 if the server has it
     assert added - documented == set()
+
+
+# --- server_close() while serve_forever() runs in another thread ----------------------
+
+CLOSED_WHILE_SERVING = """
+import logging, os, signal, sys, threading
+logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                    format="%(asctime)s [%(process)d] %(levelname)s %(message)s")
+import psutil
+import engine
+from tests.apps.prefork_apps import PidEcho, PidDatagram
+close_now = threading.Event()
+signal.signal(signal.SIGUSR1, lambda *_: close_now.set())
+class Server(engine.{server}):
+    allow_reuse_address = True
+    workers = 2
+    pool_mode = 'static'
+srv = Server(('127.0.0.1', 0), {handler})
+outcome = []
+def serve():
+    try:
+        srv.serve_forever()
+        outcome.append('returned')
+    except BaseException as error:
+        outcome.append(repr(error))
+thread = threading.Thread(target=serve)
+thread.start()
+print("READY", repr(srv.server_address), flush=True)
+close_now.wait()
+srv.server_close()  # a `with` block left by an exception, the loop in another thread
+print("CLOSED, workers left:", len(psutil.Process().children()), file=sys.stderr, flush=True)
+thread.join(30)
+print("THREAD", "alive" if thread.is_alive() else "ended", outcome, file=sys.stderr, flush=True)
+srv.shutdown()
+print("SHUTDOWN returned", file=sys.stderr, flush=True)
+"""
+
+
+@pytest.mark.parametrize(("server", "handler"), [
+    ("PreforkTCPServer", "PidEcho"), ("PreforkUDPServer", "PidDatagram"),
+])
+def test_server_close_while_serving_in_a_thread_stops_the_pool(
+    engine_proc, server: str, handler: str
+) -> None:
+    """server_close() from the main thread while serve_forever() runs in another: it
+    killed the workers, and the master forked new ones that died at once on the closed
+    socket (ValueError: fd -1), hundreds a second until shutdown() (found probing).
+    Now the pool stops: no fork, no traceback, and serve_forever returns."""
+    engine_run = engine_proc(CLOSED_WHILE_SERVING.format(server=server, handler=handler))
+    wait_until(lambda: engine_run.log().count("spawned worker") == 2, 10, "the pool")
+    os.kill(engine_run.pid, signal.SIGUSR1)
+    wait_until(lambda: "SHUTDOWN returned" in engine_run.log(), 40, "the program's end")
+    log = engine_run.log()
+    assert "CLOSED, workers left: 0" in log, log
+    assert "THREAD ended ['returned']" in log, log
+    assert "Traceback" not in log and "Error" not in log, log
+    assert log.count("spawned worker") == 2, log  # none forked after the close
+    assert engine_run.wait(10) == 0
