@@ -74,6 +74,7 @@ class Child:
     why_killed: str = ""  # hung: aborted by the master
     retiring: bool = False  # left on its own after max_requests
     recycling: str = ""  # drained by the master to be replaced (max_worker_memory)
+    sigkilled: bool = False  # the master sent it SIGKILL (a deadline passed, or at exit)
 
 
 class ExitKind(enum.Enum):
@@ -86,18 +87,22 @@ class ExitKind(enum.Enum):
     KILLED = "killed"  # hung: aborted by the master
 
 
-def classify_exit(child: Child, *, booted: bool, retiring: bool, stopping: bool) -> ExitKind:
-    """Read one exit. *booted* and *retiring* are what the worker wrote in its slot.
+def classify_exit(
+    child: Child, *, booted: bool, retiring: bool, stopping: bool, code: int = 0
+) -> ExitKind:
+    """Read one exit. *booted* and *retiring* are what the worker wrote in its slot;
+    *code* its status as :func:`os.waitstatus_to_exitcode` gives it.
 
     A booted worker's exit is never a boot failure, whatever its status; "recycled" is
-    only said when the worker announced its retirement or the master recycled it.
+    only said when the master recycled it, or when it retired (max_requests) and exited
+    0: a handler's SystemExit announces the retirement too, and exits with its status.
     """
     if child.why_killed:
         return ExitKind.KILLED
     booted = booted or child.booted
     if not booted:
         return ExitKind.EXITED if child.draining or stopping else ExitKind.BOOT_FAILED
-    if retiring or child.retiring or child.recycling:
+    if child.recycling or ((retiring or child.retiring) and code == 0):
         return ExitKind.RECYCLED
     if child.draining or stopping:
         return ExitKind.EXITED
@@ -296,12 +301,14 @@ class Children:
                         "worker %d pid %d did not finish within graceful_timeout; SIGKILL",
                         child.slot, child.pid,
                     )
+                child.sigkilled = True
                 self.signal(child, signal.SIGKILL)
         return killed
 
     def kill_all(self, stopping: bool = True) -> list[Exit]:
         """SIGKILL and reap whatever is left (used on the way out)."""
         for child in self:
+            child.sigkilled = True
             self.signal(child, signal.SIGKILL)
         exits = []
         for child in self:
@@ -351,10 +358,10 @@ class Children:
             record.booted or record.state in (WorkerState.IDLE, WorkerState.BUSY)
         ):
             self.mark_booted(child)  # booted (and served, maybe) between two looks
-        kind = classify_exit(child, booted=child.booted, retiring=record.retiring,
-                             stopping=stopping)
-        how = describe_exit(status)
         code = os.waitstatus_to_exitcode(status)
+        kind = classify_exit(child, booted=child.booted, retiring=record.retiring,
+                             stopping=stopping, code=code)
+        how = describe_exit(status, sent_by_master=child.sigkilled)
         if kind is ExitKind.KILLED:
             log.warning("worker %d pid %d killed: %s", child.slot, child.pid, child.why_killed)
         elif kind in (ExitKind.EXITED, ExitKind.RECYCLED):

@@ -20,6 +20,7 @@ from engine.children import (
     classify_exit,
     describe_fork_error,
 )
+from engine.exits import describe_exit
 from tests.kit import wait_until
 from tests.kit.procfs import zombie_children
 from workers.scoreboard import Scoreboard
@@ -53,6 +54,27 @@ def test_classify_exit(
 ) -> None:
     assert classify_exit(child(**state), booted=booted, retiring=retiring,
                          stopping=stopping) is expected
+
+
+def test_a_worker_retiring_for_another_reason_than_max_requests_is_not_recycled() -> None:
+    """A handler's SystemExit(3) (threads, gevent) announces the retirement too, so that
+    the replacement is forked at once; its exit, with status 3 or killed at the stop,
+    was logged as "recycled", which says max_requests (found probing)."""
+    leaving = child(booted=True, draining=True, retiring=True)
+    assert classify_exit(leaving, booted=True, retiring=True, stopping=False,
+                         code=3) is ExitKind.EXITED
+    assert classify_exit(leaving, booted=True, retiring=True, stopping=True,
+                         code=-signal.SIGKILL) is ExitKind.EXITED
+    assert classify_exit(leaving, booted=True, retiring=True, stopping=False,
+                         code=0) is ExitKind.RECYCLED
+
+
+def test_a_sigkill_the_master_sent_is_not_said_to_be_out_of_memory() -> None:
+    killed = signal.SIGKILL  # a raw wait status: killed by that signal, no core
+    assert describe_exit(killed) == (
+        "killed by SIGKILL (possibly out of memory, if the engine did not send it)")
+    assert describe_exit(killed, sent_by_master=True) == (
+        "killed by SIGKILL (sent by the master)")
 
 
 def test_fork_errors_say_their_usual_cause() -> None:
