@@ -298,6 +298,9 @@ _COLUMNS: list[tuple[str, str, Callable[[Any], str], bool]] = [
     ("AGE", "age", _duration, True),
     ("RSS", "rss", _size, True),
     ("CPU%", "cpu_percent", _plain, True),
+    # Connections in flight: a gevent or threads worker serves many, CLIENT shows one.
+    # Last, so that scripts reading the columns before it by position keep working.
+    ("CONNS", "active", _plain, True),
 ]
 
 

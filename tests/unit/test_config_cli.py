@@ -196,7 +196,7 @@ def test_status_table_prints_missing_values_as_dashes() -> None:
         "workers": [
             {"slot": 0, "pid": 11, "state": "busy", "requests": 5, "bytes_in": 2048,
              "bytes_out": 10, "client": "127.0.0.1:5000", "request_age": 1.25, "age": 70.0,
-             "rss": 12 * 1024 * 1024, "cpu_percent": 12.5},
+             "rss": 12 * 1024 * 1024, "cpu_percent": 12.5, "active": 150},
             {"slot": 1, "pid": 12, "state": "idle"},
         ],
     }
@@ -206,10 +206,11 @@ def test_status_table_prints_missing_values_as_dashes() -> None:
     assert "uptime 1:02:05" in lines[1] and "generation 1" in lines[1]
     assert lines[2] == "2 workers: 1 busy, 1 idle"
     header = lines[4].split()
-    assert header[:4] == ["SLOT", "PID", "STATE", "REQS"] and header[-2:] == ["RSS", "CPU%"]
+    assert header[:4] == ["SLOT", "PID", "STATE", "REQS"]
+    assert header[-3:] == ["RSS", "CPU%", "CONNS"]  # a worker's connections in flight, last
     busy, idle = lines[5].split(), lines[6].split()
     assert busy == ["0", "11", "busy", "5", "2.0K", "10B", "127.0.0.1:5000", "1.2s",
-                    "1m10s", "12.0M", "12.5"]
+                    "1m10s", "12.0M", "12.5", "150"]
     assert idle[:3] == ["1", "12", "idle"] and set(idle[3:]) == {"-"}
     assert "workers" in cli.format_status({})  # nothing at all still prints
 
