@@ -12,10 +12,12 @@ import struct
 
 from loadtests.reliability_scenarios import tracebacks
 from tests.kit import (
+    DeadlineExceeded,
     LoadGen,
     StartEngine,
     exchange,
     fd_count,
+    fd_targets,
     settled_fd_count,
     wait_until,
 )
@@ -36,6 +38,7 @@ def test_demo_shrugs_off_hostile_clients(engines: StartEngine) -> None:
     server = engines(["--workers", "2", "--pool-mode", "static", "--threads", "4"])
     workers = server.wait_workers(2)
     fds = {pid: settled_fd_count(pid) for pid in workers}
+    opened = {pid: set(fd_targets(pid).items()) for pid in workers}  # for the message
     master_fds = settled_fd_count(server.master)
     rng = random.Random(7)
     with LoadGen(server.address, clients=2, max_requests=100_000, max_seconds=60,
@@ -53,8 +56,12 @@ def test_demo_shrugs_off_hostile_clients(engines: StartEngine) -> None:
                 assert answer in (b"ERR line too long\n", b"")
         stats = load.stop()
     assert stats.failed == 0 and stats.refused == 0 and stats.ok > 0, stats.failures
-    wait_until(lambda: all(fd_count(pid) <= fds[pid] for pid in workers), 20,
-             "worker fds back to their baseline")
+    try:
+        wait_until(lambda: all(fd_count(pid) <= fds[pid] for pid in workers), 20,
+                   "worker fds back to their baseline")
+    except DeadlineExceeded:  # once in CI under load: say which fds, and what the log says
+        new = {pid: sorted(set(fd_targets(pid).items()) - opened[pid]) for pid in workers}
+        raise AssertionError(f"fds not closed: {new}\n{server.log()[-3000:]}") from None
     assert server.worker_pids() == workers
     assert settled_fd_count(server.master) == master_fds
     assert tracebacks(server.log()) == 0, server.log()[-3000:]
