@@ -58,6 +58,7 @@ from tests.kit.processes import (
 )
 from tests.kit.procfs import (
     caught_signals,
+    epoll_wait_timeout,
     fd_count,
     fd_targets,
     open_fds,
@@ -88,6 +89,7 @@ __all__ = [
     "become_subreaper",
     "caught_signals",
     "connect",
+    "epoll_wait_timeout",
     "exchange",
     "fd_count",
     "fd_targets",

@@ -11,6 +11,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -97,6 +98,25 @@ def is_set_up(pid: int) -> bool:
             return file.read().startswith(b"engine: worker")
     except OSError:
         return False
+
+
+# epoll_wait and epoll_pwait (x86-64), epoll_pwait (arm64), epoll_pwait2: where an engine
+# process sleeps (the master's loop, a worker's accept loop). Their fourth argument is
+# the timeout in milliseconds.
+EPOLL_WAITS = {"232", "281", "22", "441"}
+
+
+def epoll_wait_timeout(pid: int) -> int | None:
+    """The timeout (ms, -1: none) of the epoll wait *pid*'s main thread sleeps in now,
+    or None if it is not in one: a master between turns, a worker in its accept loop."""
+    try:
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    except OSError:
+        return None
+    if len(fields) < 5 or fields[0] not in EPOLL_WAITS:
+        return None
+    value = int(fields[4], 16)
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def open_fds() -> set[int]:

@@ -20,7 +20,7 @@ import pytest
 
 from engine.config import Settings
 from tests.apps.prefork_apps import program
-from tests.kit import EngineProcess, open_clients, recv_line, wait_until
+from tests.kit import EngineProcess, epoll_wait_timeout, open_clients, recv_line, wait_until
 from tests.kit import exchange as tcp_exchange
 
 
@@ -107,8 +107,6 @@ def test_the_status_shows_waiting_clients_at_once_while_the_master_sleeps(
     """A quiet static pool sleeps until health_interval; the status endpoint answered
     with the queues as of the master's last turn, so a full pool read as not full for
     up to that long (found probing: 19 s with health_interval 20). It reads them now."""
-    from tests.supervision.test_supervision import master_sleep_ms
-
     sock_path = str(tmp_path / "status.sock")
     engine = engine_proc(program(attrs=(
         f"workers = 1\npool_mode = 'static'\nstatus_bind = 'unix:{sock_path}'\n"
@@ -116,7 +114,7 @@ def test_the_status_shows_waiting_clients_at_once_while_the_master_sleeps(
     )))
     wait_until(lambda: os.path.exists(sock_path), 10, "status socket")
     assert status(sock_path)["master"]["listen_queue"] == 0
-    wait_until(lambda: (master_sleep_ms(engine.pid) or 0) >= 5000, 10, "the master asleep")
+    wait_until(lambda: (epoll_wait_timeout(engine.pid) or 0) >= 5000, 10, "the master asleep")
     with socket.create_connection(engine.address, timeout=5) as held:
         held.sendall(b"hold\n")
         assert recv_line(held).endswith(b"hold\n")  # the only worker is busy with us now

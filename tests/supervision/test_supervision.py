@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 import socket
 import time
-from pathlib import Path
 
 from tests.apps.prefork_apps import program
 from tests.kit import (
     LoadGen,
     PoolWatcher,
+    epoll_wait_timeout,
     open_clients,
     recv_line,
     wait_until,
@@ -48,19 +48,6 @@ def test_hung_request_is_killed_with_traceback_and_replaced(engine_proc) -> None
     assert tcp_exchange(engine.address, b"after\n").startswith(str(replaced.pop()).encode())
 
 
-# epoll_wait and epoll_pwait (x86-64), epoll_pwait (arm64), epoll_pwait2: the master's
-# sleep. Their fourth argument is the timeout in milliseconds.
-EPOLL_WAITS = {"232", "281", "22", "441"}
-
-
-def master_sleep_ms(pid: int) -> int | None:
-    """The timeout of the epoll wait *pid* sleeps in now (ms), or None if it is not in one."""
-    fields = Path(f"/proc/{pid}/syscall").read_text().split()
-    if len(fields) < 5 or fields[0] not in EPOLL_WAITS:
-        return None
-    return int(fields[4], 16)
-
-
 def test_a_request_begun_while_the_master_sleeps_is_killed_on_time(engine_proc) -> None:
     """A static pool, all idle at the master's last look: it slept until its next
     deadline (health_interval), and a request that hung meanwhile was killed that late,
@@ -70,7 +57,7 @@ def test_a_request_begun_while_the_master_sleeps_is_killed_on_time(engine_proc) 
     )))
     wait_until(lambda: engine.workers(), 10, "the worker")
     assert tcp_exchange(engine.address, b"booted?\n")  # booted: the master settles
-    wait_until(lambda: (master_sleep_ms(engine.pid) or 0) >= 500, 10, "the master asleep")
+    wait_until(lambda: (epoll_wait_timeout(engine.pid) or 0) >= 500, 10, "the master asleep")
     with socket.create_connection(engine.address, timeout=30) as client:
         client.sendall(b"SLEEP 600\n")
         wait_until(lambda: "busy on one request" in engine.log(), 5, "the hung request killed")
