@@ -119,10 +119,7 @@ class Handover:
             return False
         sdnotify.notify(f"MAINPID={os.getpid()}", "READY=1")
         self._stop_old_master(booted)
-        self.old_master = None
-        self.took_over = True
-        if status is not None:
-            status.claim()
+        self._take_over(status)
         return True
 
     def reap(self, status: StatusServer | None = None) -> bool:
@@ -135,19 +132,21 @@ class Handover:
 
     def predecessor_exited(self, status: StatusServer | None = None) -> bool:
         """Has the master we replace exited before our workers were ready (stopped by
-        the operator, killed)? Then we take over: its sockets' files and the *status*
-        endpoint's are ours. True once, at that moment: the process slots its workers
-        held are free, and a fork that failed for want of them may be retried at once.
-        """
+        the operator, killed)? Then we take over; True once, at that moment."""
         if self.ready or self.old_master is None or os.getppid() == self.old_master:
             return False
         log.warning("upgrade: the old master %d exited before our workers were ready; "
                     "taking over", self.old_master)
+        self._take_over(status)
+        return True
+
+    def _take_over(self, status: StatusServer | None) -> None:
+        """The old master is gone or going: its socket files and the *status* endpoint's
+        are ours now."""
         self.old_master = None
         self.took_over = True
         if status is not None:
             status.claim()
-        return True
 
     def _stop_old_master(self, booted: int) -> None:
         """SIGTERM the master we replace, if it is still there: still our parent.
