@@ -10,7 +10,7 @@ import errno
 import os
 import stat
 
-from engine import safefiles
+from engine import listeners, safefiles
 from engine.config import Settings
 from engine.errors import ConfigError
 
@@ -24,7 +24,8 @@ def check_paths_usable(settings: Settings) -> list[str]:
     notes on the directories that do not exist yet where systemd makes them.
 
     ``chdir`` must be a directory the engine can enter; the log files, the pidfile and
-    a ``unix:`` status socket must be in an existing directory it can write (a log
+    the ``unix:`` sockets (to bind, and the status socket) must be in an existing
+    directory it can write (a log
     file that exists must be writable, not a directory). A directory that is missing
     under /run, /var/log, /var/lib or /var/cache is a note, not an error: systemd
     makes it when it starts the service (the start itself then needs it). A pidfile or
@@ -43,10 +44,15 @@ def check_paths_usable(settings: Settings) -> list[str]:
         why = _cannot_append(path, notes) if path not in (None, "-") else None
         if why:
             raise ConfigError(name, path, f"a file that can be opened for appending ({why})")
-    if settings.status_bind and settings.status_bind.startswith("unix:"):
-        problem = _status_socket_problem(settings.status_bind[len("unix:"):], notes)
-        if problem:
-            raise ConfigError("status_bind", settings.status_bind, problem)
+    # The Unix sockets to bind (not those handed in: an upgrade's, systemd's), and the
+    # status endpoint's.
+    binding = settings.bind if listeners.handed_in_source() is None else ()
+    unix = [*(("bind", each) for each in binding), ("status_bind", settings.status_bind)]
+    for name, spec in unix:
+        if spec and spec.startswith("unix:"):
+            problem = _unix_socket_problem(spec[len("unix:"):], notes)
+            if problem:
+                raise ConfigError(name, spec, problem)
     if settings.pidfile:
         why = _cannot_create_in(settings.pidfile, notes) or (
             os.strerror(errno.EISDIR) if os.path.isdir(settings.pidfile) else None
@@ -112,7 +118,7 @@ def _cannot_append(path: str, notes: list[str]) -> str | None:
     return None if _may(path, os.W_OK) else os.strerror(errno.EACCES)
 
 
-def _status_socket_problem(path: str, notes: list[str]) -> str | None:
+def _unix_socket_problem(path: str, notes: list[str]) -> str | None:
     try:
         info = os.lstat(path)
     except FileNotFoundError:

@@ -84,6 +84,21 @@ def test_check_config_refuses_the_paths_the_start_refuses(
     assert expected in line and line.endswith(f" (from cli {flag})"), line
 
 
+@pytest.mark.parametrize(("where", "expected"), [
+    ("missing", "an address free to listen on (No such file or directory)"),
+    ("file", "a path that is free or a stale socket (this one exists and is not a socket)"),
+])
+def test_a_unix_bind_the_start_cannot_listen_on_is_refused_by_both(
+    tmp_path: Path, where: str, expected: str
+) -> None:
+    """--check-config said 0 for a Unix socket in a missing directory, and the start
+    then failed with "cannot listen" (exit 1): a path, checked as the other paths are."""
+    value = f"unix:{paths(tmp_path)[where]}"
+    line = both_refuse(["--bind", value])
+    assert line.startswith(f"engine: error: invalid setting bind={value!r}: "), line
+    assert expected in line and line.endswith(" (from cli --bind)"), line
+
+
 def test_a_relative_missing_chdir_is_refused_as_an_absolute_path() -> None:
     line = both_refuse(["--chdir", "no-such-dir-for-engine-tests"])
     assert f"chdir='{ROOT}/no-such-dir-for-engine-tests'" in line  # run_cli runs in ROOT

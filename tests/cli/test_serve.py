@@ -123,7 +123,7 @@ def test_a_regular_file_in_the_way_is_not_removed(tmp_path: Path) -> None:
     path = tmp_path / "not-a-socket"
     path.write_text("precious")
     result = run_cli(["serve", ECHO, "--bind", f"unix:{path}"])
-    assert result.returncode == 1 and "cannot listen" in result.stderr
+    assert result.returncode == 2 and "exists and is not a socket" in result.stderr
     assert path.read_text() == "precious"
 
 
