@@ -13,7 +13,7 @@ import pytest
 
 from engine import logs
 from engine.config import Settings
-from tests.kit import CLI, READY, EngineProcess, wait_until
+from tests.kit import CLI, READY, EngineProcess, fd_targets, wait_until
 from tests.kit import exchange as tcp_exchange
 
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[(\d+)\] \[([\w ]+)\] (.*)")
@@ -120,7 +120,12 @@ def test_engine_logs_and_access_logs_reopen_on_sigusr1(
     log_path.rename(tmp_path / "engine.log.1")
     access_path.rename(tmp_path / "access.log.1")
     engine.signal(signal.SIGUSR1)
-    wait_until(access_path.exists, 10, "the worker to reopen the access log")
+    # The master reopens the file first (it creates it); the worker writes once it has
+    # reopened its own: before, a line may still go to the old file, as with any server
+    # (that race failed this test once in CI). Its fds say when it has.
+    [worker] = engine.workers()
+    wait_until(lambda: str(access_path) in fd_targets(worker.pid).values(), 10,
+               "the worker to reopen the access log")
     wait_until(log_path.exists, 10, "the master to reopen its log")
     assert tcp_exchange(engine.address, b"again\n") == b"again\n"
     wait_until(lambda: "127.0.0.1:" in access_path.read_text(), 10, "a line in the new file")
