@@ -191,7 +191,6 @@ def unix_path(sock: socket.socket) -> str | None:
     return None
 
 
-
 def discard(socks: Sequence[socket.socket]) -> None:
     """Close listeners this process has just bound and remove their socket files: a
     start that fails at a later address leaves nothing behind.

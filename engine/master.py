@@ -138,10 +138,10 @@ class Master:
         """The live workers by slot (read-only view for the server class)."""
         return dict(self.children.by_slot)
 
-    def request_stop(self) -> None:
-        """Ask for a graceful stop from any thread (``shutdown()``)."""
-        self.stop_requested = True
-        self.events.wakeup.wake()
+    def request_stop(self, quick: bool = False) -> None:
+        """Ask for a stop from any thread: graceful (``shutdown()``), or *quick*, as SIGQUIT."""
+        self.stop_requested |= not quick
+        self.events.wakeup.wake(signal.SIGQUIT if quick else 0)  # 0: a plain wake-up
 
     # --- commands ---
 

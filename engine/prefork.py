@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import socket
 import ssl
 import threading
@@ -538,7 +537,7 @@ class PreforkMixIn(_MixInSurface):
         with state.lock:
             master = self._prefork_master
             if master is not None:
-                master.events.wakeup.wake(signal.SIGQUIT)  # the loop's quick stop
+                master.request_stop(quick=True)  # nothing is left to accept on
             elsewhere = master is not None and state.thread is not threading.current_thread()
         if elsewhere:
             state.stopped.wait()

@@ -710,4 +710,3 @@ def drain_pipe(fd: int) -> None:
     with contextlib.suppress(BlockingIOError, InterruptedError):
         while os.read(fd, 4096):
             pass
-
